@@ -1,0 +1,101 @@
+"""The `finetune` command. Each command parses, calls one library function, and maps errors to exit codes.
+
+Heavy imports (torch, torchvision, timm) happen inside the commands so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import FinetuneError
+
+app = typer.Typer(
+    help="Transfer learning for image classification: train on a folder of photos, then predict and export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(exc: FinetuneError) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (see recipes/).")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="ImageFolder root; overrides data.root.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder to create (default: a new folder under runs/).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key, e.g. --set optim.name=sgd (repeatable).")] = None,
+):
+    """Train a classifier as RECIPE says and write best.pt, last.pt, metrics.csv and recipe.yaml into a run folder."""
+    from .config import load_recipe
+
+    try:
+        config = load_recipe(recipe, set_ or [], data=data, output=output)
+        from .engine import fit
+
+        run_dir = fit(config)
+    except FinetuneError as exc:
+        raise _fail(exc) from None
+    typer.echo(str(run_dir))
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A best.pt or last.pt written by `finetune train`.")],
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")] = 1,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table for people, json or csv for programs.")] = OutputFormat.table,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
+):
+    """Predict the class of each image with a trained checkpoint."""
+    try:
+        from .predict import expand_paths, predict as run_predict
+
+        results = run_predict(checkpoint, expand_paths(paths), top_k=top_k, batch_size=batch_size, device=device)
+    except FinetuneError as exc:
+        raise _fail(exc) from None
+    if format == OutputFormat.json:
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+    elif format == OutputFormat.csv:
+        import csv
+        import sys
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "rank", "label", "index", "prob", "error"])
+        for r in results:
+            for rank, t in enumerate(r.top, 1):
+                writer.writerow([r.path, rank, t["label"], t["index"], t["prob"], ""])
+            if r.error:
+                writer.writerow([r.path, "", "", "", "", r.error])
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("path", "prediction", "probability")
+        for r in results:
+            if r.error:
+                table.add_row(r.path, "[red]unreadable[/]", r.error)
+            else:
+                table.add_row(r.path, "\n".join(t["label"] for t in r.top), "\n".join(f"{t['prob']:.3f}" for t in r.top))
+        Console().print(table)
+
+
+def main() -> None:
+    app()

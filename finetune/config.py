@@ -1,0 +1,220 @@
+"""The recipe schema, defined once: typed, documented fields; load, override, dump.
+
+Precedence: defaults < recipe file < CLI flags (--data/--output) < --set key.path=value.
+Imports only pydantic and yaml (and errors, a leaf) so the CLI can validate without torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors (with a "did you mean"), never silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class HeadSpec(_Section):
+    type: Literal["linear", "mlp"] = Field("linear", description="linear: one Linear layer; mlp: Linear-ReLU-Dropout-Linear")
+    hidden: int = Field(512, gt=0, description="mlp only: hidden width")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the pooled features, before the first Linear")
+    hidden_dropout: float = Field(0.5, ge=0, lt=1, description="mlp only: dropout after the hidden layer")
+
+
+class ModelSpec(_Section):
+    source: Literal["torchvision", "scratch", "timm"] = Field("torchvision", description="where the architecture comes from")
+    name: str = Field("resnet50", description="architecture name, e.g. resnet50, tf_efficientnet_lite0")
+    weights: Optional[str] = Field(
+        "DEFAULT",
+        description="torchvision weights name (DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2), a local state-dict file, "
+        "or null for random init",
+    )
+    head: HeadSpec = Field(default_factory=HeadSpec)
+    cifar_stem: bool = Field(False, description="scratch ResNets: 3x3 stride-1 stem, no max-pool (small images)")
+
+
+class DataSpec(_Section):
+    root: Optional[Path] = Field(None, description="ImageFolder root: class folders, or train/ and val/ holding them")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of each class held out when there is no val/ folder")
+    image_size: Optional[int] = Field(None, ge=8, description="crop size for training and evaluation (default: the weights' own)")
+    augment: Literal["none", "flip", "standard"] = Field(
+        "standard", description="none; flip: horizontal flip; standard: random resized crop + flip"
+    )
+    workers: Union[int, Literal["auto"]] = Field("auto", description="DataLoader worker processes (auto: from the CPU count)")
+    class_weights: Optional[Literal["auto"]] = Field(None, description="auto: inverse-frequency loss weights")
+    sampler: Optional[Literal["balanced"]] = Field(None, description="balanced: sample classes equally often")
+
+
+class StrategySpec(_Section):
+    name: Literal["feature-extract", "last-stage", "full"] = Field(
+        "feature-extract", description="which parameters train: the head; the last stage + head; everything"
+    )
+    lr: dict[Literal["head", "last_stage", "backbone"], float] = Field(
+        default_factory=lambda: {"head": 1e-3, "last_stage": 1e-4, "backbone": 1e-5},
+        description="absolute learning rate per parameter group (head, last_stage, backbone)",
+    )
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, lr: dict) -> dict:
+        for group, value in lr.items():
+            if value <= 0:
+                raise ValueError(f"learning rate for {group!r} must be > 0, got {value}")
+        return lr
+
+
+class OptimSpec(_Section):
+    name: Literal["sgd", "adam", "adamw"] = Field("adam", description="optimizer")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    nesterov: bool = Field(False, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0, description="applied to weights only, never to norm or bias parameters")
+
+
+class ScheduleSpec(_Section):
+    name: Literal["constant", "step", "cosine"] = Field("cosine", description="learning-rate schedule over the epochs")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup from 0 over this many epochs")
+    step_size: int = Field(30, gt=0, description="step only: epochs between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="step only: decay factor")
+    min_factor: float = Field(0.0, ge=0, le=1, description="cosine only: final lr as a fraction of the initial")
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(5, gt=0)
+    batch_size: int = Field(32, gt=0)
+    seed: int = Field(0, description="seeds the split, the model's new head and the data order")
+    device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:N")
+    amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported); ignored on CPU")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class RunSpec(_Section):
+    dir: Path = Field(Path("runs"), description="parent folder of new run folders")
+    name: Optional[str] = Field(None, description="run folder name (default: the recipe file's name); -2, -3... if taken")
+    output: Optional[Path] = Field(None, description="exact run folder (--output); must be new or empty")
+
+
+class Recipe(_Section):
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    run: RunSpec = Field(default_factory=RunSpec)
+
+    @model_validator(mode="after")
+    def _lrs_for_trained_groups(self) -> "Recipe":
+        needed = {"feature-extract": ["head"], "last-stage": ["head", "last_stage"], "full": ["head", "last_stage", "backbone"]}
+        missing = [g for g in needed[self.strategy.name] if g not in self.strategy.lr]
+        if missing:
+            raise ValueError(f"strategy {self.strategy.name!r} trains {missing} but strategy.lr has no rate for it")
+        return self
+
+
+# ---------------------------------------------------------------- load / override / dump
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _section_keys(loc: tuple) -> list[str]:
+    model: Any = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _format(error: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}{_suggest(str(e['loc'][-1]), _section_keys(e['loc']))}")
+        else:
+            lines.append(f"{key or 'recipe'}: {e['msg']} (got {e.get('input')!r})")
+    return ConfigError(f"invalid recipe {source}: " + "; ".join(lines))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=3e-4' -> (['optim', 'lr'], 0.0003). Values are YAML scalars, never evaluated."""
+    if "=" not in text:
+        raise ConfigError(f"--set needs key.path=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    if isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string; people mean a number
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def _apply(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: Path) -> dict:
+    """A recipe file as a dict, read with the safe loader: python tags are refused, not run."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc}".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections (model:, data:, ...), got {type(data).__name__}")
+    return data
+
+
+def build_recipe(tree: dict, overrides: list[str] = (), source: str = "", flags: dict[str, Any] | None = None) -> Recipe:
+    """Validate a recipe tree after applying flags ({'data.root': path}) then --set overrides."""
+    tree = copy.deepcopy(tree)
+    for key, value in (flags or {}).items():
+        _apply(tree, key.split("."), value)
+    for text in overrides:
+        _apply(tree, *parse_override(text))
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as exc:
+        raise _format(exc, source) from None
+
+
+def load_recipe(path: Path | None = None, overrides: list[str] = (), data: Path | None = None,
+                output: Path | None = None) -> Recipe:
+    """defaults < recipe file < --data/--output < --set."""
+    tree = read_yaml(path) if path else {}
+    flags = {"data.root": str(data) if data is not None else None, "run.output": str(output) if output is not None else None}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    recipe = build_recipe(tree, overrides, source=str(path or "defaults"), flags=flags)
+    if recipe.run.name is None and path is not None:
+        recipe.run.name = Path(path).stem
+    return recipe
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,148 @@
+"""Scan an ImageFolder, split it, load images as correct RGB, and build loaders.
+
+Nothing here writes under the dataset root.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+VAL_FOLDERS = ("val", "valid", "validation")
+
+Sample = tuple[Path, int]
+
+
+@dataclass
+class Splits:
+    class_names: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    source: str  # "folders" (train/ + val/) or "split" (seeded stratified split)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # files left out, with the reason
+
+    def counts(self, which: str) -> dict[str, int]:
+        c = Counter(label for _, label in getattr(self, which))
+        return {name: c.get(i, 0) for i, name in enumerate(self.class_names)}
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def scan_classes(folder: Path) -> dict[str, list[Path]]:
+    """{class name: sorted image paths} for the class subfolders of `folder`, in sorted class order."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return {c: sorted(p for p in (folder / c).rglob("*") if p.is_file() and is_image_name(p)) for c in classes}
+
+
+def find_val_folder(root: Path) -> Path | None:
+    return next((root / v for v in VAL_FOLDERS if (root / v).is_dir()), None)
+
+
+def resolve_splits(root: Path | None, val_fraction: float, seed: int) -> Splits:
+    """train/ + val/ (or valid/, validation/) when present, else a seeded split stratified by class."""
+    if root is None:
+        raise DataError("no dataset given: set data.root in the recipe or pass --data ROOT")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root {root} is not a folder")
+    val_dir = find_val_folder(root)
+    if (root / "train").is_dir() and val_dir is not None:
+        train, val = scan_classes(root / "train"), scan_classes(val_dir)
+        unknown = sorted(set(val) - set(train))
+        if unknown:
+            raise DataError(f"{val_dir} has classes with no train/ folder: {', '.join(unknown)}")
+        names = sorted(train)
+        splits = Splits(names, _label(train, names), _label(val, names), "folders")
+    else:
+        classes = scan_classes(root)
+        names = sorted(classes)
+        rng = random.Random(seed)
+        train_s, val_s = [], []
+        for label, name in enumerate(names):
+            paths = list(classes[name])
+            rng.shuffle(paths)
+            n_val = round(len(paths) * val_fraction) if len(paths) > 1 else 0
+            n_val = max(1, n_val) if len(paths) > 1 else 0
+            val_s += [(p, label) for p in sorted(paths[:n_val])]
+            train_s += [(p, label) for p in sorted(paths[n_val:])]
+        splits = Splits(names, train_s, val_s, "split")
+    _check(splits, root)
+    return splits
+
+
+def _label(classes: dict[str, list[Path]], names: list[str]) -> list[Sample]:
+    return [(p, names.index(c)) for c in names for p in classes.get(c, [])]
+
+
+def _check(splits: Splits, root: Path) -> None:
+    if len(splits.class_names) < 2:
+        raise DataError(f"{root} needs at least two class folders with images in them "
+                        f"(found {len(splits.class_names)}: {', '.join(splits.class_names) or 'none'}); see data/README.md")
+    empty = [n for n, c in splits.counts("train").items() if c == 0]
+    if empty:
+        raise DataError(f"class folder(s) with no usable training images under {root}: {', '.join(empty)}. "
+                        "Add images or remove the folder")
+    if not splits.val:
+        raise DataError(f"no validation images under {root}: add a val/ folder or more images per class")
+
+
+# ---------------------------------------------------------------- images
+
+
+def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
+    """Open any image as correct RGB: EXIF rotation applied, transparency composited on white,
+    CMYK and 16-bit converted, first frame of an animation. Used identically by train, val and predict."""
+    with Image.open(path) as im:
+        if draft_size and im.format == "JPEG":
+            # Decode at reduced scale when the file is much larger than needed (a no-op otherwise).
+            im.draft("RGB", (draft_size, draft_size))
+        im.seek(0)
+        im = ImageOps.exif_transpose(im)
+        return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode.startswith("I"):
+        # 16-bit grayscale (PNG, TIFF) opens as I or I;16: scale 0..65535 down to 0..255
+        import numpy as np
+
+        im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+    if im.mode in ("LA", "La", "PA"):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGB", im.size, (255, 255, 255))
+        background.paste(im, mask=im.getchannel("A"))
+        return background
+    return im.convert("RGB") if im.mode != "RGB" else im.copy()
+
+
+class ImageDataset:
+    """A map-style dataset of (path, label) samples; returns (tensor, label)."""
+
+    def __init__(self, samples: list[Sample], transform, draft_size: int | None = None):
+        self.samples, self.transform, self.draft_size = samples, transform, draft_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        return self.transform(load_rgb(path, self.draft_size)), label
+
+
+def resolve_workers(workers: int | str) -> int:
+    if workers == "auto":
+        return min(4, max(0, (os.cpu_count() or 1) - 1))
+    return int(workers)

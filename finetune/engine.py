@@ -1,0 +1,189 @@
+"""fit(): the one orchestrator of a training run. The loop reads top to bottom and fits on a screen."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write, save_checkpoint
+from .config import OptimSpec, Recipe, RunSpec, dump_recipe
+from .data import ImageDataset, Splits, resolve_splits, resolve_workers
+from .errors import ConfigError
+from .models.registry import create_model
+from .preprocessing import eval_transform, train_transform
+from .schedule import lr_factor
+from .strategy import apply_freeze, param_groups, plan_freeze, set_train_mode
+
+
+def fit(recipe: Recipe, console=None) -> Path:
+    """Train as the recipe says; returns the run folder (best.pt, last.pt, metrics.csv, recipe.yaml)."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    cfg = recipe.train
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    splits = resolve_splits(recipe.data.root, recipe.data.val_fraction, cfg.seed)
+    model, info = create_model(recipe.model, len(splits.class_names), recipe.data.image_size)
+    plan = plan_freeze(model, info, recipe.strategy.name)
+    apply_freeze(model, plan)
+    model.to(device, memory_format=torch.channels_last)
+    run_dir = create_run_dir(recipe.run)
+    atomic_write(run_dir / "recipe.yaml", lambda f: f.write(dump_recipe(recipe).encode()))
+
+    pre = info.preprocessing
+    train_loader = make_loader(ImageDataset(splits.train, train_transform(pre, recipe.data.augment), pre.resize),
+                               cfg.batch_size, recipe, shuffle=True, device=device)
+    val_loader = make_loader(ImageDataset(splits.val, eval_transform(pre), pre.resize),
+                             cfg.batch_size, recipe, shuffle=False, device=device)
+    optimizer = build_optimizer(recipe.optim, param_groups(model, plan, recipe.strategy.lr, recipe.optim.weight_decay))
+    steps = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg.epochs, recipe.schedule))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    amp = amp_context(device, cfg.amp)
+    meta = {"model": recipe.model.model_dump(mode="json", exclude={"weights"}), "class_names": splits.class_names,
+            "preprocessing": pre.to_dict(), "head_name": info.head_name, "strategy": recipe.strategy.name,
+            "recipe": recipe.model_dump(mode="json"), "metrics": {}}
+    console.print(f"[bold]{len(splits.train)}[/] train / [bold]{len(splits.val)}[/] val images, "
+                  f"{len(splits.class_names)} classes, {recipe.model.source}:{recipe.model.name}, "
+                  f"strategy {recipe.strategy.name}, device {device}")
+
+    rows, best_acc = [], -1.0
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        lrs = {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}
+        # train, then evaluate
+        train_loss, train_acc = run_epoch(model, train_loader, criterion, device, amp, optimizer, scheduler,
+                                          console, f"epoch {epoch}/{cfg.epochs} train")
+        val_loss, val_acc = run_epoch(model, val_loader, criterion, device, amp, console=console,
+                                      label=f"epoch {epoch}/{cfg.epochs} val")
+        # log
+        rows.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                     "val_acc": val_acc, **lrs, "seconds": round(time.perf_counter() - start, 3)})
+        write_metrics(run_dir / "metrics.csv", rows)
+        console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
+                      f"val loss {val_loss:.4f} acc {val_acc:.3f} | {rows[-1]['seconds']:.1f}s")
+        # checkpoint
+        meta["metrics"] = rows[-1]
+        state = model.state_dict()
+        if val_acc > best_acc:
+            best_acc = val_acc
+            save_checkpoint(run_dir / "best.pt", state, meta)
+        save_checkpoint(run_dir / "last.pt", state, meta)
+    return run_dir
+
+
+def run_epoch(model, loader, criterion, device, amp, optimizer=None, scheduler=None, console=None, label=""):
+    """One pass over loader: trains when an optimizer is given, else evaluates. Returns (mean loss, accuracy)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    training = optimizer is not None
+    set_train_mode(model) if training else model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True) as bar, torch.set_grad_enabled(training):
+        task = bar.add_task(label, total=len(loader))
+        for images, labels in loader:
+            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            with amp:
+                logits = model(images)
+                loss = criterion(logits.float(), labels)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            total_loss += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+            bar.advance(task)
+    return total_loss / max(1, seen), correct / max(1, seen)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"train.device {name!r}: no such CUDA device here; use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def amp_context(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def make_loader(dataset, batch_size: int, recipe: Recipe, shuffle: bool, device: torch.device):
+    workers = resolve_workers(recipe.data.workers)
+    generator = torch.Generator().manual_seed(recipe.train.seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
+        worker_init_fn=_seed_worker, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None)
+
+
+def build_optimizer(spec: OptimSpec, groups: list[dict]) -> torch.optim.Optimizer:
+    if spec.name == "sgd":
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=spec.momentum, nesterov=spec.nesterov)
+    cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
+    return cls(groups, lr=groups[0]["lr"])
+
+
+def create_run_dir(run: RunSpec) -> Path:
+    """A new folder: run.output exactly (must be new or empty), else runs/NAME, runs/NAME-2, ..."""
+    if run.output is not None:
+        out = Path(run.output)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"output folder {out} already exists and is not empty; choose another --output")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    base = run.name or "run"
+    Path(run.dir).mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        out = Path(run.dir) / (base if i == 1 else f"{base}-{i}")
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+    raise ConfigError(f"too many runs named {base} in {run.dir}")
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))

@@ -1,0 +1,17 @@
+"""Errors a user can fix. The CLI prints their message in one red line and exits 1."""
+
+
+class FinetuneError(Exception):
+    """Base class: the message says what went wrong and what to do about it."""
+
+
+class ConfigError(FinetuneError):
+    """The recipe or an override is invalid."""
+
+
+class DataError(FinetuneError):
+    """The dataset cannot be used as given."""
+
+
+class CheckpointError(FinetuneError):
+    """A checkpoint or weights file cannot be loaded safely or does not fit the model."""

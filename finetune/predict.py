@@ -1,0 +1,93 @@
+"""predict(checkpoint, paths): class probabilities for image files, folders and globs."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_model
+from .data import is_image_name, load_rgb
+from .errors import DataError
+from .preprocessing import Preprocessing, eval_transform
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[dict] = field(default_factory=list)  # [{"label", "index", "prob"}], most likely first
+    error: str | None = None  # set when the file could not be read; top is then empty
+
+    def to_dict(self) -> dict:
+        d = {"path": self.path, "top": self.top}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def expand_paths(items: list[str]) -> list[Path]:
+    """Image files, folders (recursively, image extensions only) and glob patterns, in a stable order."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f))
+        elif p.is_file():
+            out.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            if not matches:
+                raise DataError(f"no such file, folder or matching glob: {item}")
+            out += [m for m in matches if m.is_file()]
+    return list(dict.fromkeys(out))
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, paths, transform, draft):
+        self.paths, self.transform, self.draft = paths, transform, draft
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return self.transform(load_rgb(self.paths[i], self.draft)), i, ""
+        except Exception as exc:  # an unreadable file is reported in the output; the rest go on
+            return torch.zeros(0), i, f"{type(exc).__name__}: {exc}"
+
+
+def _collate(batch):
+    good = [b for b in batch if not b[2]]
+    images = torch.stack([b[0] for b in good]) if good else torch.zeros(0)
+    return images, [b[1] for b in good], [(b[1], b[2]) for b in batch if b[2]]
+
+
+def predict(checkpoint: Path, paths: list[Path], top_k: int = 5, batch_size: int = 32,
+            device: str = "auto", workers: int | None = None) -> list[Prediction]:
+    from .data import resolve_workers
+    from .engine import resolve_device
+
+    model, meta = load_model(checkpoint)
+    dev = resolve_device(device)
+    model.to(dev, memory_format=torch.channels_last)
+    names = meta["class_names"]
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    k = max(1, min(top_k, len(names)))
+    workers = resolve_workers("auto") if workers is None else workers
+    loader = torch.utils.data.DataLoader(_Images(paths, eval_transform(pre), pre.resize), batch_size=batch_size,
+                                         num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
+    results = [Prediction(str(p)) for p in paths]
+    with torch.inference_mode():
+        for images, idx, errors in loader:
+            for i, err in errors:
+                results[i].error = err
+            if not idx:
+                continue
+            probs = model(images.to(dev, memory_format=torch.channels_last)).float().softmax(1)
+            top_p, top_i = probs.topk(k, dim=1)
+            for row, i in enumerate(idx):
+                results[i].top = [{"label": names[j], "index": int(j), "prob": round(float(p), 6)}
+                                  for p, j in zip(top_p[row].tolist(), top_i[row].tolist())]
+    return results

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny generated image folders and a tiny-model recipe, so tests run in seconds on CPU."""
+
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+COLORS = {"blue": (30, 60, 220), "red": (220, 40, 30)}
+
+
+def make_image(path: Path, color, size=24, seed=0, fmt=None) -> Path:
+    rng = random.Random(seed)
+    im = Image.new("RGB", (size, size), tuple(max(0, min(255, c + rng.randint(-40, 40))) for c in color))
+    for _ in range(20):  # a little texture so batches differ
+        x, y = rng.randrange(size), rng.randrange(size)
+        im.putpixel((x, y), tuple(rng.randrange(256) for _ in range(3)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, format=fmt)
+    return path
+
+
+def make_folder(root: Path, per_class: dict[str, int], classes=COLORS, ext=".png") -> Path:
+    for split, n in per_class.items():
+        for name, color in classes.items():
+            for i in range(n):
+                make_image(root / split / name / f"{name}{i}{ext}", color, seed=hash((split, name, i)) % 10_000)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """train/ and val/ with two easily separable classes (blue, red)."""
+    return make_folder(tmp_path / "colors", {"train": 8, "val": 4})
+
+
+@pytest.fixture
+def tiny_tree(image_folder, tmp_path) -> dict:
+    """A recipe tree for a tiny timm model that trains in a second or two."""
+    return {
+        "model": {"source": "timm", "name": "test_efficientnet", "weights": None},
+        "data": {"root": str(image_folder), "image_size": 32, "augment": "none", "workers": 0},
+        "strategy": {"name": "feature-extract", "lr": {"head": 0.1}},
+        "train": {"epochs": 2, "batch_size": 8, "seed": 0},
+        "run": {"dir": str(tmp_path / "runs"), "name": "t"},
+    }
+
+
+def write_yaml(path: Path, tree: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(tree))
+    return path

@@ -1,0 +1,61 @@
+"""The commands as a user runs them: a subprocess, real files, parsed output."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_yaml
+
+
+def finetune(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "finetune", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_for_every_command():
+    out = finetune("--help")
+    assert out.returncode == 0 and "train" in out.stdout and "predict" in out.stdout
+    for cmd in ("train", "predict"):
+        out = finetune(cmd, "--help")
+        assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_train_then_predict_round_trip(tiny_tree, image_folder, tmp_path):
+    recipe = write_yaml(tmp_path / "tiny.yaml", tiny_tree)
+    out = finetune("train", recipe, "--set", "train.epochs=2")
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(out.stdout.strip().splitlines()[-1])
+    assert run_dir == tmp_path / "runs" / "t"
+    assert {"best.pt", "last.pt", "metrics.csv", "recipe.yaml"} <= {p.name for p in run_dir.iterdir()}
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert len(rows) == 2
+    assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr_head", "seconds"} <= set(rows[0])
+    assert float(rows[0]["lr_head"]) == 0.1
+    assert float(rows[-1]["val_acc"]) == 1.0  # blue vs red is learnable in two epochs
+
+    out = finetune("predict", run_dir / "best.pt", image_folder / "val", "--format", "json", "--top-k", "2")
+    assert out.returncode == 0, out.stderr
+    preds = json.loads(out.stdout)
+    assert len(preds) == 8
+    for p in preds:
+        assert [t["label"] for t in p["top"]][0] == Path(p["path"]).parent.name
+        assert {t["index"] for t in p["top"]} == {0, 1} and abs(sum(t["prob"] for t in p["top"]) - 1) < 1e-4
+
+    # a second run never overwrites the first
+    out = finetune("train", recipe, "--set", "train.epochs=1")
+    assert Path(out.stdout.strip().splitlines()[-1]) == tmp_path / "runs" / "t-2"
+
+    out = finetune("predict", run_dir / "best.pt", str(image_folder / "val" / "*" / "red0.png"), "--format", "csv")
+    assert out.returncode == 0 and out.stdout.count("red") >= 2
+
+
+def test_user_mistakes_are_one_line_errors_not_tracebacks(tmp_path, tiny_tree):
+    bad = write_yaml(tmp_path / "bad.yaml", {**tiny_tree, "optim": {"lr": 0.1}})
+    for args in (["train", bad], ["train", tmp_path / "missing.yaml"],
+                 ["train", write_yaml(tmp_path / "ok.yaml", tiny_tree), "--data", tmp_path / "nowhere"],
+                 ["predict", tmp_path / "missing.pt", tmp_path]):
+        out = finetune(*args)
+        assert out.returncode == 1, args
+        assert "Traceback" not in out.stderr and "error:" in out.stderr, out.stderr
+    assert "unknown key 'optim.lr'" in finetune("train", bad).stderr
