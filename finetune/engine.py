@@ -15,7 +15,7 @@ from torch import nn
 
 from .checkpoint import atomic_write, save_checkpoint
 from .config import OptimSpec, Recipe, RunSpec, dump_recipe
-from .data import ImageDataset, Splits, resolve_splits, resolve_workers
+from .data import ImageDataset, resolve_splits, resolve_workers
 from .errors import ConfigError
 from .models.registry import create_model
 from .preprocessing import eval_transform, train_transform
@@ -54,7 +54,7 @@ def fit(recipe: Recipe, console=None) -> Path:
             "recipe": recipe.model_dump(mode="json"), "metrics": {}}
     console.print(f"[bold]{len(splits.train)}[/] train / [bold]{len(splits.val)}[/] val images, "
                   f"{len(splits.class_names)} classes, {recipe.model.source}:{recipe.model.name}, "
-                  f"strategy {recipe.strategy.name}, device {device}")
+                  f"strategy {recipe.strategy.name}, device {device}", soft_wrap=True)
 
     rows, best_acc = [], -1.0
     for epoch in range(1, cfg.epochs + 1):
@@ -89,7 +89,8 @@ def run_epoch(model, loader, criterion, device, amp, optimizer=None, scheduler=N
     set_train_mode(model) if training else model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True) as bar, torch.set_grad_enabled(training):
+    with Progress(*columns, console=console, transient=True,
+                  disable=console is None or not console.is_terminal) as bar, torch.set_grad_enabled(training):
         task = bar.add_task(label, total=len(loader))
         for images, labels in loader:
             images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
