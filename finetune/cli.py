@@ -97,5 +97,33 @@ def predict(
         Console().print(table)
 
 
+class ReportFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command("inspect")
+def inspect_(
+    root: Annotated[Path, typer.Argument(help="ImageFolder root: class folders, or train/ and val/ holding them.")],
+    format: Annotated[ReportFormat, typer.Option("--format", "-f", help="table for people, json (every finding with path and kind) for programs.")] = ReportFormat.table,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any blocking (error) finding exists.")] = False,
+):
+    """Check an image folder before training: unreadable and odd images, duplicates, leakage, classes. Reads only."""
+    from rich.console import Console
+
+    try:
+        from .doctor import inspect_dataset, print_report
+
+        report = inspect_dataset(root, console=Console(stderr=True))
+    except FinetuneError as exc:
+        raise _fail(exc) from None
+    if format == ReportFormat.json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print_report(report, Console())
+    if strict and report.blocking:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()

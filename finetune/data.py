@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,33 +39,50 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def scan_classes(folder: Path) -> dict[str, list[Path]]:
-    """{class name: sorted image paths} for the class subfolders of `folder`, in sorted class order."""
+def scan_classes(folder: Path, keep=is_image_name) -> dict[str, list[Path]]:
+    """{class name: sorted paths kept by `keep` (image names by default)} for the class subfolders of
+    `folder`, in sorted class order."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return {c: sorted(p for p in (folder / c).rglob("*") if p.is_file() and is_image_name(p)) for c in classes}
+    return {c: sorted(p for p in (folder / c).rglob("*") if p.is_file() and keep(p)) for c in classes}
 
 
 def find_val_folder(root: Path) -> Path | None:
     return next((root / v for v in VAL_FOLDERS if (root / v).is_dir()), None)
 
 
-def resolve_splits(root: Path | None, val_fraction: float, seed: int) -> Splits:
-    """train/ + val/ (or valid/, validation/) when present, else a seeded split stratified by class."""
+def split_folders(root: Path) -> dict[str, Path]:
+    """{"train": root/train, "val": root/val} when both exist, else {"all": root} (split at train time)."""
+    val_dir = find_val_folder(root)
+    if (root / "train").is_dir() and val_dir is not None:
+        return {"train": root / "train", "val": val_dir}
+    return {"all": root}
+
+
+def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=None) -> Splits:
+    """train/ + val/ (or valid/, validation/) when present, else a seeded split stratified by class.
+
+    screen(paths) -> {path: reason} names files to leave out (unreadable ones); they land in `skipped`.
+    """
     if root is None:
         raise DataError("no dataset given: set data.root in the recipe or pass --data ROOT")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data root {root} is not a folder")
-    val_dir = find_val_folder(root)
-    if (root / "train").is_dir() and val_dir is not None:
-        train, val = scan_classes(root / "train"), scan_classes(val_dir)
+    folders = split_folders(root)
+    scanned = {split: scan_classes(folder) for split, folder in folders.items()}
+    skipped = screen([p for classes in scanned.values() for paths in classes.values() for p in paths]) if screen else {}
+    for classes in scanned.values():
+        for name in classes:
+            classes[name] = [p for p in classes[name] if p not in skipped]
+    if "val" in folders:
+        train, val, val_dir = scanned["train"], scanned["val"], folders["val"]
         unknown = sorted(set(val) - set(train))
         if unknown:
             raise DataError(f"{val_dir} has classes with no train/ folder: {', '.join(unknown)}")
         names = sorted(train)
         splits = Splits(names, _label(train, names), _label(val, names), "folders")
     else:
-        classes = scan_classes(root)
+        classes = scanned["all"]
         names = sorted(classes)
         rng = random.Random(seed)
         train_s, val_s = [], []
@@ -76,6 +94,7 @@ def resolve_splits(root: Path | None, val_fraction: float, seed: int) -> Splits:
             val_s += [(p, label) for p in sorted(paths[:n_val])]
             train_s += [(p, label) for p in sorted(paths[n_val:])]
         splits = Splits(names, train_s, val_s, "split")
+    splits.skipped = sorted(skipped.items())
     _check(splits, root)
     return splits
 
@@ -90,8 +109,9 @@ def _check(splits: Splits, root: Path) -> None:
                         f"(found {len(splits.class_names)}: {', '.join(splits.class_names) or 'none'}); see data/README.md")
     empty = [n for n, c in splits.counts("train").items() if c == 0]
     if empty:
-        raise DataError(f"class folder(s) with no usable training images under {root}: {', '.join(empty)}. "
-                        "Add images or remove the folder")
+        left_out = f" ({len(splits.skipped)} unreadable file(s) left out; run `finetune inspect {root}`)" if splits.skipped else ""
+        raise DataError(f"class folder(s) with no usable training images under {root}: {', '.join(empty)}{left_out}. "
+                        "Add readable images or remove the folder")
     if not splits.val:
         raise DataError(f"no validation images under {root}: add a val/ folder or more images per class")
 
@@ -99,10 +119,29 @@ def _check(splits: Splits, root: Path) -> None:
 # ---------------------------------------------------------------- images
 
 
+def open_image(fp) -> Image.Image:
+    """Image.open (header only) with one pixel limit for scan, train and predict: an image larger than
+    Pillow's Image.MAX_IMAGE_PIXELS (a decompression bomb, or simply absurd) is refused before any decode."""
+    limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with a clear message
+        try:
+            im = Image.open(fp)
+        except Image.DecompressionBombError:
+            im = None
+    if im is None or (limit and im.width * im.height > limit):
+        size = f"{im.width}x{im.height} pixels" if im is not None else "the image"
+        if im is not None:
+            im.close()
+        raise DataError(f"{size} exceeds the decompression-bomb limit of {limit} pixels; "
+                        "refusing to decode it (shrink the image, or raise PIL.Image.MAX_IMAGE_PIXELS)")
+    return im
+
+
 def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     """Open any image as correct RGB: EXIF rotation applied, transparency composited on white,
     CMYK and 16-bit converted, first frame of an animation. Used identically by train, val and predict."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         if draft_size and im.format == "JPEG":
             # Decode at reduced scale when the file is much larger than needed (a no-op otherwise).
             im.draft("RGB", (draft_size, draft_size))
@@ -117,9 +156,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
         import numpy as np
 
         im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8), "L")
-    if im.mode == "P":
-        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
-    if im.mode in ("LA", "La", "PA"):
+    if im.mode in ("P", "L", "RGB") and "transparency" in im.info:
+        im = im.convert("RGBA")  # palette index or colour key marked transparent (GIF, PNG tRNS)
+    if im.mode in ("P", "LA", "La", "PA"):
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "RGBa"):
         background = Image.new("RGB", im.size, (255, 255, 255))

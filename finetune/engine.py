@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import random
 import time
 from contextlib import nullcontext
@@ -13,10 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .balance import resolve_balance
 from .checkpoint import atomic_write, save_checkpoint
 from .config import OptimSpec, Recipe, RunSpec, dump_recipe
 from .data import ImageDataset, resolve_splits, resolve_workers
 from .errors import ConfigError
+from .filecheck import unusable_files
 from .models.registry import create_model
 from .preprocessing import eval_transform, train_transform
 from .schedule import lr_factor
@@ -31,23 +34,27 @@ def fit(recipe: Recipe, console=None) -> Path:
     cfg = recipe.train
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    splits = resolve_splits(recipe.data.root, recipe.data.val_fraction, cfg.seed)
+    splits = resolve_splits(recipe.data.root, recipe.data.val_fraction, cfg.seed,
+                            screen=lambda paths: unusable_files(paths, console))  # unreadable files left out
     model, info = create_model(recipe.model, len(splits.class_names), recipe.data.image_size)
     plan = plan_freeze(model, info, recipe.strategy.name)
     apply_freeze(model, plan)
     model.to(device, memory_format=torch.channels_last)
     run_dir = create_run_dir(recipe.run)
     atomic_write(run_dir / "recipe.yaml", lambda f: f.write(dump_recipe(recipe).encode()))
+    balance = resolve_balance([y for _, y in splits.train], len(splits.class_names), recipe.data.class_weights,
+                              recipe.data.sampler, cfg.seed)
+    write_data_summary(run_dir / "data.json", splits, balance, console)
 
     pre = info.preprocessing
     train_loader = make_loader(ImageDataset(splits.train, train_transform(pre, recipe.data.augment), pre.resize),
-                               cfg.batch_size, recipe, shuffle=True, device=device)
+                               cfg.batch_size, recipe, shuffle=True, device=device, sampler=balance.sampler)
     val_loader = make_loader(ImageDataset(splits.val, eval_transform(pre), pre.resize),
                              cfg.batch_size, recipe, shuffle=False, device=device)
     optimizer = build_optimizer(recipe.optim, param_groups(model, plan, recipe.strategy.lr, recipe.optim.weight_decay))
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg.epochs, recipe.schedule))
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = nn.CrossEntropyLoss(weight=balance.loss_weights, label_smoothing=cfg.label_smoothing).to(device)
     amp = amp_context(device, cfg.amp)
     meta = {"model": recipe.model.model_dump(mode="json", exclude={"weights"}), "class_names": splits.class_names,
             "preprocessing": pre.to_dict(), "head_name": info.head_name, "strategy": recipe.strategy.name,
@@ -146,11 +153,12 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def make_loader(dataset, batch_size: int, recipe: Recipe, shuffle: bool, device: torch.device):
+def make_loader(dataset, batch_size: int, recipe: Recipe, shuffle: bool, device: torch.device, sampler=None):
     workers = resolve_workers(recipe.data.workers)
     generator = torch.Generator().manual_seed(recipe.train.seed)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=workers,
+        generator=generator,
         worker_init_fn=_seed_worker, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None)
 
@@ -180,6 +188,15 @@ def create_run_dir(run: RunSpec) -> Path:
         except FileExistsError:
             continue
     raise ConfigError(f"too many runs named {base} in {run.dir}")
+
+
+def write_data_summary(path: Path, splits: Splits, balance, console) -> None:
+    """data.json: images per class, the files left out and why, and the class balancing used."""
+    if splits.skipped:
+        console.print(f"[yellow]left out {len(splits.skipped)} unreadable file(s)[/] (listed in {path})", highlight=False)
+    summary = {"train": splits.counts("train"), "val": splits.counts("val"), **balance.to_dict(splits.class_names),
+               "skipped": [{"path": str(p), "reason": reason} for p, reason in splits.skipped]}
+    atomic_write(path, lambda f: f.write(json.dumps(summary, indent=2, ensure_ascii=False).encode()))
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:

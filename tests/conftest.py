@@ -51,3 +51,9 @@ def write_yaml(path: Path, tree: dict) -> Path:
 
     path.write_text(yaml.safe_dump(tree))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Each test (and the CLI subprocesses it starts) caches file checks in its own folder, never ~/.cache."""
+    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
