@@ -33,6 +33,8 @@ SMALL_SIDE = 32  # pixels; smaller images are upscaled a lot by any pretrained m
 FORMATS = {".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".png": {"PNG"}, ".gif": {"GIF"}, ".bmp": {"BMP"},
            ".webp": {"WEBP"}, ".tif": {"TIFF"}, ".tiff": {"TIFF"}}
 PLACEHOLDER_COLORS = 64  # at most this many distinct colours: a graphic, not a photo
+SIGNATURES = [(b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+              (b"RIFF", "WEBP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF")]
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
@@ -66,9 +68,13 @@ def check_file(path: Path) -> FileCheck:
     except DataError as exc:
         return FileCheck("too-large", str(exc), digest=digest)
     except UnidentifiedImageError:
+        signature = next((fmt for magic, fmt in SIGNATURES if data.startswith(magic)), None)
+        if signature:  # an image's signature, then nonsense: a damaged file, not a stray document
+            return FileCheck(_broken(None, signature, data), f"{signature} signature but an unreadable header",
+                             digest=digest)
         return FileCheck("not-image", f"not an image ({_sniff(data)})", digest=digest)
-    except Exception as exc:  # a header Pillow cannot parse
-        return FileCheck("corrupt", _describe(exc), digest=digest)
+    except Exception as exc:  # a header Pillow cannot parse, or one cut short
+        return FileCheck(_broken(exc, None, data), _describe(exc), digest=digest)
     with im:
         detail = f"{im.format} {im.mode} {im.width}x{im.height}"
         try:
@@ -77,7 +83,7 @@ def check_file(path: Path) -> FileCheck:
             if problem is None and im.format not in ("JPEG", "MPO", "PNG") and _few_colors(im):
                 flags.append("placeholder")  # only where the pixels are already decoded: no extra cost
         except Exception as exc:
-            return FileCheck("corrupt", f"{detail}: {_describe(exc)}", digest=digest)
+            return FileCheck(_broken(exc, im.format, data), f"{detail}: {_describe(exc)}", digest=digest)
     if problem == "trailing-data":
         flags.append(problem)
     elif problem:
@@ -120,7 +126,7 @@ def _integrity(im: Image.Image, data: bytes) -> str | None:
     """None when the file is complete, else 'truncated: why' / 'corrupt: why' / 'trailing-data'."""
     try:
         if im.format in ("JPEG", "MPO"):
-            if data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) != -1:
+            if data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) != -1:  # the EOI marker
                 return None  # EOI present; entropy-coded data never contains FFD9, so the scan is complete
             im.draft("RGB", (1, 1))  # no EOI near the end: decode cheaply to tell truncation from trailing data
             im.load()
@@ -132,8 +138,15 @@ def _integrity(im: Image.Image, data: bytes) -> str | None:
         im.load()
         return None
     except Exception as exc:
-        text = _describe(exc)
-        return f"truncated: {text}" if "truncat" in text.lower() else f"corrupt: {text}"
+        return f"{_broken(exc, im.format, data)}: {_describe(exc)}"
+
+
+def _broken(exc: Exception | None, fmt: str | None, data: bytes) -> str:
+    """truncated when Pillow says so or the format's end marker is missing, else corrupt."""
+    ends = {"PNG": data.endswith(b"IEND\xaeB`\x82"), "GIF": data.endswith(b";"),
+            "JPEG": data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) != -1}
+    ends["MPO"] = ends["JPEG"]
+    return "truncated" if "truncat" in str(exc).lower() or not ends.get(fmt, True) else "corrupt"
 
 
 def _few_colors(im: Image.Image) -> bool:
