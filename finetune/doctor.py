@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data import scan_classes, split_folders
+from .data import is_image_name, scan_classes, split_folders
 from .errors import DataError
 from .filecheck import SMALL_SIDE, check_files
 
@@ -21,10 +21,10 @@ IMBALANCE_WARN = 3.0  # largest / smallest class; above this the loss or the sam
 # kind -> (severity, what it means for training). Errors block `inspect --strict`; unreadable files
 # are left out of training, odd-but-usable ones are used as described.
 KINDS = {
-    "empty-file": ("error", "zero bytes; left out of training"),
+    "empty-file": ("error", "left out of training"),
     "truncated": ("error", "the file ends early; left out of training"),
     "corrupt": ("error", "the data cannot be decoded; left out of training"),
-    "not-image": ("error", "not an image; left out of training"),
+    "not-image": ("error", "left out of training"),
     "too-large": ("error", "decompression-bomb sized; not decoded, left out of training"),
     "unreadable": ("error", "cannot be read (permissions?); left out of training"),
     "ignored-extension": ("warning", ""),
@@ -58,13 +58,13 @@ class Finding:
     path: str
     message: str
     related: list[str] = field(default_factory=list)  # the other copies of a duplicate
+    severity: str = ""  # error | warning | info; the kind's own unless said otherwise
 
-    @property
-    def severity(self) -> str:
-        return KINDS[self.kind][0]
+    def __post_init__(self):
+        self.severity = self.severity or KINDS[self.kind][0]
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "severity": self.severity, **asdict(self)}
+        return asdict(self)
 
 
 @dataclass
@@ -75,14 +75,15 @@ class Report:
     files: int
     findings: list[Finding]
     seconds: float
+    imbalance: float | None = None  # largest / smallest class among training classes with usable images
 
     @property
     def blocking(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "error"]
 
     def to_dict(self) -> dict:
-        return {"root": self.root, "layout": self.layout, "counts": self.counts, "files": self.files,
-                "seconds": round(self.seconds, 3), "blocking": len(self.blocking),
+        return {"root": self.root, "layout": self.layout, "counts": self.counts, "imbalance": self.imbalance,
+                "files": self.files, "seconds": round(self.seconds, 3), "blocking": len(self.blocking),
                 "findings": [f.to_dict() for f in self.findings]}
 
 
@@ -101,15 +102,19 @@ def inspect_dataset(root: Path, console=None) -> Report:
         c = checks[p]
         if c.problem:
             meaning = KINDS[c.problem][1]
-            findings.append(Finding(c.problem, str(p), f"{c.detail}; {meaning}" if meaning else c.detail))
+            # a file training never looks at (.txt, .DS_Store, Thumbs.db, ._photo.jpg) cannot hurt it: not blocking
+            severity = "warning" if c.problem == "not-image" and not is_image_name(p) else ""
+            findings.append(Finding(c.problem, str(p), f"{c.detail}; {meaning}" if meaning and not severity else c.detail,
+                                    severity=severity))
         findings += [Finding(flag, str(p), f"{c.detail}: {KINDS[flag][1]}") for flag in c.flags]
     counts = {split: {name: sum(checks[p].usable for p in files) for name, files in classes.items()}
               for split, classes in tree.items()}
     findings += _class_findings(counts, folders)
     findings += _duplicates(tree, checks, multi_split=len(folders) > 1)
     findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.kind, f.path))
+    train = [n for n in counts.get("train", counts.get("all", {})).values() if n]
     return Report(str(root), "folders" if "val" in folders else "split", counts, len(paths), findings,
-                  time.perf_counter() - start)
+                  time.perf_counter() - start, round(max(train) / min(train), 2) if train else None)
 
 
 def _class_findings(counts: dict[str, dict[str, int]], folders: dict[str, Path]) -> list[Finding]:
@@ -193,7 +198,8 @@ def print_report(report: Report, console) -> None:
             found.add_row(f"[{colors[f.severity]}]{f.severity}[/]", f.kind, _short(f.path, report.root), f.message + related)
         console.print(found)
     tally = {s: sum(f.severity == s for f in report.findings) for s in SEVERITY_ORDER}
-    console.print(f"{report.files} files checked in {report.seconds:.2f}s: {tally['error']} error(s), "
+    ratio = f"imbalance (largest/smallest class) {report.imbalance}x; " if report.imbalance else ""
+    console.print(f"{ratio}{report.files} files checked in {report.seconds:.2f}s: {tally['error']} error(s), "
                   f"{tally['warning']} warning(s), {tally['info']} note(s)", highlight=False)
 
 

@@ -61,7 +61,7 @@ def check_file(path: Path) -> FileCheck:
     except OSError as exc:
         return FileCheck("unreadable", f"cannot read: {exc.strerror or exc}")
     if not data:
-        return FileCheck("empty-file", "0 bytes")
+        return FileCheck("empty-file", "empty (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()
     try:
         im = open_image(io.BytesIO(data))
@@ -98,7 +98,7 @@ def _check_other(path: Path) -> FileCheck:
             return FileCheck("ignored-extension", f"{im.format} image with an extension training skips; "
                              f"rename it to .jpg/.png to use it")
     except Exception:
-        return FileCheck("not-image", "not an image; training skips it")
+        return FileCheck("not-image", "not an image file name; training skips it")
 
 
 def _odd(im: Image.Image, data: bytes, path: Path) -> list[str]:

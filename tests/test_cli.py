@@ -16,7 +16,7 @@ def finetune(*args, cwd=None):
 def test_help_for_every_command():
     out = finetune("--help")
     assert out.returncode == 0 and "train" in out.stdout and "predict" in out.stdout
-    for cmd in ("train", "predict"):
+    for cmd in ("train", "predict", "inspect"):
         out = finetune(cmd, "--help")
         assert out.returncode == 0 and "Usage" in out.stdout
 
@@ -54,7 +54,7 @@ def test_user_mistakes_are_one_line_errors_not_tracebacks(tmp_path, tiny_tree):
     bad = write_yaml(tmp_path / "bad.yaml", {**tiny_tree, "optim": {"lr": 0.1}})
     for args in (["train", bad], ["train", tmp_path / "missing.yaml"],
                  ["train", write_yaml(tmp_path / "ok.yaml", tiny_tree), "--data", tmp_path / "nowhere"],
-                 ["predict", tmp_path / "missing.pt", tmp_path]):
+                 ["predict", tmp_path / "missing.pt", tmp_path], ["inspect", tmp_path / "nowhere"]):
         out = finetune(*args)
         assert out.returncode == 1, args
         assert "Traceback" not in out.stderr and "error:" in out.stderr, out.stderr

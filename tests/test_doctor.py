@@ -115,7 +115,9 @@ def test_json_names_every_bad_file_with_its_kind(corpus):
     assert leak["severity"] == "error" and leak["related"] == [str(root / "train" / "blue" / "blue3.png")]
     # a good image carries no finding; unreadable files do not count as usable
     assert not any(Path(f["path"]).name == "blue4.png" for f in report["findings"])
-    assert report["counts"]["train"] == {"blue": 8 + 9, "red": 8 + 3}
+    assert report["counts"]["train"] == {"blue": 8 + 9, "red": 8 + 3} and report["imbalance"] == round(17 / 11, 2)
+    severity = {Path(f["path"]).name: f["severity"] for f in report["findings"] if f["kind"] == "not-image"}
+    assert severity == {"page.jpg": "error", "notes.txt": "warning", ".DS_Store": "warning", "Thumbs.db": "warning"}
     strict = subprocess.run([sys.executable, "-m", "finetune", "inspect", root, "--strict"], capture_output=True, text=True)
     assert strict.returncode == 1 and "Traceback" not in strict.stderr
     assert "leakage" in strict.stdout and "too-large" in strict.stdout
