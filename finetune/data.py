@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,10 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 VAL_FOLDERS = ("val", "valid", "validation")
 
 Sample = tuple[Path, int]
+
+# Pillow warns between 1x and 2x its pixel limit; open_image refuses those with a clear error instead.
+# A process-wide filter, because catch_warnings is not thread-safe and file checks run in threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass
@@ -123,16 +128,16 @@ def open_image(fp) -> Image.Image:
     """Image.open (header only) with one pixel limit for scan, train and predict: an image larger than
     Pillow's Image.MAX_IMAGE_PIXELS (a decompression bomb, or simply absurd) is refused before any decode."""
     limit = Image.MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with a clear message
-        try:
-            im = Image.open(fp)
-        except Image.DecompressionBombError:
-            im = None
-    if im is None or (limit and im.width * im.height > limit):
-        size = f"{im.width}x{im.height} pixels" if im is not None else "the image"
-        if im is not None:
-            im.close()
+    try:
+        im = Image.open(fp)
+    except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses, saying the size
+        size = re.search(r"\d+ pixels", str(exc))
+        im, size = None, size.group(0) if size else "the image"
+    if im is not None and limit and im.width * im.height > limit:
+        size = f"{im.width}x{im.height} pixels"
+        im.close()
+        im = None
+    if im is None:
         raise DataError(f"{size} exceeds the decompression-bomb limit of {limit} pixels; "
                         "refusing to decode it (shrink the image, or raise PIL.Image.MAX_IMAGE_PIXELS)")
     return im
