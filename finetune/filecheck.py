@@ -95,8 +95,8 @@ def _check_other(path: Path) -> FileCheck:
     """A file whose name training skips (.txt, .DS_Store, Thumbs.db, photo.heic): say whether it is an image."""
     try:
         with open_image(path) as im:
-            return FileCheck("ignored-extension", f"{im.format} image with an extension training skips; "
-                             f"rename it to .jpg/.png to use it")
+            return FileCheck("ignored-extension", f"{im.format} image that training skips (hidden name or an "
+                             f"extension other than {', '.join(sorted(FORMATS))}); rename it to use it")
     except Exception:
         return FileCheck("not-image", "not an image file name; training skips it")
 
