@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .sampling import EpochSampler
+
 
 @dataclass
 class Balance:
@@ -30,7 +32,6 @@ def resolve_balance(labels: list[int], num_classes: int, class_weights: str | No
     balanced = None
     if sampler == "balanced":
         # each class drawn equally often; an epoch keeps its usual length; seeded from train.seed
-        per_sample = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.double)
-        balanced = torch.utils.data.WeightedRandomSampler(per_sample, num_samples=len(labels), replacement=True,
-                                                          generator=torch.Generator().manual_seed(seed))
+        # drawn by EpochSampler from (seed, epoch), so a run with it resumes mid-epoch like any other
+        balanced = EpochSampler(len(labels), seed, weights=[1.0 / counts[y] for y in labels])
     return Balance(weights, balanced)

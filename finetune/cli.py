@@ -22,11 +22,11 @@ app = typer.Typer(
 )
 
 
-def _fail(exc: FinetuneError) -> typer.Exit:
+def _fail(exc: FinetuneError, code: int = 1, label: str = "[bold red]error:[/]") -> typer.Exit:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
+    Console(stderr=True).print(f"{label} {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
 
 
 class OutputFormat(str, Enum):
@@ -37,21 +37,39 @@ class OutputFormat(str, Enum):
 
 @app.command()
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (see recipes/).")],
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML file (see recipes/); not with --resume.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="ImageFolder root; overrides data.root.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder to create (default: a new folder under runs/).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key, e.g. --set optim.name=sgd (repeatable).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last.pt, with its own recipe.yaml.", metavar="RUN_DIR")] = None,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Reuse the run folder if it exists (its checkpoints are overwritten) instead of making NAME-2.")] = False,
 ):
     """Train a classifier as RECIPE says and write best.pt, last.pt, metrics.csv and recipe.yaml into a run folder."""
     from .config import load_recipe
+    from .errors import ConfigError, RunInterrupted
 
     try:
-        config = load_recipe(recipe, set_ or [], data=data, output=output)
+        if resume is not None and (recipe is not None or output is not None or exist_ok):
+            raise ConfigError("--resume RUN_DIR continues that run with its own recipe.yaml; leave out RECIPE, "
+                              "--output and --exist-ok")
+        if resume is None and recipe is None:
+            raise ConfigError("give a RECIPE file to start a run, or --resume RUN_DIR to continue one")
+        if resume is not None:
+            from .resume import load_run_recipe
+
+            config = load_run_recipe(resume, set_ or [], data=data)
+        else:
+            config = load_recipe(recipe, set_ or [], data=data, output=output)
+            config.run.exist_ok = config.run.exist_ok or exist_ok
         from .engine import fit
 
-        run_dir = fit(config)
+        run_dir = fit(config, resume_dir=resume)
+    except RunInterrupted as exc:  # exit 130 / 143, as the shell reports a process stopped by SIGINT / SIGTERM
+        raise _fail(exc, exc.exit_code, "[bold yellow]stopped:[/]") from None
     except FinetuneError as exc:
         raise _fail(exc) from None
+    except KeyboardInterrupt:  # before training started: nothing to save
+        raise _fail(FinetuneError("interrupted before the first epoch; nothing was trained")) from None
     typer.echo(str(run_dir))
 
 

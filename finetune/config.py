@@ -93,12 +93,17 @@ class TrainSpec(_Section):
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:N")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported); ignored on CPU")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    save_every: Optional[int] = Field(
+        None, gt=0, description="also write last.pt every N optimizer steps, mid-epoch (long epochs); "
+        "null: at the end of each epoch only")
 
 
 class RunSpec(_Section):
     dir: Path = Field(Path("runs"), description="parent folder of new run folders")
     name: Optional[str] = Field(None, description="run folder name (default: the recipe file's name); -2, -3... if taken")
     output: Optional[Path] = Field(None, description="exact run folder (--output); must be new or empty")
+    exist_ok: bool = Field(False, description="reuse run.output or runs/NAME if it exists (--exist-ok), "
+                           "overwriting its checkpoints, instead of making a new NAME-2")
 
 
 class Recipe(_Section):
@@ -183,6 +188,12 @@ def read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
+        tag = getattr(exc, "problem", "") or ""
+        if "tag:yaml.org,2002:python/" in tag:  # safe_load refused it; say why in words a user can act on
+            name = tag.split("tag:yaml.org,2002:", 1)[1].rstrip("'")
+            line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else "?"
+            raise ConfigError(f"cannot read recipe {path}: line {line} has the tag !!{name}, which would run Python "
+                              "code; a recipe is plain data (sections, names, numbers, paths), so remove the tag") from None
         raise ConfigError(f"cannot read recipe {path}: {exc}".replace("\n", " ")) from None
     if data is None:
         return {}

@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import random
+import signal
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,19 +18,22 @@ import torch
 from torch import nn
 
 from .balance import resolve_balance
-from .checkpoint import atomic_write, save_checkpoint
+from .checkpoint import atomic_write, check_disk_space, save_checkpoint
 from .config import OptimSpec, Recipe, RunSpec, dump_recipe
 from .data import ImageDataset, resolve_splits, resolve_workers
 from .errors import ConfigError
 from .filecheck import unusable_files
 from .models.registry import create_model
 from .preprocessing import eval_transform, train_transform
+from .resume import RunState, Tally, environment, warn_if_environment_changed
+from .sampling import EpochSampler, SeededDataset
 from .schedule import lr_factor
 from .strategy import apply_freeze, param_groups, plan_freeze, set_train_mode
 
 
-def fit(recipe: Recipe, console=None) -> Path:
-    """Train as the recipe says; returns the run folder (best.pt, last.pt, metrics.csv, recipe.yaml)."""
+def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
+    """Train as the recipe says; returns the run folder (best.pt, last.pt, metrics.csv, recipe.yaml).
+    With resume_dir, continue that run from its last.pt (see resume.py) instead of starting a new one."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
@@ -40,61 +46,72 @@ def fit(recipe: Recipe, console=None) -> Path:
     plan = plan_freeze(model, info, recipe.strategy.name)
     apply_freeze(model, plan)
     model.to(device, memory_format=torch.channels_last)
-    run_dir = create_run_dir(recipe.run)
-    atomic_write(run_dir / "recipe.yaml", lambda f: f.write(dump_recipe(recipe).encode()))
     balance = resolve_balance([y for _, y in splits.train], len(splits.class_names), recipe.data.class_weights,
                               recipe.data.sampler, cfg.seed)
-    write_data_summary(run_dir / "data.json", splits, balance, console)
 
     pre = info.preprocessing
-    train_loader = make_loader(ImageDataset(splits.train, train_transform(pre, recipe.data.augment), pre.resize),
-                               cfg.batch_size, recipe, shuffle=True, device=device, sampler=balance.sampler)
-    val_loader = make_loader(ImageDataset(splits.val, eval_transform(pre), pre.resize),
-                             cfg.batch_size, recipe, shuffle=False, device=device)
+    # order and augmentation from (seed, epoch), balanced or not: resumable mid-epoch (sampling.py)
+    sampler = balance.sampler or EpochSampler(len(splits.train), cfg.seed)
+    train_loader = make_loader(SeededDataset(ImageDataset(splits.train, train_transform(pre, recipe.data.augment), pre.resize)),
+                               cfg.batch_size, recipe, device, sampler=sampler)
+    val_loader = make_loader(ImageDataset(splits.val, eval_transform(pre), pre.resize), cfg.batch_size, recipe, device)
     optimizer = build_optimizer(recipe.optim, param_groups(model, plan, recipe.strategy.lr, recipe.optim.weight_decay))
-    steps = len(train_loader)
+    steps = math.ceil(len(splits.train) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg.epochs, recipe.schedule))
     criterion = nn.CrossEntropyLoss(weight=balance.loss_weights, label_smoothing=cfg.label_smoothing).to(device)
     amp = amp_context(device, cfg.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=getattr(amp, "fast_dtype", None) == torch.float16)
+    env = environment(cfg.seed, device)
     meta = {"model": recipe.model.model_dump(mode="json", exclude={"weights"}), "class_names": splits.class_names,
             "preprocessing": pre.to_dict(), "head_name": info.head_name, "strategy": recipe.strategy.name,
-            "recipe": recipe.model_dump(mode="json"), "metrics": {}}
+            "recipe": recipe.model_dump(mode="json"), "environment": env, "metrics": {}}
+    check_disk_space(resume_dir or recipe.run.output or recipe.run.dir, model, optimizer)
+    run_dir = resume_dir or create_run_dir(recipe.run)
+    run = RunState(run_dir, model, optimizer, scheduler, scaler, meta, cfg.save_every)
+    if resume_dir:
+        run.restore()
+        warn_if_environment_changed(run_dir, env, console)
+    else:
+        write_run_files(run_dir, recipe, env)
+    write_data_summary(run_dir / "data.json", splits, balance, console)
     console.print(f"[bold]{len(splits.train)}[/] train / [bold]{len(splits.val)}[/] val images, "
                   f"{len(splits.class_names)} classes, {recipe.model.source}:{recipe.model.name}, "
-                  f"strategy {recipe.strategy.name}, device {device}", soft_wrap=True)
+                  f"strategy {recipe.strategy.name}, device {device}" + run.resumed_at(), soft_wrap=True)
 
-    rows, best_acc = [], -1.0
-    for epoch in range(1, cfg.epochs + 1):
-        start = time.perf_counter()
-        lrs = {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}
-        # train, then evaluate
-        train_loss, train_acc = run_epoch(model, train_loader, criterion, device, amp, optimizer, scheduler,
-                                          console, f"epoch {epoch}/{cfg.epochs} train")
-        val_loss, val_acc = run_epoch(model, val_loader, criterion, device, amp, console=console,
-                                      label=f"epoch {epoch}/{cfg.epochs} val")
-        # log
-        rows.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                     "val_acc": val_acc, **lrs, "seconds": round(time.perf_counter() - start, 3)})
-        write_metrics(run_dir / "metrics.csv", rows)
-        console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
-                      f"val loss {val_loss:.4f} acc {val_acc:.3f} | {rows[-1]['seconds']:.1f}s")
-        # checkpoint
-        meta["metrics"] = rows[-1]
-        state = model.state_dict()
-        if val_acc > best_acc:
-            best_acc = val_acc
-            save_checkpoint(run_dir / "best.pt", state, meta)
-        save_checkpoint(run_dir / "last.pt", state, meta)
+    with run.guard(console, cfg.batch_size, pre.size):  # Ctrl-C/SIGTERM: save last.pt and stop; OOM: say what to lower
+        for epoch in range(run.epoch, cfg.epochs + 1):
+            lrs, done = run.begin_epoch(epoch)
+            sampler.set_epoch(epoch, skip=done * cfg.batch_size)
+            # train, then evaluate
+            train_loss, train_acc = run_epoch(model, train_loader, criterion, device, amp, optimizer, scheduler, scaler,
+                                              console, f"epoch {epoch}/{cfg.epochs} train", run)
+            val_loss, val_acc = run_epoch(model, val_loader, criterion, device, amp, console=console,
+                                          label=f"epoch {epoch}/{cfg.epochs} val")
+            # log
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                   "val_acc": val_acc, **lrs, "seconds": run.epoch_seconds()}
+            best = run.end_epoch(row, val_acc)
+            write_metrics(run_dir / "metrics.csv", run.rows)
+            console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
+                          f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
+            # checkpoint: best.pt before last.pt, so a crash between them redoes this epoch and rewrites both
+            meta["metrics"] = row
+            if best:
+                save_checkpoint(run_dir / "best.pt", model.state_dict(), meta)
+            run.save()
+            run.after_epoch()
     return run_dir
 
 
-def run_epoch(model, loader, criterion, device, amp, optimizer=None, scheduler=None, console=None, label=""):
-    """One pass over loader: trains when an optimizer is given, else evaluates. Returns (mean loss, accuracy)."""
+def run_epoch(model, loader, criterion, device, amp, optimizer=None, scheduler=None, scaler=None, console=None,
+              label="", run: RunState | None = None):
+    """One pass over loader: trains when an optimizer is given, else evaluates. Returns (mean loss, accuracy).
+    With a run, the totals continue the run's epoch in progress and each step is reported to it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     training = optimizer is not None
     set_train_mode(model) if training else model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
+    tally = run.tally if run is not None else Tally()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True,
                   disable=console is None or not console.is_terminal) as bar, torch.set_grad_enabled(training):
@@ -107,14 +124,15 @@ def run_epoch(model, loader, criterion, device, amp, optimizer=None, scheduler=N
                 loss = criterion(logits.float(), labels)
             if training:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
-            total_loss += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
+            tally.add(loss.item(), (logits.argmax(1) == labels).sum().item(), len(labels))
             bar.advance(task)
-    return total_loss / max(1, seen), correct / max(1, seen)
+            if run is not None:
+                run.after_step()  # last.pt every train.save_every steps; stops here after Ctrl-C/SIGTERM
+    return tally.means()
 
 
 # ---------------------------------------------------------------- helpers
@@ -148,17 +166,19 @@ def seed_everything(seed: int) -> None:
 
 
 def _seed_worker(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; workers ignore it so the main process can finish its step
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
 
 
-def make_loader(dataset, batch_size: int, recipe: Recipe, shuffle: bool, device: torch.device, sampler=None):
+def make_loader(dataset, batch_size: int, recipe: Recipe, device: torch.device, sampler=None):
+    """In dataset order, or in the sampler's (training: resume.EpochSampler)."""
     workers = resolve_workers(recipe.data.workers)
     generator = torch.Generator().manual_seed(recipe.train.seed)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=workers,
-        generator=generator,
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=generator,
         worker_init_fn=_seed_worker, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None)
 
@@ -171,22 +191,29 @@ def build_optimizer(spec: OptimSpec, groups: list[dict]) -> torch.optim.Optimize
 
 
 def create_run_dir(run: RunSpec) -> Path:
-    """A new folder: run.output exactly (must be new or empty), else runs/NAME, runs/NAME-2, ..."""
-    if run.output is not None:
-        out = Path(run.output)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ConfigError(f"output folder {out} already exists and is not empty; choose another --output")
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-    base = run.name or "run"
-    Path(run.dir).mkdir(parents=True, exist_ok=True)
-    for i in range(1, 10_000):
-        out = Path(run.dir) / (base if i == 1 else f"{base}-{i}")
-        try:
-            out.mkdir()
-            return out
-        except FileExistsError:
-            continue
+    """A new folder: run.output exactly (must be new or empty), else runs/NAME, runs/NAME-2, ...
+    With run.exist_ok, run.output or runs/NAME is reused as it is."""
+    try:
+        if run.output is not None:
+            out = Path(run.output)
+            if out.exists() and (not out.is_dir() or any(out.iterdir())) and not run.exist_ok:
+                raise ConfigError(f"output folder {out} already exists and is not empty; choose another --output "
+                                  "or pass --exist-ok to reuse it")
+            out.mkdir(parents=True, exist_ok=True)
+            return _writable(out)
+        base = run.name or "run"
+        Path(run.dir).mkdir(parents=True, exist_ok=True)
+        for i in range(1, 10_000):
+            out = Path(run.dir) / (base if i == 1 else f"{base}-{i}")
+            try:
+                out.mkdir(exist_ok=run.exist_ok)
+                return _writable(out)
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        where = run.output if run.output is not None else run.dir
+        raise ConfigError(f"cannot create the run folder under {where}: {exc.strerror or exc}. Choose a folder "
+                          "you can write to with --output or run.dir") from None
     raise ConfigError(f"too many runs named {base} in {run.dir}")
 
 
@@ -197,6 +224,18 @@ def write_data_summary(path: Path, splits: Splits, balance, console) -> None:
     summary = {"train": splits.counts("train"), "val": splits.counts("val"), **balance.to_dict(splits.class_names),
                "skipped": [{"path": str(p), "reason": reason} for p, reason in splits.skipped]}
     atomic_write(path, lambda f: f.write(json.dumps(summary, indent=2, ensure_ascii=False).encode()))
+
+
+def _writable(folder: Path) -> Path:
+    with tempfile.TemporaryFile(dir=folder):  # fail now, not when the first checkpoint is due
+        pass
+    return folder
+
+
+def write_run_files(run_dir: Path, recipe: Recipe, env: dict) -> None:
+    """recipe.yaml (the fully resolved recipe, what --resume reads) and environment.json (seed, versions)."""
+    atomic_write(run_dir / "recipe.yaml", lambda f: f.write(dump_recipe(recipe).encode()))
+    atomic_write(run_dir / "environment.json", lambda f: f.write(json.dumps(env, indent=2).encode()))
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:

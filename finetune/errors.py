@@ -15,3 +15,15 @@ class DataError(FinetuneError):
 
 class CheckpointError(FinetuneError):
     """A checkpoint or weights file cannot be loaded safely or does not fit the model."""
+
+
+class ResourceError(FinetuneError):
+    """The machine lacks what the run needs: disk space for checkpoints, memory for a batch."""
+
+
+class RunInterrupted(FinetuneError):
+    """Ctrl-C or SIGTERM stopped the run after saving last.pt; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -171,11 +171,13 @@ def read_state_dict(path: str | Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle payloads, corrupt files: refuse, never execute
-        raise CheckpointError(f"refusing to load {path}: it is not a plain tensor file ({str(exc).splitlines()[0]})") from None
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors holds no code; a failure here is a damaged file
+            raise CheckpointError(f"cannot read {path}: the weights file is corrupt or truncated ({exc})") from None
+    from ..checkpoint import safe_torch_load
+
+    state = safe_torch_load(path, "weights file")  # pickle payloads, corrupt files: refused, never executed
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
