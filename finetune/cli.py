@@ -44,7 +44,10 @@ def train(
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last.pt, with its own recipe.yaml.", metavar="RUN_DIR")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Reuse the run folder if it exists (its checkpoints are overwritten) instead of making NAME-2.")] = False,
 ):
-    """Train a classifier as RECIPE says and write best.pt, last.pt, metrics.csv and recipe.yaml into a run folder."""
+    """Train a classifier as RECIPE says and write best.pt, last.pt, metrics.csv and recipe.yaml into a run folder.
+
+    A stopped run (Ctrl-C, SIGTERM, a crash) continues where it left off with --resume RUN_DIR.
+    """
     from .config import load_recipe
     from .errors import ConfigError, RunInterrupted
 
