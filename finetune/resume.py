@@ -206,7 +206,7 @@ class RunState:
         try:
             yield self
         except KeyboardInterrupt:
-            raise RunInterrupted(f"stopped at once by a second Ctrl-C. {self._last_saved()} "
+            raise RunInterrupted(f"a second Ctrl-C, so at once. {self._last_saved()} "
                                  f"Continue with: finetune train --resume {self.run_dir}", exit_code=130) from None
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in str(exc):
@@ -232,7 +232,7 @@ class RunState:
         code = 130 if self.stop_signal == "SIGINT" else 143  # 128 + signal number, as shells report it
         p = self.progress
         where = f"after epoch {p.epoch - 1}" if p.step == 0 else f"in epoch {p.epoch} after step {p.step}"
-        return RunInterrupted(f"stopped by {self.stop_signal} {where}; saved {self.run_dir / 'last.pt'}. "
+        return RunInterrupted(f"{self.stop_signal} {where}; saved {self.run_dir / 'last.pt'}. "
                               f"Continue with: finetune train --resume {self.run_dir}", exit_code=code)
 
 

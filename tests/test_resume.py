@@ -130,7 +130,7 @@ def test_signal_finishes_the_step_saves_last_pt_and_resumes(reference, tmp_path,
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, stderr
     assert "Traceback" not in stderr
-    assert f"stopped by {sig.name} in epoch 1 after step 3" in stderr
+    assert f"stopped: {sig.name} in epoch 1 after step 3; saved" in stderr
     assert f"finetune train --resume {run}" in stderr
     assert progress(run)["step"] == 3 and progress(run)["epoch"] == 1  # the step in flight was finished and kept
 
