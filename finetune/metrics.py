@@ -1,0 +1,84 @@
+"""Classification metrics as pure functions of NumPy arrays: no model, no files, easy to check by hand.
+
+Conventions (those of scikit-learn, so figures compare): the confusion matrix has true classes as
+rows and predicted classes as columns; a precision, recall or F1 whose denominator is zero is 0;
+the macro average runs over the classes that occur in the truth or the predictions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ECE_BINS = 15  # Guo et al. 2017, "On Calibration of Modern Neural Networks", use 15 equal-width bins
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the true class under softmax(logits / temperature)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    m = z.max(axis=1, keepdims=True)
+    log_norm = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(len(z)), labels]))
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """cm[i, j] = how many images of true class i were predicted as class j."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
+    return cm
+
+
+def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """precision, recall, f1 and support per class from a confusion matrix."""
+    tp = np.diag(cm).astype(np.float64)
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def averaged_scores(cm: np.ndarray) -> dict[str, dict[str, float]]:
+    """{"macro": {...}, "weighted": {...}} of precision, recall and f1 (support = all images)."""
+    s = per_class_scores(cm)
+    present = (s["support"] > 0) | (cm.sum(axis=0) > 0)
+    total = s["support"].sum()
+    out = {}
+    for name, w in (("macro", present / max(1, present.sum())), ("weighted", s["support"] / max(1, total))):
+        out[name] = {k: float((s[k] * w).sum()) for k in ("precision", "recall", "f1")}
+        out[name]["support"] = int(total)
+    return out
+
+
+def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of images whose true class is among the k most probable."""
+    if len(labels) == 0:
+        return 0.0
+    top = np.argsort(-np.asarray(probs), axis=1, kind="stable")[:, :k]
+    return float(np.mean((top == np.asarray(labels)[:, None]).any(axis=1)))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: sum over equal-width confidence bins of |bin|/N * |accuracy(bin) - mean confidence(bin)|.
+
+    Confidence is the top-1 probability; bin b holds confidences in (b/bins, (b+1)/bins].
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(probs) == 0:
+        return 0.0
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
