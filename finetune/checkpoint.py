@@ -124,3 +124,10 @@ def load_model(path: Path):
     model, _ = create_model(spec, len(meta["class_names"]))
     load_weights(model, payload["model"], str(path))
     return model.eval(), meta
+
+
+def update_meta(path: Path, **changes) -> None:
+    """Rewrite a checkpoint with meta keys added or replaced; everything else in it is kept as is."""
+    payload = load_checkpoint(path)
+    payload["meta"].update(changes)
+    atomic_write(Path(path), lambda f: torch.save(payload, f))

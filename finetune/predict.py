@@ -19,6 +19,7 @@ class Prediction:
     path: str
     top: list[dict] = field(default_factory=list)  # [{"label", "index", "prob"}], most likely first
     error: str | None = None  # set when the file could not be read; top is then empty
+    logits: list[float] | None = None  # raw logits of every class (for evaluate; not in to_dict)
 
     def to_dict(self) -> dict:
         d = {"path": self.path, "top": self.top}
@@ -64,12 +65,31 @@ def _collate(batch):
     return images, [b[1] for b in good], [(b[1], b[2]) for b in batch if b[2]]
 
 
+def forward(model, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Logits; with tta, the mean of the logits of the images and their horizontal mirrors.
+
+    Averaging logits (not probabilities) keeps the output a logit, so the fitted temperature and
+    the exported models' contract (output = logits) apply to TTA unchanged.
+    """
+    logits = model(images).float()
+    if tta:
+        logits = (logits + model(images.flip(3)).float()) / 2
+    return logits
+
+
 def predict(checkpoint: Path, paths: list[Path], top_k: int = 5, batch_size: int = 32,
-            device: str = "auto", workers: int | None = None) -> list[Prediction]:
+            device: str = "auto", workers: int | None = None, tta: bool = False, raw: bool = False,
+            console=None) -> list[Prediction]:
+    """Top-k classes per image. Probabilities are temperature-calibrated (see calibration.py) unless raw."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .calibration import temperature_of
     from .data import resolve_workers
     from .engine import resolve_device
 
     model, meta = load_model(checkpoint)
+    temperature = 1.0 if raw else temperature_of(meta)
     dev = resolve_device(device)
     model.to(dev, memory_format=torch.channels_last)
     names = meta["class_names"]
@@ -79,15 +99,18 @@ def predict(checkpoint: Path, paths: list[Path], top_k: int = 5, batch_size: int
     loader = torch.utils.data.DataLoader(_Images(paths, eval_transform(pre), pre.resize), batch_size=batch_size,
                                          num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
     results = [Prediction(str(p)) for p in paths]
-    with torch.inference_mode():
+    columns = [TextColumn("predict"), BarColumn(), MofNCompleteColumn()]
+    with Progress(*columns, console=console or Console(stderr=True), transient=True) as bar, torch.inference_mode():
+        task = bar.add_task("predict", total=len(paths))
         for images, idx, errors in loader:
             for i, err in errors:
                 results[i].error = err
-            if not idx:
-                continue
-            probs = model(images.to(dev, memory_format=torch.channels_last)).float().softmax(1)
-            top_p, top_i = probs.topk(k, dim=1)
-            for row, i in enumerate(idx):
-                results[i].top = [{"label": names[j], "index": int(j), "prob": round(float(p), 6)}
-                                  for p, j in zip(top_p[row].tolist(), top_i[row].tolist())]
+            if idx:
+                logits = forward(model, images.to(dev, memory_format=torch.channels_last), tta).cpu()
+                top_p, top_i = (logits / temperature).softmax(1).topk(k, dim=1)
+                for row, i in enumerate(idx):
+                    results[i].logits = logits[row].tolist()
+                    results[i].top = [{"label": names[j], "index": int(j), "prob": round(float(p), 6)}
+                                      for p, j in zip(top_p[row].tolist(), top_i[row].tolist())]
+            bar.advance(task, len(idx) + len(errors))
     return results
