@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .balance import resolve_balance
+from .calibration import calibrate_checkpoints
 from .checkpoint import atomic_write, check_disk_space, save_checkpoint
 from .config import OptimSpec, Recipe, RunSpec, dump_recipe
 from .data import ImageDataset, resolve_splits, resolve_workers
@@ -25,6 +26,7 @@ from .errors import ConfigError
 from .filecheck import unusable_files
 from .models.registry import create_model
 from .preprocessing import eval_transform, train_transform
+from .report import plot_curves, print_run_summary
 from .resume import RunState, Tally, environment, warn_if_environment_changed
 from .sampling import EpochSampler, SeededDataset
 from .schedule import lr_factor
@@ -92,6 +94,7 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
                    "val_acc": val_acc, **lrs, "seconds": run.epoch_seconds()}
             best = run.end_epoch(row, val_acc)
             write_metrics(run_dir / "metrics.csv", run.rows)
+            plot_curves(run_dir / "curves.png", run.rows)
             console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
                           f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
             # checkpoint: best.pt before last.pt, so a crash between them redoes this epoch and rewrites both
@@ -100,6 +103,8 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
                 save_checkpoint(run_dir / "best.pt", model.state_dict(), meta)
             run.save()
             run.after_epoch()
+        # calibrate (a temperature per checkpoint, fitted on val) and summarise
+        print_run_summary(console, run.rows, calibrate_checkpoints(run_dir, model, val_loader, device, console), run_dir)
     return run_dir
 
 
