@@ -4,11 +4,13 @@ The small public API, imported lazily so `import finetune` (and the CLI's --help
     load_recipe(path, overrides) -> Recipe
     fit(recipe) -> run folder
     predict(checkpoint, paths) -> [Prediction]
+    evaluate(checkpoint, data) -> report dict (and CSV/PNG/JSON files)
+    export(checkpoint, format) -> ExportResult (onnx | torchscript | safetensors, parity-checked)
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["load_recipe", "fit", "predict", "__version__"]
+__all__ = ["load_recipe", "fit", "predict", "evaluate", "export", "__version__"]
 
 
 def __getattr__(name):
@@ -24,4 +26,12 @@ def __getattr__(name):
         from .predict import predict
 
         return predict
+    if name == "evaluate":
+        from .evaluate import evaluate
+
+        return evaluate
+    if name == "export":
+        from .export import export
+
+        return export
     raise AttributeError(name)

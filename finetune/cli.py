@@ -76,6 +76,10 @@ def train(
     typer.echo(str(run_dir))
 
 
+TTA_HELP = "Test-time augmentation: average the logits of each image and its horizontal mirror (2x the compute)."
+RAW_HELP = "Report the raw softmax instead of probabilities calibrated with the temperature fitted at the end of training."
+
+
 @app.command()
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A best.pt or last.pt written by `finetune train`.")],
@@ -84,12 +88,15 @@ def predict(
     format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table for people, json or csv for programs.")] = OutputFormat.table,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
+    tta: Annotated[bool, typer.Option("--tta", help=TTA_HELP)] = False,
+    raw: Annotated[bool, typer.Option("--raw", help=RAW_HELP)] = False,
 ):
-    """Predict the class of each image with a trained checkpoint."""
+    """Predict the class of each image with a trained checkpoint (temperature-calibrated probabilities)."""
     try:
         from .predict import expand_paths, predict as run_predict
 
-        results = run_predict(checkpoint, expand_paths(paths), top_k=top_k, batch_size=batch_size, device=device)
+        results = run_predict(checkpoint, expand_paths(paths), top_k=top_k, batch_size=batch_size, device=device,
+                              tta=tta, raw=raw)
     except FinetuneError as exc:
         raise _fail(exc) from None
     if format == OutputFormat.json:
@@ -144,6 +151,72 @@ def inspect_(
         print_report(report, Console())
     if strict and report.blocking:
         raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A best.pt or last.pt written by `finetune train`.")],
+    data: Annotated[Path, typer.Argument(help="A folder of class folders (e.g. hymenoptera/val), or a root with train/ and val/ (val/ is used).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the CSV, PNG and JSON files (default: eval-<checkpoint>-<data> next to the checkpoint; never inside DATA).")] = None,
+    format: Annotated[ReportFormat, typer.Option("--format", "-f", help="table for people, json for programs.")] = ReportFormat.table,
+    tta: Annotated[bool, typer.Option("--tta", help=TTA_HELP)] = False,
+    raw: Annotated[bool, typer.Option("--raw", help=RAW_HELP)] = False,
+    mistakes: Annotated[int, typer.Option(min=0, help="How many of the most confident mistakes to show in mistakes.png.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
+):
+    """Score a checkpoint on a labelled image folder: accuracy, per-class scores, confusion matrix, mistakes, ECE.
+
+    Writes confusion_matrix.csv/.png (counts and row-normalised), mistakes.png, predictions.csv and report.json.
+    Uses the checkpoint's own preprocessing and class order; classes it does not know are reported, not scored.
+    """
+    from rich.console import Console
+
+    try:
+        from .evaluate import evaluate as run_evaluate
+
+        report = run_evaluate(checkpoint, data, output, tta=tta, raw=raw, batch_size=batch_size, device=device,
+                              mistakes=mistakes, console=Console(stderr=True))
+    except FinetuneError as exc:
+        raise _fail(exc) from None
+    if format == ReportFormat.json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        from .report import print_evaluation
+
+        print_evaluation(Console(), report)
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    safetensors = "safetensors"
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A best.pt or last.pt written by `finetune train`.")],
+    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (dynamic batch axis), torchscript, or safetensors (a state dict plain torchvision/timm load, plus a JSON sidecar).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: next to the checkpoint, e.g. best.onnx).")] = None,
+    tolerance: Annotated[float, typer.Option(min=0, help="Largest allowed |logit| difference between the export and the eager model.")] = 1e-3,
+):
+    """Export a checkpoint (onnx, torchscript, safetensors) for use without finetune, with a parity check.
+
+    The exported model outputs LOGITS (probabilities = softmax(logits / temperature)); class names,
+    preprocessing and the temperature travel in its metadata. After writing, the export is reloaded, run
+    on a batch and compared with the eager model; it fails if they differ by more than --tolerance.
+    """
+    try:
+        from .export import export as run_export
+
+        result = run_export(checkpoint, format.value, output, tolerance)
+    except FinetuneError as exc:
+        raise _fail(exc) from None
+    for f in result.files[1:]:
+        typer.echo(f"metadata: {f}", err=True)
+    typer.echo(f"parity: max |logit difference| vs the eager model = {result.max_abs_diff:.3g} "
+               f"(tolerance {result.tolerance:g}, batch of {result.batch}, run with {result.checked_with})", err=True)
+    typer.echo(str(result.path))
 
 
 def main() -> None:

@@ -27,3 +27,7 @@ class RunInterrupted(FinetuneError):
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ExportError(FinetuneError):
+    """A model cannot be exported in the asked format, or the export does not match the eager model."""
