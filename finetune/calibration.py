@@ -70,7 +70,8 @@ def collect_logits(model, loader, device, label: str = "calibrate", console=None
     model.eval()
     out, ys = [], []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
-    with Progress(*columns, console=console, transient=True) as bar, torch.inference_mode():
+    with Progress(*columns, console=console, transient=True,
+                  disable=console is None or not console.is_terminal) as bar, torch.inference_mode():
         task = bar.add_task(label, total=len(loader))
         for images, labels in loader:
             images = images.to(device, memory_format=torch.channels_last)

@@ -100,7 +100,9 @@ def predict(checkpoint: Path, paths: list[Path], top_k: int = 5, batch_size: int
                                          num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
     results = [Prediction(str(p)) for p in paths]
     columns = [TextColumn("predict"), BarColumn(), MofNCompleteColumn()]
-    with Progress(*columns, console=console or Console(stderr=True), transient=True) as bar, torch.inference_mode():
+    console = console or Console(stderr=True)
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar, \
+            torch.inference_mode():
         task = bar.add_task("predict", total=len(paths))
         for images, idx, errors in loader:
             for i, err in errors:
