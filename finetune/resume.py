@@ -148,7 +148,11 @@ class RunState:
     def end_epoch(self, row: dict, val_acc: float) -> bool:
         """Record the finished epoch; True when it is the best so far (the caller writes best.pt first)."""
         p = self.progress
-        best = val_acc > p.best_acc
+
+        def rank(r: dict) -> tuple:  # accuracy first; a tie goes to the lower val loss (the less over- or under-fit model)
+            return r["val_acc"], -r["val_loss"]
+
+        best = not p.rows or rank(row) > max(map(rank, p.rows))
         p.best_acc = max(p.best_acc, val_acc)
         p.rows.append(row)
         p.epoch, p.step, p.seconds, p.lrs = p.epoch + 1, 0, 0.0, {}

@@ -217,3 +217,16 @@ def test_epoch_sampler_order_is_a_function_of_seed_and_epoch():
     balanced.set_epoch(3)
     drawn = list(balanced)
     assert len(drawn) == 10 and 9 not in {i for i, _ in drawn} and drawn == list(balanced)
+
+
+def test_best_is_the_highest_val_acc_and_ties_go_to_the_lower_val_loss(tmp_path):
+    import torch
+
+    from finetune.resume import RunState
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = RunState(tmp_path, model, opt, None, None, {}, None)
+    rows = [(0.90, 0.5), (0.95, 0.4), (0.95, 0.2), (0.95, 0.3), (0.93, 0.1)]
+    bests = [run.end_epoch({"val_acc": acc, "val_loss": loss}, acc) for acc, loss in rows]
+    assert bests == [True, True, True, False, False]
