@@ -71,6 +71,19 @@ class StrategySpec(_Section):
         return lr
 
 
+class FeaturesSpec(_Section):
+    cache: Literal["auto", "off"] = Field(
+        "auto", description="auto: with strategy feature-extract and a deterministic frozen backbone, compute the "
+        "backbone's pooled features once and train the head on them; off: run the backbone every step")
+    views: int = Field(
+        0, ge=0, description="with random augmentation (data.augment flip/standard): 0 recomputes the backbone on "
+        "fresh augmentations every epoch (default); K > 0 caches K augmented views of each training image, "
+        "epoch e reading view e mod K")
+    dir: Optional[Path] = Field(
+        None, description="where cached features live (default: $FINETUNE_CACHE_DIR, else $XDG_CACHE_HOME/finetune/"
+        "features or ~/.cache/finetune/features); never inside the dataset")
+
+
 class OptimSpec(_Section):
     name: Literal["sgd", "adam", "adamw"] = Field("adam", description="optimizer")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
@@ -110,6 +123,7 @@ class Recipe(_Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
+    features: FeaturesSpec = Field(default_factory=FeaturesSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
