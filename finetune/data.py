@@ -187,6 +187,9 @@ class ImageDataset:
 
 
 def resolve_workers(workers: int | str) -> int:
+    """auto: one core stays with the main process (the forward pass), the rest decode, at most 4
+    (more adds memory and start-up time without feeding a CPU forward pass faster)."""
     if workers == "auto":
-        return min(4, max(0, (os.cpu_count() or 1) - 1))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(4, max(0, cores - 1))
     return int(workers)

@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .features import use_cached_features
 from .filecheck import unusable_files
 from .models.registry import create_model
-from .preprocessing import eval_transform, train_transform
+from .preprocessing import draft_size, eval_transform, train_transform
 from .report import plot_curves, print_run_summary
 from .resume import RunState, Tally, environment, warn_if_environment_changed
 from .sampling import EpochSampler, SeededDataset
@@ -55,7 +55,8 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
     pre = info.preprocessing
     # order and augmentation from (seed, epoch), balanced or not: resumable mid-epoch (sampling.py)
     sampler = balance.sampler or EpochSampler(len(splits.train), cfg.seed)
-    train_loader = make_loader(SeededDataset(ImageDataset(splits.train, train_transform(pre, recipe.data.augment), pre.resize)),
+    train_loader = make_loader(SeededDataset(ImageDataset(splits.train, train_transform(pre, recipe.data.augment),
+                                                        draft_size(pre, recipe.data.augment))),
                                cfg.batch_size, recipe, device, sampler=sampler)
     val_loader = make_loader(ImageDataset(splits.val, eval_transform(pre), pre.resize), cfg.batch_size, recipe, device)
     optimizer = build_optimizer(recipe.optim, param_groups(model, plan, recipe.strategy.lr, recipe.optim.weight_decay))

@@ -60,3 +60,14 @@ def train_transform(pre: Preprocessing, augment: str):
     else:
         crop = [T.RandomResizedCrop(pre.size, interpolation=_interp(pre.interpolation))]
     return T.Compose([*crop, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+
+
+def draft_size(pre: Preprocessing, augment: str) -> int:
+    """The smallest decode size (Pillow's JPEG draft mode) that loses nothing the transform keeps.
+
+    Resize-then-crop needs the shorter side >= pre.resize. RandomResizedCrop may keep as little as 8% of
+    the area (a side of sqrt(0.08) = 0.28x) and scale it up to pre.size, so it needs ~3.5x pre.size.
+    """
+    if augment == "standard":
+        return max(pre.resize, math.ceil(pre.size / math.sqrt(0.08)))
+    return pre.resize

@@ -28,6 +28,13 @@ def make_folder(root: Path, per_class: dict[str, int], classes=COLORS, ext=".png
     return root
 
 
+@pytest.fixture(autouse=True)
+def feature_cache_dir(tmp_path, monkeypatch) -> Path:
+    """Cached features go to tmp_path, never to the user's ~/.cache (subprocesses inherit the variable)."""
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "feature-cache"))
+    return tmp_path / "feature-cache"
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """train/ and val/ with two easily separable classes (blue, red)."""

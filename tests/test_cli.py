@@ -23,16 +23,18 @@ def test_help_for_every_command():
 
 def test_train_then_predict_round_trip(tiny_tree, image_folder, tmp_path):
     recipe = write_yaml(tmp_path / "tiny.yaml", tiny_tree)
-    out = finetune("train", recipe, "--set", "train.epochs=2")
+    out = finetune("train", recipe, "--set", "train.epochs=4")
     assert out.returncode == 0, out.stderr
     run_dir = Path(out.stdout.strip().splitlines()[-1])
     assert run_dir == tmp_path / "runs" / "t"
     assert {"best.pt", "last.pt", "metrics.csv", "recipe.yaml"} <= {p.name for p in run_dir.iterdir()}
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    assert len(rows) == 2
+    assert len(rows) == 4
     assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr_head", "seconds"} <= set(rows[0])
     assert float(rows[0]["lr_head"]) == 0.1
-    assert float(rows[-1]["val_acc"]) == 1.0  # blue vs red is learnable in two epochs
+    # blue vs red is learnable in a few epochs (random-weight features are tiny, so the head moves slowly;
+    # two epochs passed or failed depending on the shuffle order, see make_loader)
+    assert float(rows[-1]["val_acc"]) == 1.0
 
     out = finetune("predict", run_dir / "best.pt", image_folder / "val", "--format", "json", "--top-k", "2")
     assert out.returncode == 0, out.stderr

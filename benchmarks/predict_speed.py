@@ -1,0 +1,63 @@
+"""predict() images/s against a forward-only loop over pre-loaded tensors, same model, same batch size.
+
+The forward-only loop is the ceiling: images already decoded and preprocessed in memory, the model in
+inference mode (channels_last, as predict uses). predict() is timed whole: loading the checkpoint,
+finding files, decoding, preprocessing and the forward pass. Rounds alternate; medians are reported.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from finetune.checkpoint import load_model
+from finetune.data import load_rgb
+from finetune.engine import resolve_device
+from finetune.predict import expand_paths, predict
+from finetune.preprocessing import Preprocessing, eval_transform
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    paths = expand_paths([str(args.folder)])
+    device = resolve_device(args.device)
+
+    model, meta = load_model(args.checkpoint)
+    model.to(device, memory_format=torch.channels_last)
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    transform = eval_transform(pre)
+    batches = [torch.stack([transform(load_rgb(p, pre.resize)) for p in paths[i:i + args.batch_size]])
+               for i in range(0, len(paths), args.batch_size)]
+
+    def forward_only():
+        with torch.inference_mode():
+            for x in batches:
+                model(x.to(device, memory_format=torch.channels_last)).float().softmax(1).cpu()
+
+    forward_only()  # warm-up: first-call allocations, kernel selection
+    fwd, pred = [], []
+    for _ in range(args.rounds):
+        t = time.perf_counter()
+        forward_only()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        fwd.append(len(paths) / (time.perf_counter() - t))
+        t = time.perf_counter()
+        results = predict(args.checkpoint, paths, top_k=1, batch_size=args.batch_size, device=args.device)
+        pred.append(len(paths) / (time.perf_counter() - t))
+        assert len(results) == len(paths) and not any(r.error for r in results)
+    print(json.dumps({"images": len(paths), "rounds": args.rounds,
+                      "forward": statistics.median(fwd), "predict": statistics.median(pred)}))
+
+
+if __name__ == "__main__":
+    main()
