@@ -34,8 +34,14 @@ def use_cached_features(recipe: Recipe, model: nn.Module, info: ModelInfo, train
                         device: torch.device, amp, console):
     """(net, train_loader, val_loader) for fit: the head on cached features when the strategy allows it,
     else (model, the image loaders) unchanged."""
+    if recipe.features.cache == "off" or recipe.strategy.name != "feature-extract":
+        return model, train_loader, val_loader
+    random_parts = stochastic_before_head(model, info.head_name)
     views = recipe.features.views if recipe.data.augment != "none" else 1
-    if not cacheable(recipe, model, info) or views == 0:
+    if random_parts or views == 0:
+        why = (f"{', '.join(random_parts[:3])} before the head is random in training" if random_parts else
+               f"data.augment is {recipe.data.augment} (features.views: K caches K augmented views)")
+        console.print(f"features: the frozen backbone runs every epoch: {why}", style="dim")
         return model, train_loader, val_loader
     root = cache_root(recipe)
     # Random views depend on the augmentation and the seed; without augmentation train uses the eval transform.
@@ -52,15 +58,9 @@ def use_cached_features(recipe: Recipe, model: nn.Module, info: ModelInfo, train
     return head, _loader_like(train_loader, sets[0]), _loader_like(val_loader, sets[1])
 
 
-def cacheable(recipe: Recipe, model: nn.Module, info: ModelInfo) -> bool:
-    """Only the head trains and everything before it gives the same output in training and eval mode."""
-    if recipe.features.cache == "off" or recipe.strategy.name != "feature-extract":
-        return False
-    return not stochastic_before_head(model, info.head_name)
-
-
 def stochastic_before_head(model: nn.Module, head_name: str) -> list[str]:
-    """Modules before the head that would still behave randomly (or per batch) while the head trains."""
+    """Modules before the head that would still behave randomly (or per batch) while the head trains:
+    caching their output would freeze one random draw, so such models are not cached."""
     was_training = model.training
     set_train_mode(model)  # exactly the modes the uncached path trains in
     found = []
