@@ -26,6 +26,7 @@ from .config import Recipe
 from .errors import ConfigError
 from .models.registry import ModelInfo
 from .strategy import set_train_mode
+from .threads import tuned_threads
 
 FORMAT = 1
 
@@ -174,7 +175,7 @@ def compute(folder: Path, model, info: ModelInfo, loader, views: int, seed: int,
             task = bar.add_task("computing features", total=views * len(ordered))
             for v in range(views):
                 row = 0
-                for images, _ in ordered:
+                for images, _ in (tuned_threads(ordered) if device.type == "cpu" else ordered):
                     try:
                         with amp:
                             model(images.to(device, non_blocking=True, memory_format=torch.channels_last))
