@@ -19,7 +19,7 @@ import time
 import torch
 
 
-def tuned_threads(batches, probe_every: int = 64, probes: int = 2):
+def tuned_threads(batches, probe_every: int = 64, probes: int = 1):
     """Yield from `batches`, timing the caller's work on each (the time until it asks for the next) with
     each candidate thread count: all cores, and half of them. The faster one runs the rest of the cycle."""
     default = torch.get_num_threads()

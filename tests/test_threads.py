@@ -12,7 +12,7 @@ def test_keeps_the_faster_thread_count_and_restores_the_default():
     torch.set_num_threads(2)
     try:
         seen = []
-        for _ in tuned_threads(range(12), probe_every=64):
+        for _ in tuned_threads(range(12), probe_every=64, probes=2):
             n = torch.get_num_threads()
             seen.append(n)
             time.sleep(0.02 if n == 2 else 0.001)  # pretend two threads are slower here (a busy machine)
