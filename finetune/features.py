@@ -51,7 +51,8 @@ def use_cached_features(recipe: Recipe, model: nn.Module, info: ModelInfo, train
     start = time.perf_counter()
     sets = []
     for loader, kind, n_views in ((train_loader, train_kind, views), (val_loader, "eval", 1)):
-        key = feature_key(recipe, info, loader.dataset, f"{kind}-draft{loader.dataset.draft_size}-{precision}")
+        images = image_dataset(loader)
+        key = feature_key(recipe, info, images, f"{kind}-draft{images.draft_size}-{precision}")
         sets.append(load_or_compute(root / key, model, info, loader, n_views, recipe.train.seed, device, amp, console))
     console.print(f"features: {len(sets[0].labels)} train / {len(sets[1].labels)} val images ready in "
                   f"{time.perf_counter() - start:.1f}s (cache {root})")
@@ -133,7 +134,8 @@ class FeatureSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item):
+        i = item[0] if isinstance(item, tuple) else item  # training samplers yield (index, sample seed)
         return torch.from_numpy(np.asarray(self.features[self.view, i], dtype=np.float32)), int(self.labels[i])
 
 
@@ -151,7 +153,8 @@ def compute(folder: Path, model, info: ModelInfo, loader, views: int, seed: int,
     """Run the backbone over the loader's images (in file order) `views` times; write fp16 features atomically."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    ordered = torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
+    dataset = image_dataset(loader)
+    ordered = torch.utils.data.DataLoader(dataset, batch_size=loader.batch_size, shuffle=False,
                                           num_workers=loader.num_workers, pin_memory=loader.pin_memory,
                                           worker_init_fn=loader.worker_init_fn,
                                           generator=torch.Generator().manual_seed(seed))
@@ -167,7 +170,7 @@ def compute(folder: Path, model, info: ModelInfo, loader, views: int, seed: int,
     hook = head.register_forward_pre_hook(grab)
     model.eval()
     try:
-        n = len(loader.dataset)
+        n = len(dataset)
         out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
                                         shape=(views, n, info.feature_dim))
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
@@ -187,7 +190,7 @@ def compute(folder: Path, model, info: ModelInfo, loader, views: int, seed: int,
                     bar.advance(task)
         out.flush()
         del out
-        np.save(tmp / "labels.npy", np.array([label for _, label in loader.dataset.samples], dtype=np.int64))
+        np.save(tmp / "labels.npy", np.array([label for _, label in dataset.samples], dtype=np.int64))
         try:
             os.replace(tmp, folder)  # atomic: a crash leaves no half-written cache entry
         except OSError:  # another run finished the same entry first: theirs is as good as ours
@@ -210,7 +213,8 @@ class _EpochViews:
         return len(self.loader)
 
     def __iter__(self):
-        self.features.view = self.epoch % self.features.features.shape[0]
+        epoch = getattr(self.loader.sampler, "epoch", None)  # sampling.EpochSampler: 1-based, set by fit (resume too)
+        self.features.view = (epoch - 1 if epoch else self.epoch) % self.features.features.shape[0]
         self.epoch += 1
         # A head on cached features is a few tiny matmuls per step: one CPU thread does them ~25x faster than
         # a thread pool whose synchronisation costs more than the math (measured: 0.07 s vs 1.8 s per epoch
@@ -221,6 +225,11 @@ class _EpochViews:
             yield from self.loader
         finally:
             torch.set_num_threads(threads)
+
+
+def image_dataset(loader):
+    """The ImageDataset under a loader (training wraps it in sampling.SeededDataset)."""
+    return getattr(loader.dataset, "dataset", loader.dataset)
 
 
 def _loader_like(image_loader, features: FeatureSet) -> _EpochViews:
