@@ -16,7 +16,7 @@ import torch
 from finetune.checkpoint import load_model
 from finetune.data import load_rgb
 from finetune.engine import resolve_device
-from finetune.predict import expand_paths, predict
+from finetune.inference import expand_paths, predict
 from finetune.preprocessing import Preprocessing, eval_transform
 
 

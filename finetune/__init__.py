@@ -6,32 +6,19 @@ The small public API, imported lazily so `import finetune` (and the CLI's --help
     predict(checkpoint, paths) -> [Prediction]
     evaluate(checkpoint, data) -> report dict (and CSV/PNG/JSON files)
     export(checkpoint, format) -> ExportResult (onnx | torchscript | safetensors, parity-checked)
+The modules behind them are named for nouns (inference, evaluation, exporter), so that importing a
+module never replaces the function of the same name on the package.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["load_recipe", "fit", "predict", "evaluate", "export", "__version__"]
+_API = {"load_recipe": "config", "fit": "engine", "predict": "inference", "evaluate": "evaluation", "export": "exporter"}
+__all__ = [*_API, "__version__"]
 
 
 def __getattr__(name):
-    if name == "load_recipe":
-        from .config import load_recipe
-
-        return load_recipe
-    if name == "fit":
-        from .engine import fit
-
-        return fit
-    if name == "predict":
-        from .predict import predict
-
-        return predict
-    if name == "evaluate":
-        from .evaluate import evaluate
-
-        return evaluate
-    if name == "export":
-        from .export import export
-
-        return export
-    raise AttributeError(name)
+    if name not in _API:
+        raise AttributeError(f"module 'finetune' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_API[name]}", __name__), name)

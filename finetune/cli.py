@@ -93,7 +93,7 @@ def predict(
 ):
     """Predict the class of each image with a trained checkpoint (temperature-calibrated probabilities)."""
     try:
-        from .predict import expand_paths, predict as run_predict
+        from .inference import expand_paths, predict as run_predict
 
         results = run_predict(checkpoint, expand_paths(paths), top_k=top_k, batch_size=batch_size, device=device,
                               tta=tta, raw=raw)
@@ -173,7 +173,7 @@ def evaluate(
     from rich.console import Console
 
     try:
-        from .evaluate import evaluate as run_evaluate
+        from .evaluation import evaluate as run_evaluate
 
         report = run_evaluate(checkpoint, data, output, tta=tta, raw=raw, batch_size=batch_size, device=device,
                               mistakes=mistakes, console=Console(stderr=True))
@@ -207,7 +207,7 @@ def export(
     on a batch and compared with the eager model; it fails if they differ by more than --tolerance.
     """
     try:
-        from .export import export as run_export
+        from .exporter import export as run_export
 
         result = run_export(checkpoint, format.value, output, tolerance)
     except FinetuneError as exc:

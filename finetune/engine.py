@@ -27,7 +27,7 @@ from .features import use_cached_features
 from .filecheck import unusable_files
 from .models.registry import create_model
 from .preprocessing import draft_size, eval_transform, train_transform
-from .report import plot_curves, print_run_summary
+from .report import CurvesPlot, print_run_summary
 from .resume import RunState, Tally, environment, warn_if_environment_changed
 from .sampling import EpochSampler, SeededDataset
 from .schedule import lr_factor
@@ -85,6 +85,7 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
                   f"{len(splits.class_names)} classes, {recipe.model.source}:{recipe.model.name}, "
                   f"strategy {recipe.strategy.name}, device {device}" + run.resumed_at(), soft_wrap=True)
 
+    curves = CurvesPlot(run_dir / "curves.png")
     with run.guard(console, cfg.batch_size, pre.size):  # Ctrl-C/SIGTERM: save last.pt and stop; OOM: say what to lower
         for epoch in range(run.epoch, cfg.epochs + 1):
             lrs, done = run.begin_epoch(epoch)
@@ -99,7 +100,7 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
                    "val_acc": val_acc, **lrs, "seconds": run.epoch_seconds()}
             best = run.end_epoch(row, val_acc)
             write_metrics(run_dir / "metrics.csv", run.rows)
-            plot_curves(run_dir / "curves.png", run.rows)
+            curves.update(run.rows, final=epoch == cfg.epochs)
             console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
                           f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
             # checkpoint: best.pt before last.pt, so a crash between them redoes this epoch and rewrites both

@@ -9,7 +9,7 @@ from finetune.checkpoint import load_checkpoint, update_meta
 from finetune.config import build_recipe
 from finetune.engine import fit
 from finetune.metrics import nll, softmax
-from finetune.predict import forward, predict
+from finetune.inference import forward, predict
 
 
 def synthetic(scale: float, n: int = 3000, k: int = 4, seed: int = 0):

@@ -126,7 +126,7 @@ def test_json_names_every_bad_file_with_its_kind(corpus):
 def test_train_and_predict_survive_the_corpus_and_never_touch_it(corpus, tiny_tree, tmp_path):
     from finetune.config import build_recipe
     from finetune.engine import fit
-    from finetune.predict import predict
+    from finetune.inference import predict
 
     root, kinds = corpus
     before = tree_hashes(root)

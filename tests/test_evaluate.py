@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from finetune.config import build_recipe
 from finetune.engine import fit
 from finetune.errors import DataError
-from finetune.evaluate import evaluate
+from finetune.evaluation import evaluate
 
 
 def finetune(*args):

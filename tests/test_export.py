@@ -12,7 +12,7 @@ import torch
 from finetune.checkpoint import load_model, save_checkpoint, update_meta
 from finetune.config import ModelSpec
 from finetune.errors import ExportError
-from finetune.export import TOLERANCE, export
+from finetune.exporter import TOLERANCE, export
 from finetune.models.registry import create_model
 
 CLASSES = ["ant", "bee", "wasp"]
@@ -131,7 +131,7 @@ def test_safetensors_refuses_what_plain_models_cannot_hold(tmp_path):
 
 
 def test_missing_onnx_packages_and_failed_parity_are_clear_errors(tmp_path, monkeypatch):
-    import finetune.export as ex
+    import finetune.exporter as ex
 
     ckpt = make_checkpoint(tmp_path / "best.pt")
     real_find_spec = ex.importlib.util.find_spec

@@ -48,7 +48,7 @@ def evaluate(checkpoint: Path, data: Path, output: Path | None = None, tta: bool
     from .calibration import temperature_of
     from .metrics import (averaged_scores, confusion_matrix, expected_calibration_error, nll, per_class_scores,
                           softmax, top_k_accuracy)
-    from .predict import predict
+    from .inference import predict
 
     meta = load_checkpoint(checkpoint)["meta"]
     names = meta["class_names"]

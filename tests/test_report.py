@@ -1,0 +1,21 @@
+from finetune import report
+from finetune.report import CurvesPlot
+
+ROWS = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 0.9, "val_acc": 0.6, "lr_head": 1e-3}]
+
+
+def test_curves_redraw_within_a_time_budget_and_always_at_the_end(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(report, "plot_curves", lambda path, rows: drawn.append(len(rows)))
+    curves = CurvesPlot(tmp_path / "curves.png", budget=0.05)
+    curves.update(ROWS)  # the first epoch is always drawn
+    curves.cost = 60.0  # as if a plot took a minute: the next one waits 20 minutes
+    curves.update(ROWS * 2)
+    curves.update(ROWS * 3, final=True)
+    assert drawn == [1, 3]
+
+
+def test_curves_png_is_written(tmp_path):
+    path = tmp_path / "curves.png"
+    CurvesPlot(path).update(ROWS * 2, final=True)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
