@@ -66,9 +66,6 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
     amp = amp_context(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=getattr(amp, "fast_dtype", None) == torch.float16)
     env = environment(cfg.seed, device)
-    # feature-extract: the frozen backbone runs once per image (cached); each step trains the head alone
-    net, train_batches, val_batches = use_cached_features(recipe, model, info, train_loader, val_loader, device, amp,
-                                                          console)
     meta = {"model": recipe.model.model_dump(mode="json", exclude={"weights"}), "class_names": splits.class_names,
             "preprocessing": pre.to_dict(), "head_name": info.head_name, "strategy": recipe.strategy.name,
             "recipe": recipe.model_dump(mode="json"), "environment": env, "metrics": {}}
@@ -81,6 +78,10 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
     else:
         write_run_files(run_dir, recipe, env)
     write_data_summary(run_dir / "data.json", splits, balance, console)
+    # feature-extract: the frozen backbone runs once per image (cached), after the checks above
+    # so a run that cannot be saved fails before that work; each step trains the head alone
+    net, train_batches, val_batches = use_cached_features(recipe, model, info, train_loader, val_loader, device, amp,
+                                                          console)
     console.print(f"[bold]{len(splits.train)}[/] train / [bold]{len(splits.val)}[/] val images, "
                   f"{len(splits.class_names)} classes, {recipe.model.source}:{recipe.model.name}, "
                   f"strategy {recipe.strategy.name}, device {device}" + run.resumed_at(), soft_wrap=True)
