@@ -82,3 +82,8 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
     return float(ece)
+
+
+def epoch_rank(row: dict) -> tuple:
+    """How epochs compare for best.pt: val accuracy first, a tie goes to the lower val loss."""
+    return row["val_acc"], -row["val_loss"]

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import atomic_write
+from .metrics import epoch_rank
 
 
 def _figure(width: float, height: float):
@@ -58,7 +59,7 @@ def plot_curves(path: Path, rows: list[dict]) -> Path:
         ax.set(title=title, xlabel="epoch", ylabel=title)
         ax.legend()  # redrawn for accuracy below, with the best epoch
         ax.grid(alpha=0.3)
-    best = max(rows, key=lambda r: r["val_acc"])
+    best = max(rows, key=epoch_rank)
     ax_acc.plot([best["epoch"]], [best["val_acc"]], "*", color="black", markersize=13,
                 label=f"best val {best['val_acc']:.3f} (epoch {best['epoch']})")
     ax_acc.legend()
@@ -138,7 +139,7 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
     """End of `finetune train`: best and last epoch, time, calibration, and where the files are."""
     from rich.table import Table
 
-    best = max(rows, key=lambda r: r["val_acc"])
+    best = max(rows, key=epoch_rank)
     last = rows[-1]
     table = Table(title=f"run summary: {run_dir}", show_header=False, title_justify="left")
     table.add_column(style="bold")

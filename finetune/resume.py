@@ -24,6 +24,7 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, ResourceError, RunInterrupted
+from .metrics import epoch_rank
 
 # Keys --resume may change: where the data is and how it is loaded, not what the run computes.
 RESUME_OVERRIDABLE = ("data.root", "data.workers", "train.device", "train.save_every")
@@ -148,11 +149,7 @@ class RunState:
     def end_epoch(self, row: dict, val_acc: float) -> bool:
         """Record the finished epoch; True when it is the best so far (the caller writes best.pt first)."""
         p = self.progress
-
-        def rank(r: dict) -> tuple:  # accuracy first; a tie goes to the lower val loss (the less over- or under-fit model)
-            return r["val_acc"], -r["val_loss"]
-
-        best = not p.rows or rank(row) > max(map(rank, p.rows))
+        best = not p.rows or epoch_rank(row) > max(map(epoch_rank, p.rows))
         p.best_acc = max(p.best_acc, val_acc)
         p.rows.append(row)
         p.epoch, p.step, p.seconds, p.lrs = p.epoch + 1, 0, 0.0, {}

@@ -19,3 +19,14 @@ def test_curves_png_is_written(tmp_path):
     path = tmp_path / "curves.png"
     CurvesPlot(path).update(ROWS * 2, final=True)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_names_the_epoch_best_pt_holds(tmp_path):
+    from rich.console import Console
+
+    rows = [dict(ROWS[0], epoch=1, val_acc=0.96, val_loss=0.26, seconds=1.0),
+            dict(ROWS[0], epoch=2, val_acc=0.96, val_loss=0.13, seconds=1.0)]
+    calibration = {"fitted": False, "ece_before": 0.1, "ece_after": 0.1, "nll_before": 0.2, "nll_after": 0.2}
+    console = Console(record=True, width=120)
+    report.print_run_summary(console, rows, calibration, tmp_path)
+    assert "epoch 2: val acc 0.9600" in console.export_text()
