@@ -74,30 +74,35 @@ def collect_logits(model, loader, device, label: str = "calibrate", console=None
                   disable=console is None or not console.is_terminal) as bar, torch.inference_mode():
         task = bar.add_task(label, total=len(loader))
         for images, labels in loader:
-            images = images.to(device, memory_format=torch.channels_last)
+            images = images.to(device)
+            if images.ndim == 4:  # images; cached features arrive as (batch, features)
+                images = images.contiguous(memory_format=torch.channels_last)
             out.append(model(images).float().cpu())
             ys.append(labels)
             bar.advance(task)
     return torch.cat(out).numpy(), torch.cat(ys).numpy()
 
 
-def calibrate_checkpoints(run_dir: Path, model, val_loader, device, console=None) -> dict:
+def calibrate_checkpoints(run_dir: Path, model, val_loader, device, console=None, net=None) -> dict:
     """Fit T on val for last.pt and best.pt and store it in each one's meta. Returns best.pt's summary.
 
     `model` holds last.pt's weights on entry; best.pt's weights are loaded into it when they differ.
+    `net` is what runs on val_loader's batches: the model itself (default), or its head when the
+    batches are cached frozen features, so the backbone does not run over val again.
     """
+    net = model if net is None else net
     import torch
 
     from .checkpoint import load_checkpoint, update_meta
 
     run_dir = Path(run_dir)
     last = load_checkpoint(run_dir / "last.pt")
-    summary = calibration_summary(*collect_logits(model, val_loader, device, "calibrate last.pt", console))
+    summary = calibration_summary(*collect_logits(net, val_loader, device, "calibrate last.pt", console))
     update_meta(run_dir / "last.pt", calibration=summary)
     best = load_checkpoint(run_dir / "best.pt")
     if best["meta"]["metrics"].get("epoch") != last["meta"]["metrics"].get("epoch"):
         with torch.no_grad():
             model.load_state_dict(best["model"])
-        summary = calibration_summary(*collect_logits(model, val_loader, device, "calibrate best.pt", console))
+        summary = calibration_summary(*collect_logits(net, val_loader, device, "calibrate best.pt", console))
     update_meta(run_dir / "best.pt", calibration=summary)
     return summary

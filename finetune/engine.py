@@ -9,7 +9,6 @@ import math
 import random
 import signal
 import tempfile
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .balance import resolve_balance
 from .calibration import calibrate_checkpoints
 from .checkpoint import atomic_write, check_disk_space, save_checkpoint
 from .config import OptimSpec, Recipe, RunSpec, dump_recipe
-from .data import ImageDataset, resolve_splits, resolve_workers
+from .data import ImageDataset, Splits, resolve_splits, resolve_workers
 from .errors import ConfigError
 from .features import use_cached_features
 from .filecheck import unusable_files
@@ -111,7 +110,8 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
             run.save()
             run.after_epoch()
         # calibrate (a temperature per checkpoint, fitted on val) and summarise
-        print_run_summary(console, run.rows, calibrate_checkpoints(run_dir, model, val_loader, device, console), run_dir)
+        calibration = calibrate_checkpoints(run_dir, model, val_batches, device, console, net=net)
+        print_run_summary(console, run.rows, calibration, run_dir)
     return run_dir
 
 

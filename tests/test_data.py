@@ -1,6 +1,5 @@
 """Loading: every image mode becomes the right RGB, the same way for train, val and predict."""
 
-import io
 import struct
 import zlib
 from pathlib import Path

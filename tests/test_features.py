@@ -47,6 +47,10 @@ def test_cached_and_uncached_training_reach_the_same_result(tiny_tree, tmp_path)
     su = torch.load(run_u / "last.pt", weights_only=True)["model"]
     assert torch.allclose(sc["classifier.1.weight"], su["classifier.1.weight"], atol=1e-3)
     assert torch.equal(sc["conv_stem.weight"], su["conv_stem.weight"])  # the backbone never moved
+    # calibration runs the head on the cached val features, not the backbone again, to the same temperature
+    tc = torch.load(run_c / "best.pt", weights_only=True)["meta"]["calibration"]
+    tu = torch.load(run_u / "best.pt", weights_only=True)["meta"]["calibration"]
+    assert tc["temperature"] == pytest.approx(tu["temperature"], rel=1e-2)
 
 
 def test_cache_hit_miss_and_invalidation(tiny_tree, image_folder, tmp_path, monkeypatch):
