@@ -22,7 +22,7 @@ from .checkpoint import atomic_write, check_disk_space, save_checkpoint
 from .config import OptimSpec, Recipe, RunSpec, dump_recipe
 from .data import ImageDataset, Splits, resolve_splits, resolve_workers
 from .errors import ConfigError
-from .features import use_cached_features
+from .features import frozen_batches
 from .filecheck import unusable_files
 from .models.registry import create_model
 from .preprocessing import draft_size, eval_transform, train_transform
@@ -77,10 +77,9 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
     else:
         write_run_files(run_dir, recipe, env)
     write_data_summary(run_dir / "data.json", splits, balance, console)
-    # feature-extract: the frozen backbone runs once per image (cached), after the checks above
-    # so a run that cannot be saved fails before that work; each step trains the head alone
-    net, train_batches, val_batches = use_cached_features(recipe, model, info, train_loader, val_loader, device, amp,
-                                                          console)
+    # feature-extract, last-stage: the frozen prefix runs once per image where it can (cached), after the
+    # checks above so a run that cannot be saved fails before that work; each step trains the rest alone
+    net, train_batches, val_batches = frozen_batches(recipe, model, info, train_loader, val_loader, device, amp, console)
     console.print(f"[bold]{len(splits.train)}[/] train / [bold]{len(splits.val)}[/] val images, "
                   f"{len(splits.class_names)} classes, {recipe.model.source}:{recipe.model.name}, "
                   f"strategy {recipe.strategy.name}, device {device}" + run.resumed_at(), soft_wrap=True)

@@ -1,17 +1,21 @@
-"""The frozen-feature cache: with feature-extract, run the frozen backbone once per image, not once per epoch.
+"""The frozen-feature cache: the frozen prefix runs once per image, not once per epoch.
 
-The head's input (the backbone's pooled features) is captured with a forward pre-hook on the head
-module, so the same code serves torchvision, scratch and timm models. Features are stored as fp16
-.npy files and memory-mapped when read, keyed by everything that changes them: model source, name
-and weights (file content hash), preprocessing, the transform, the file list with sizes and mtimes.
-Training then runs `engine.run_epoch` on the head alone, with the same sampler object the image
-loader would have used, so cached and uncached runs see the same batches in the same order.
+With feature-extract or last-stage, `frozen.split_frozen` cuts the model at its first trained module.
+The prefix's outputs (the pooled features for feature-extract, the last stage's input for last-stage)
+are stored as .npy files, fp16 where they fit, memory-mapped when read, and keyed by everything that
+changes them: model source, name and weights (file content hash), preprocessing, the transform, the
+cut, and the file list with sizes and mtimes. Val is always cached (its transform is fixed); train is
+cached when it does not change between epochs (no augmentation) or as K augmented views; otherwise
+the BatchNorm-folded frozen copy recomputes it every step. Training then runs `engine.run_epoch` on
+the model from the cut on, with the same sampler the image loader would have used, so cached and
+uncached runs see the same batches in the same order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,58 +28,63 @@ from torch import nn
 
 from .config import Recipe
 from .errors import ConfigError
+from .frozen import Split, split_frozen
 from .models.registry import ModelInfo
-from .strategy import set_train_mode
 from .threads import tuned_threads
 
-FORMAT = 1
+FORMAT = 2
+FP16_LIMIT = 1e4  # prefix outputs larger than this (random-init nets) are stored as fp32: fp16 tops out at 65504
 
 
-def use_cached_features(recipe: Recipe, model: nn.Module, info: ModelInfo, train_loader, val_loader,
-                        device: torch.device, amp, console):
-    """(net, train_loader, val_loader) for fit: the head on cached features when the strategy allows it,
-    else (model, the image loaders) unchanged."""
-    if recipe.features.cache == "off" or recipe.strategy.name != "feature-extract":
+def frozen_batches(recipe: Recipe, model: nn.Module, info: ModelInfo, train_loader, val_loader,
+                   device: torch.device, amp, console):
+    """(net, train batches, val batches) for fit: the model from the cut on, fed prefix outputs (cached,
+    or computed by the fast frozen copy) when the strategy freezes a prefix; else (model, the image loaders)."""
+    if recipe.features.cache == "off" or recipe.strategy.name == "full":
         return model, train_loader, val_loader
-    random_parts = stochastic_before_head(model, info.head_name)
+    roots = [info.head_name, *(info.last_stage if recipe.strategy.name == "last-stage" else [])]
+    val_images = image_dataset(val_loader)
+    probe = torch.stack([val_images[i][0] for i in range(min(4, len(val_images)))])
+    split, why = split_frozen(model, roots, probe.to(device, memory_format=torch.channels_last))
+    if split is None:
+        console.print(f"features: the whole model runs every step: {why}", style="dim")
+        return model, train_loader, val_loader
+
     views = recipe.features.views if recipe.data.augment != "none" else 1
-    if random_parts or views == 0:
-        why = (f"{', '.join(random_parts[:3])} before the head is random in training" if random_parts else
-               f"data.augment is {recipe.data.augment} (features.views: K caches K augmented views)")
-        console.print(f"features: the frozen backbone runs every epoch: {why}", style="dim")
-        return model, train_loader, val_loader
     root = cache_root(recipe)
     # Random views depend on the augmentation and the seed; without augmentation train uses the eval transform.
     train_kind = "eval" if recipe.data.augment == "none" else f"{recipe.data.augment}-views{views}-seed{recipe.train.seed}"
     precision = f"{device.type}-{getattr(amp, 'fast_dtype', 'float32')}"
-    start = time.perf_counter()
-    sets = []
-    for loader, kind, n_views in ((train_loader, train_kind, views), (val_loader, "eval", 1)):
+    with torch.no_grad(), amp:
+        sample = split.prefix(probe[:1].to(device, memory_format=torch.channels_last)).float()
+    layout = (tuple(sample.shape[1:]), np.float16 if float(sample.abs().max()) < FP16_LIMIT else np.float32)
+    start, batches, recomputed = time.perf_counter(), [], {}
+    for name, loader, kind, n_views in (("train", train_loader, train_kind, views), ("val", val_loader, "eval", 1)):
         images = image_dataset(loader)
-        key = feature_key(recipe, info, images, f"{kind}-draft{images.draft_size}-{precision}")
-        sets.append(load_or_compute(root / key, model, info, loader, n_views, recipe.train.seed, device, amp, console))
-    console.print(f"features: {len(sets[0].labels)} train / {len(sets[1].labels)} val images ready in "
-                  f"{time.perf_counter() - start:.1f}s (cache {root})")
-    head = model.get_submodule(info.head_name)
-    return head, _loader_like(train_loader, sets[0]), _loader_like(val_loader, sets[1])
+        folder = root / feature_key(recipe, info, images, f"{kind}-draft{images.draft_size}-{precision}-{split.boundary}")
+        if n_views and ((folder / "features.npy").is_file() or fits_on_disk(root, n_views * len(images), layout)):
+            if not (folder / "features.npy").is_file():
+                compute(folder, split, name, loader, n_views, layout, recipe.train.seed, device, amp, console)
+            batches.append(_loader_like(loader, load_features(folder)))
+        else:
+            recomputed[name] = (f"data.augment is {recipe.data.augment}; features.views: K caches K augmented views"
+                                if not n_views else "not enough free disk to cache it")
+            batches.append(_Prefixed(loader, split, device, amp))
+    cached = [name for name in ("train", "val") if name not in recomputed]
+    if cached:
+        console.print(f"features: the frozen part before {split.boundary} ran once per image for {' and '.join(cached)}, "
+                      f"ready in {time.perf_counter() - start:.1f}s (cache {root})", style="dim")
+    for name, why in recomputed.items():
+        console.print(f"features: for {name}, the frozen part runs every epoch, BatchNorm folded ({why})", style="dim")
+    return split.tail, batches[0], batches[1]
 
 
-def stochastic_before_head(model: nn.Module, head_name: str) -> list[str]:
-    """Modules before the head that would still behave randomly (or per batch) while the head trains:
-    caching their output would freeze one random draw, so such models are not cached."""
-    was_training = model.training
-    set_train_mode(model)  # exactly the modes the uncached path trains in
-    found = []
-    for name, m in model.named_modules():
-        if name == head_name or name.startswith(head_name + ".") or not m.training:
-            continue
-        rate = getattr(m, "drop_rate", 0) or getattr(m, "drop_prob", 0)  # timm's model-level dropout, DropPath
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            rate = m.p
-        if rate or isinstance(m, nn.modules.batchnorm._BatchNorm):  # a parameter-free BN still uses batch stats
-            found.append(name or "(model)")
-    model.train(was_training)
-    return found
+def fits_on_disk(root: Path, items: int, layout) -> bool:
+    """Whether `items` prefix outputs of this shape and dtype fit in the free space at root, with 1 GiB to spare."""
+    shape, dtype = layout
+    need = items * math.prod(shape) * np.dtype(dtype).itemsize
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    return need + 2**30 < shutil.disk_usage(existing).free
 
 
 # ---------------------------------------------------------------- the key
@@ -126,7 +135,7 @@ def file_digest(path: Path) -> str:
 
 
 class FeatureSet(torch.utils.data.Dataset):
-    """Cached features (views x N x D, fp16, memory-mapped) and labels; item i of the current view."""
+    """Cached prefix outputs (views x N x ..., memory-mapped) and labels; item i of the current view."""
 
     def __init__(self, features: np.ndarray, labels: np.ndarray):
         self.features, self.labels, self.view = features, labels, 0
@@ -139,18 +148,12 @@ class FeatureSet(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(self.features[self.view, i], dtype=np.float32)), int(self.labels[i])
 
 
-def load_or_compute(folder: Path, model, info, loader, views: int, seed: int, device, amp, console) -> FeatureSet:
-    if not (folder / "features.npy").is_file():
-        compute(folder, model, info, loader, views, seed, device, amp, console)
+def load_features(folder: Path) -> FeatureSet:
     return FeatureSet(np.load(folder / "features.npy", mmap_mode="r"), np.load(folder / "labels.npy"))
 
 
-class _Captured(Exception):
-    """Raised by the head's pre-hook: the head's input is all we need, so the head never runs."""
-
-
-def compute(folder: Path, model, info: ModelInfo, loader, views: int, seed: int, device, amp, console) -> None:
-    """Run the backbone over the loader's images (in file order) `views` times; write fp16 features atomically."""
+def compute(folder: Path, split: Split, name: str, loader, views: int, layout, seed: int, device, amp, console) -> None:
+    """Run the frozen prefix over the loader's images (in file order) `views` times; write the outputs atomically."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     dataset = image_dataset(loader)
@@ -158,34 +161,20 @@ def compute(folder: Path, model, info: ModelInfo, loader, views: int, seed: int,
                                           num_workers=loader.num_workers, pin_memory=loader.pin_memory,
                                           worker_init_fn=loader.worker_init_fn,
                                           generator=torch.Generator().manual_seed(seed))
-    head = model.get_submodule(info.head_name)
-    captured: list[torch.Tensor] = []
-
-    def grab(module, args):
-        captured.append(args[0].detach().flatten(1).float().cpu())
-        raise _Captured
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    hook = head.register_forward_pre_hook(grab)
-    model.eval()
     try:
-        n = len(dataset)
-        out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
-                                        shape=(views, n, info.feature_dim))
+        shape, dtype = layout
+        out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=dtype, shape=(views, len(dataset), *shape))
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=console, transient=True) as bar, torch.inference_mode():
-            task = bar.add_task("computing features", total=views * len(ordered))
+            task = bar.add_task(f"computing {name} features", total=views * len(ordered))
             for v in range(views):
                 row = 0
                 for images, _ in (tuned_threads(ordered) if device.type == "cpu" else ordered):
-                    try:
-                        with amp:
-                            model(images.to(device, non_blocking=True, memory_format=torch.channels_last))
-                    except _Captured:
-                        pass
-                    batch = captured.pop()
-                    out[v, row:row + len(batch)] = batch.numpy()
+                    with amp:
+                        batch = split.prefix(images.to(device, non_blocking=True, memory_format=torch.channels_last))
+                    out[v, row:row + len(batch)] = batch.float().cpu().numpy()
                     row += len(batch)
                     bar.advance(task)
         out.flush()
@@ -198,8 +187,23 @@ def compute(folder: Path, model, info: ModelInfo, loader, views: int, seed: int,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        hook.remove()
+
+
+class _Prefixed:
+    """The image loader's batches, turned into prefix outputs by the fast frozen copy as they arrive."""
+
+    def __init__(self, loader, split: Split, device: torch.device, amp):
+        self.loader, self.split, self.device, self.amp = loader, split, device, amp
+        self.dataset, self.batch_size = loader.dataset, loader.batch_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            with torch.no_grad(), self.amp:  # not across the yield: the caller's step needs its own grad mode
+                features = self.split.prefix(images.to(self.device, non_blocking=True, memory_format=torch.channels_last))
+            yield features, labels
 
 
 class _EpochViews:
@@ -216,11 +220,11 @@ class _EpochViews:
         epoch = getattr(self.loader.sampler, "epoch", None)  # sampling.EpochSampler: 1-based, set by fit (resume too)
         self.features.view = (epoch - 1 if epoch else self.epoch) % self.features.features.shape[0]
         self.epoch += 1
-        # A head on cached features is a few tiny matmuls per step: one CPU thread does them ~25x faster than
+        # A head on pooled features is a few tiny matmuls per step: one CPU thread does them ~25x faster than
         # a thread pool whose synchronisation costs more than the math (measured: 0.07 s vs 1.8 s per epoch
-        # on hymenoptera on a busy 2-core machine). Restored when the epoch ends.
+        # on hymenoptera on a busy 2-core machine). Restored when the epoch ends. A last stage's convs keep them all.
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(1 if self.features.features.ndim == 3 else threads)
         try:
             yield from self.loader
         finally:

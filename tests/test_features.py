@@ -14,7 +14,8 @@ from torch import nn
 from finetune.config import build_recipe
 from finetune.engine import fit
 from finetune.errors import ConfigError
-from finetune.features import FeatureSet, stochastic_before_head
+from finetune.features import FeatureSet
+from finetune.frozen import random_in_training
 
 
 def _fit(tree, tmp_path, **sections):
@@ -33,8 +34,8 @@ def _entries(tmp_path) -> set[str]:
 
 
 def test_cached_and_uncached_training_reach_the_same_result(tiny_tree, tmp_path):
-    # Same seed, same batches (the cached path reuses the image loader's sampler); the only difference is
-    # fp16 storage of the features. Tolerance: identical accuracy, losses within 0.1% relative.
+    # Same seed, same batches (the cached path reuses the image loader's sampler); the only differences are
+    # fp16 storage of the features and the frozen BatchNorm folded into its conv. Tolerance: identical accuracy, losses within 0.1% relative.
     tiny_tree["model"]["head"] = {"dropout": 0.2}  # the head's own dropout must draw the same masks
     cached, run_c = _fit(tiny_tree, tmp_path, train__epochs=3)
     assert len(_entries(tmp_path)) == 2  # train + val
@@ -92,6 +93,27 @@ def test_cache_hit_miss_and_invalidation(tiny_tree, image_folder, tmp_path, monk
     assert len(computed) == 9
 
 
+def test_last_stage_caches_the_last_stages_input_with_the_same_result(tiny_tree, tmp_path):
+    # The frozen part before the last stage runs once per image; every step trains the last stage and head
+    # on its stored output. That output is stored in fp16 (relative rounding 5e-4) and the prefix's BatchNorm is
+    # folded, and the last stage amplifies both over training. Tolerance: identical accuracy, losses within 1%.
+    tiny_tree["strategy"] = {"name": "last-stage", "lr": {"head": 0.01, "last_stage": 0.002}}
+    cached, run_c = _fit(tiny_tree, tmp_path, train__epochs=2)
+    shapes = {np.load(tmp_path / "cache" / n / "features.npy", mmap_mode="r").shape for n in _entries(tmp_path)}
+    assert {s[1] for s in shapes} == {16, 8} and all(len(s) == 5 for s in shapes)  # views x images x C x H x W
+    uncached, run_u = _fit(tiny_tree, tmp_path, train__epochs=2, features__cache="off")
+    for c, u in zip(cached, uncached):
+        assert c["val_acc"] == u["val_acc"] and c["train_acc"] == u["train_acc"]
+        for col in ("train_loss", "val_loss"):
+            assert float(c[col]) == pytest.approx(float(u[col]), rel=1e-2), col
+    sc = torch.load(run_c / "last.pt", weights_only=True)["model"]
+    su = torch.load(run_u / "last.pt", weights_only=True)["model"]
+    assert sc.keys() == su.keys()
+    assert torch.equal(sc["blocks.0.0.conv.weight"], su["blocks.0.0.conv.weight"])  # frozen: never moved
+    # (trained weights are compared through the losses: Adam turns a gradient of 1e-8 that differs in rounding,
+    # like a last-stage BatchNorm bias's here, into a full lr-sized step either way)
+
+
 def test_features_are_fp16_and_memory_mapped(tiny_tree, tmp_path):
     _fit(tiny_tree, tmp_path, train__epochs=1)
     for name in _entries(tmp_path):
@@ -106,8 +128,11 @@ def test_features_are_fp16_and_memory_mapped(tiny_tree, tmp_path):
 
 def test_augmentation_recomputes_by_default_or_caches_k_views(tiny_tree, tmp_path):
     rows, _ = _fit(tiny_tree, tmp_path, train__epochs=1, data__augment="flip")
-    assert _entries(tmp_path) == set() and len(rows) == 1  # default views: 0 = recompute every epoch
+    # default views 0: train's frozen part runs every epoch on fresh augmentations; val (fixed transform) is cached
+    (val,) = _entries(tmp_path)
+    assert np.load(tmp_path / "cache" / val / "features.npy", mmap_mode="r").shape[:2] == (1, 8) and len(rows) == 1
     rows, _ = _fit(tiny_tree, tmp_path, train__epochs=3, data__augment="flip", features__views=2)
+    assert len(_entries(tmp_path)) == 2  # val: the same entry again
     shapes = sorted(np.load(tmp_path / "cache" / n / "features.npy", mmap_mode="r").shape for n in _entries(tmp_path))
     assert shapes[0][0] == 1 and shapes[1][:2] == (2, 16)  # val: one view; train: two views of 16 images
     train = np.load(tmp_path / "cache" / max(_entries(tmp_path), key=lambda n: np.load(
@@ -123,19 +148,19 @@ def test_only_feature_extract_uses_the_cache(tiny_tree, tmp_path):
 
 
 def test_a_backbone_that_is_random_in_training_is_not_cached():
-    head_name = "2"
+    prefix = ["0", "1"]
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2))
     for p in model[0].parameters():
         p.requires_grad_(False)
-    assert stochastic_before_head(model, head_name) == ["1"]
+    assert random_in_training(model, prefix) == ["1"]
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, affine=False), nn.Linear(4, 2))
     for p in model[0].parameters():
         p.requires_grad_(False)
-    assert stochastic_before_head(model, head_name) == ["1"]
+    assert random_in_training(model, prefix) == ["1"]
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     for p in model[:2].parameters():
         p.requires_grad_(False)
-    assert stochastic_before_head(model, head_name) == []  # frozen BN stays in eval: deterministic
+    assert random_in_training(model, prefix) == []  # frozen BN stays in eval: deterministic
 
 
 def test_cache_inside_the_dataset_is_refused(tiny_tree, image_folder, tmp_path):
