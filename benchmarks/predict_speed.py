@@ -1,8 +1,10 @@
-"""predict() images/s against a forward-only loop over pre-loaded tensors, same model, same batch size.
+"""predict() images/s against forward-only loops over pre-loaded tensors, same model, same batch size.
 
-The forward-only loop is the ceiling: images already decoded and preprocessed in memory, the model in
-inference mode (channels_last, as predict uses), on whichever thread count (all cores or half) is faster. predict() is timed whole: loading the checkpoint,
-finding files, decoding, preprocessing and the forward pass. Rounds alternate; medians are reported.
+The forward-only loops are the ceiling: images already decoded and preprocessed in memory, the model in
+inference mode and channels_last, on whichever thread count (all cores or half) is faster. They run the
+checkpoint's model as loaded (`forward`: what a user's own loop would run) and the BatchNorm-folded copy
+predict itself runs (`forward_folded`). predict() is timed whole: loading the checkpoint, finding files,
+decoding, preprocessing and the forward pass. Rounds alternate; medians are reported.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import torch
 from finetune.checkpoint import load_model
 from finetune.data import load_rgb
 from finetune.engine import resolve_device
+from finetune.frozen import folded_copy
 from finetune.inference import expand_paths, predict
 from finetune.preprocessing import Preprocessing, eval_transform
 
@@ -38,32 +41,38 @@ def main():
     batches = [torch.stack([transform(load_rgb(p, pre.resize)) for p in paths[i:i + args.batch_size]])
                for i in range(0, len(paths), args.batch_size)]
 
-    def forward_only():
+    folded = folded_copy(model, batches[0][:1].to(device, memory_format=torch.channels_last))
+
+    def forward_only(net):
         with torch.inference_mode():
             for x in batches:
-                model(x.to(device, memory_format=torch.channels_last)).float().softmax(1).cpu()
+                net(x.to(device, memory_format=torch.channels_last)).float().softmax(1).cpu()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    forward_only()  # warm-up: first-call allocations, kernel selection
-    default = torch.get_num_threads()
-    fwd, pred = [], []
-    for _ in range(args.rounds):
-        # the ceiling is the faster of all cores and half of them (the candidates predict measures too)
+    def ceiling(net):
+        """images/s: the faster of all cores and half of them (the candidates predict measures too)."""
         best = 0.0
         for threads in sorted({default, max(1, default // 2)}) if device.type == "cpu" else [default]:
             torch.set_num_threads(threads)
             t = time.perf_counter()
-            forward_only()
+            forward_only(net)
             best = max(best, len(paths) / (time.perf_counter() - t))
         torch.set_num_threads(default)
-        fwd.append(best)
+        return best
+
+    forward_only(model), forward_only(folded)  # warm-up: first-call allocations, kernel selection
+    default = torch.get_num_threads()
+    fwd, fwd_folded, pred = [], [], []
+    for _ in range(args.rounds):
+        fwd.append(ceiling(model))
+        fwd_folded.append(ceiling(folded))
         t = time.perf_counter()
         results = predict(args.checkpoint, paths, top_k=1, batch_size=args.batch_size, device=args.device)
         pred.append(len(paths) / (time.perf_counter() - t))
         assert len(results) == len(paths) and not any(r.error for r in results)
-    print(json.dumps({"images": len(paths), "rounds": args.rounds,
-                      "forward": statistics.median(fwd), "predict": statistics.median(pred)}))
+    print(json.dumps({"images": len(paths), "rounds": args.rounds, "forward": statistics.median(fwd),
+                      "forward_folded": statistics.median(fwd_folded), "predict": statistics.median(pred)}))
 
 
 if __name__ == "__main__":

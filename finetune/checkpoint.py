@@ -113,12 +113,13 @@ def load_checkpoint(path: Path) -> dict:
     return payload
 
 
-def load_model(path: Path):
-    """(model in eval mode, meta) from a checkpoint alone: no recipe, no dataset, no download."""
+def load_model(path: Path, payload: dict | None = None):
+    """(model in eval mode, meta) from a checkpoint alone: no recipe, no dataset, no download.
+    `payload`: the checkpoint already read by load_checkpoint(path)."""
     from .config import ModelSpec
     from .models.registry import create_model, load_weights
 
-    payload = load_checkpoint(path)
+    payload = payload or load_checkpoint(path)
     meta = payload["meta"]
     spec = ModelSpec.model_validate({**meta["model"], "weights": None})
     model, _ = create_model(spec, len(meta["class_names"]))

@@ -193,3 +193,46 @@ def resolve_workers(workers: int | str) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return min(4, max(0, cores - 1))
     return int(workers)
+
+
+def prefetched(batches, depth: int = 2):
+    """An iterator over `batches`, produced from now on, up to `depth` ahead, by a background thread: loading
+    overlaps the caller's work without worker processes to start (PIL decodes and resizes with the GIL
+    released). On a 2-core CPU predict ran 33.9 images/s this way against 30.4 with one DataLoader worker
+    (median of 5, hymenoptera val)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce():
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put((end, exc))
+
+    def consume():
+        try:
+            while True:
+                item, exc = q.get()
+                if exc is not None:
+                    raise exc
+                if item is end:
+                    return
+                yield item
+        finally:
+            stop.set()
+
+    threading.Thread(target=produce, daemon=True, name="finetune-prefetch").start()
+    return consume()

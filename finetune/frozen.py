@@ -97,8 +97,7 @@ def split_frozen(model: nn.Module, roots: list[str], images: torch.Tensor) -> tu
             random_parts = random_in_training(model, skipped, boundary if only_boundary else "")
             if random_parts:
                 return None, f"{', '.join(random_parts[:3])} before {boundary} is random in training"
-            fast = copy.deepcopy(model).requires_grad_(False).eval()
-            fold_batchnorm(fast, images[:2])
+            fast = folded_copy(model, images[:2])
             fast.get_submodule(boundary).register_forward_pre_hook(_raise_stop)
             tail = model.get_submodule(boundary) if only_boundary else _SkipPrefix(model, skipped)
             split = Split(boundary, skipped, fast, tail)
@@ -109,10 +108,31 @@ def split_frozen(model: nn.Module, roots: list[str], images: torch.Tensor) -> tu
                 got = None
     finally:
         model.train(was_training)
-    if got is None or got.shape != expected.shape or not torch.allclose(
-            got, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()) + 1e-5):
+    if got is None or not _same(got, expected):
         return None, f"running the model from {boundary} on does not reproduce its forward"
     return split, ""
+
+
+def folded_copy(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """A frozen eval-mode copy of `model` with its BatchNorms folded (`fold_batchnorm`), checked to give the
+    model's output on `images`; a plain frozen copy where folding would change it."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(images).float()
+            fast = copy.deepcopy(model).requires_grad_(False)
+            if fold_batchnorm(fast, images) and not _same(fast(images).float(), expected):
+                fast = copy.deepcopy(model).requires_grad_(False)
+    finally:
+        model.train(was_training)
+    return fast.eval()
+
+
+def _same(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal up to float rounding (folding reorders the arithmetic), relative to the output's scale."""
+    return got.shape == expected.shape and torch.allclose(
+        got, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()) + 1e-5)
 
 
 def fold_batchnorm(model: nn.Module, images: torch.Tensor) -> int:

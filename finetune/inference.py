@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model
+from .checkpoint import load_checkpoint, load_model
 from .data import is_image_name, load_rgb
 from .errors import DataError
+from .frozen import folded_copy
 from .preprocessing import Preprocessing, eval_transform
 from .threads import tuned_threads
 
@@ -86,27 +87,34 @@ def predict(checkpoint: Path, paths: list[Path], top_k: int = 5, batch_size: int
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .calibration import temperature_of
-    from .data import resolve_workers
+    from .data import prefetched, resolve_workers
     from .engine import resolve_device
 
-    model, meta = load_model(checkpoint)
+    payload = load_checkpoint(checkpoint)
+    meta = payload["meta"]
     temperature = 1.0 if raw else temperature_of(meta)
     dev = resolve_device(device)
-    model.to(dev, memory_format=torch.channels_last)
     names = meta["class_names"]
     pre = Preprocessing.from_dict(meta["preprocessing"])
     k = max(1, min(top_k, len(names)))
-    workers = resolve_workers("auto") if workers is None else workers
+    if workers is None:  # CPU: decode in a thread of this process (data.prefetched); CUDA: in worker processes
+        workers = resolve_workers("auto") if dev.type == "cuda" else 0
     loader = torch.utils.data.DataLoader(_Images(paths, eval_transform(pre), pre.resize), batch_size=batch_size,
                                          num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
+    batches = prefetched(loader) if dev.type == "cpu" else loader  # on CPU decoding starts while the model is built
+    model, _ = load_model(checkpoint, payload)
+    model.to(dev, memory_format=torch.channels_last)
+    # BatchNorm folded into the convs: fewer passes over the activations, the same logits (frozen.py)
+    probe = torch.randn(1, 3, pre.size, pre.size, generator=torch.Generator().manual_seed(0))
+    model = folded_copy(model, probe.to(dev, memory_format=torch.channels_last))
     results = [Prediction(str(p)) for p in paths]
     columns = [TextColumn("predict"), BarColumn(), MofNCompleteColumn()]
     console = console or Console(stderr=True)
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar, \
             torch.inference_mode():
         task = bar.add_task("predict", total=len(paths))
-        # decoding in workers overlaps the forward pass; on CPU the thread count that keeps pace is measured
-        for images, idx, errors in (tuned_threads(loader) if dev.type == "cpu" else loader):
+        # decoding overlaps the forward pass; on a busy CPU the thread count that keeps pace is measured
+        for images, idx, errors in (tuned_threads(batches) if dev.type == "cpu" else batches):
             for i, err in errors:
                 results[i].error = err
             if idx:

@@ -3,8 +3,10 @@
 torch starts one thread per core. When the cores are also busy (our own DataLoader workers decoding,
 other programs), every op waits at a barrier for its slowest thread and the pool runs slower than
 fewer threads would: on a loaded 2-core machine, EfficientNet-Lite0 forward ran 17 images/s on one
-thread and 6 on two; ResNet-50 4.4 and 2.7. On an idle machine the full pool wins. So time a few
-batches with each candidate, keep the faster, and check again now and then as the load changes.
+thread and 6 on two; ResNet-50 4.4 and 2.7. On an idle machine the full pool wins, and a probe on half
+the cores only costs time (0.4-0.6 s of a 6 s predict on hymenoptera val). So when other programs keep
+the cores busy, time a few batches with each candidate, keep the faster, and check again now and then
+as the load changes; on an idle machine use them all.
 
 Used for the frozen feature pass (features.py), whose outputs were bit-identical on one and two threads
 for both models above; not for training steps, whose gradient reductions may split differently across
@@ -13,30 +15,59 @@ threads, and the same seed must give the same run.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 
 def tuned_threads(batches, probe_every: int = 64, probes: int = 1):
-    """Yield from `batches`, timing the caller's work on each (the time until it asks for the next) with
-    each candidate thread count: all cores, and half of them. The faster one runs the rest of the cycle."""
+    """Yield from `batches`, timing the caller's work on each (the time until it asks for the next).
+
+    Each cycle of `probe_every` batches starts with a warm-up batch on all cores, during which the CPU time
+    of other processes is measured. If they used half a core or more, the next batches try each candidate
+    thread count (all cores, half of them) and the faster runs the rest of the cycle; else all cores do."""
     default = torch.get_num_threads()
-    candidates = sorted({default, max(1, default // 2)}, reverse=True)
-    schedule = [c for _ in range(probes) for c in candidates]  # alternate, so load changes hit both alike
-    best, timings = default, {c: [] for c in candidates}
+    half = max(1, default // 2)
+    schedule = [c for _ in range(probes) for c in (default, half)]  # alternate, so load changes hit both alike
+    best, timings, busy = default, {default: [], half: []}, False
     try:
         for i, batch in enumerate(batches):
-            step = i % probe_every - 1  # the first batch of a cycle is a warm-up at the current best
-            probing = 0 <= step < len(schedule) and len(candidates) > 1
+            step = i % probe_every - 1  # -1: the warm-up that opens a cycle
+            probing = busy and 0 <= step < len(schedule)
             torch.set_num_threads(schedule[step] if probing else best)
-            start = time.perf_counter()
+            clock = cpu_clock()
             yield batch
-            if probing:
-                timings[schedule[step]].append(time.perf_counter() - start)
+            if step == -1:
+                busy = half != default and others_busy(clock)
+                best = best if busy else default
+            elif probing:
+                timings[schedule[step]].append(cpu_clock()[0] - clock[0])
                 if step == len(schedule) - 1:
-                    best = min(candidates, key=lambda c: statistics.median(timings[c]))
-                    timings = {c: [] for c in candidates}
+                    best = min((default, half), key=lambda c: statistics.median(timings[c]))
+                    timings = {default: [], half: []}
     finally:
         torch.set_num_threads(default)
+
+
+def cpu_clock() -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds the whole machine has worked, CPU seconds this process has, all threads).
+    The machine's share is read from Linux's /proc/stat; elsewhere it is unknown (nan)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        machine = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    except (OSError, ValueError, IndexError):
+        machine = float("nan")
+    return time.perf_counter(), machine, time.process_time()
+
+
+def others_busy(since: tuple[float, float, float], cores: float = 0.5) -> bool:
+    """Whether other processes kept `cores` cores' worth busy on average since the `cpu_clock()` reading
+    `since`. True when that cannot be known, so the thread count is measured rather than assumed."""
+    now = cpu_clock()
+    wall, machine, own = (b - a for a, b in zip(since, now))
+    if wall <= 0 or machine != machine:  # nan: not Linux
+        return True
+    return (machine - own) / wall >= cores
