@@ -145,7 +145,9 @@ def main() -> None:
                          str(data / "val"), "--batch-size", "32", "--device", args.device])
         r = json.loads(out.strip().splitlines()[-1])
         print(f"predict {r['predict']:.1f} images/s vs forward-only {r['forward']:.1f} images/s: "
-              f"{100 * r['predict'] / r['forward']:.0f}% ({r['images']} images, batch 32, median of {r['rounds']})")
+              f"{100 * r['predict'] / r['forward']:.0f}%; vs forward-only with BatchNorm folded (predict's own "
+              f"forward) {r['forward_folded']:.1f}: {100 * r['predict'] / r['forward_folded']:.0f}% "
+              f"({r['images']} images, batch 32, median of {r['rounds']})")
     for cmd, seconds in help_seconds().items():
         print(f"finetune {cmd}: {seconds:.2f} s (median of 5, whole process)")
     print(f"(work files in {tmp})")

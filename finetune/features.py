@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .config import Recipe
+from .data import prefetched
 from .errors import ConfigError
 from .frozen import Split, split_frozen
 from .models.registry import ModelInfo
@@ -157,8 +158,9 @@ def compute(folder: Path, split: Split, name: str, loader, views: int, layout, s
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     dataset = image_dataset(loader)
+    cpu = device.type == "cpu"  # decode in a thread of this process, as predict does (data.prefetched)
     ordered = torch.utils.data.DataLoader(dataset, batch_size=loader.batch_size, shuffle=False,
-                                          num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                                          num_workers=0 if cpu else loader.num_workers, pin_memory=loader.pin_memory,
                                           worker_init_fn=loader.worker_init_fn,
                                           generator=torch.Generator().manual_seed(seed))
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -171,12 +173,14 @@ def compute(folder: Path, split: Split, name: str, loader, views: int, layout, s
             task = bar.add_task(f"computing {name} features", total=views * len(ordered))
             for v in range(views):
                 row = 0
-                for images, _ in (tuned_threads(ordered) if device.type == "cpu" else ordered):
-                    with amp:
-                        batch = split.prefix(images.to(device, non_blocking=True, memory_format=torch.channels_last))
-                    out[v, row:row + len(batch)] = batch.float().cpu().numpy()
-                    row += len(batch)
-                    bar.advance(task)
+                with torch.random.fork_rng(devices=[]):  # view v's augmentations: from (seed, v), not the run's RNG
+                    torch.manual_seed(int(np.random.SeedSequence([seed, v]).generate_state(1)[0]))
+                    for images, _ in (tuned_threads(prefetched(ordered)) if cpu else ordered):
+                        with amp:
+                            batch = split.prefix(images.to(device, non_blocking=True, memory_format=torch.channels_last))
+                        out[v, row:row + len(batch)] = batch.float().cpu().numpy()
+                        row += len(batch)
+                        bar.advance(task)
         out.flush()
         del out
         np.save(tmp / "labels.npy", np.array([label for _, label in dataset.samples], dtype=np.int64))

@@ -152,7 +152,10 @@ def fold_batchnorm(model: nn.Module, images: torch.Tensor) -> int:
         if seen is not None and seen[0] is args[0]:
             pairs.append((seen[1], bn))
 
-    hooks = [m.register_forward_hook(after_conv) for m in model.modules() if type(m) is nn.Conv2d]
+    # exactly Conv2d, or timm's Conv2dSame (pads its input, then the same conv): a subclass that transforms its
+    # weight (weight standardisation) would undo the fold
+    hooks = [m.register_forward_hook(after_conv) for m in model.modules()
+             if type(m) is nn.Conv2d or type(m).__name__ == "Conv2dSame"]
     hooks += [m.register_forward_pre_hook(before_bn) for m in model.modules()
               if isinstance(m, nn.BatchNorm2d) and not m.training and m.track_running_stats]
     try:

@@ -35,11 +35,13 @@ def _save(fig, path: Path, dpi: int = 110) -> Path:
 
 class CurvesPlot:
     """curves.png, redrawn as the run goes but at most ~5% of the run's time: a plot costs ~0.5 s on a
-    laptop (10 s seen on a GPU box without a font cache), which would dominate second-long GPU epochs."""
+    laptop (10 s seen on a GPU box without a font cache), which would dominate second-long GPU epochs.
+    Until one has been timed a plot is assumed to cost `estimate`, so a run shorter than estimate/budget
+    (10 s) draws once, at the end."""
 
-    def __init__(self, path: Path, budget: float = 0.05):
+    def __init__(self, path: Path, budget: float = 0.05, estimate: float = 0.5):
         self.path, self.budget = Path(path), budget
-        self.last, self.cost = -math.inf, 0.0
+        self.last, self.cost = time.perf_counter(), estimate
 
     def update(self, rows: list[dict], final: bool = False) -> None:
         now = time.perf_counter()

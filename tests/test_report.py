@@ -7,8 +7,10 @@ ROWS = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 0.9, "val_
 def test_curves_redraw_within_a_time_budget_and_always_at_the_end(tmp_path, monkeypatch):
     drawn = []
     monkeypatch.setattr(report, "plot_curves", lambda path, rows: drawn.append(len(rows)))
-    curves = CurvesPlot(tmp_path / "curves.png", budget=0.05)
-    curves.update(ROWS)  # the first epoch is always drawn
+    curves = CurvesPlot(tmp_path / "curves.png", budget=0.05, estimate=0.5)
+    curves.update(ROWS)  # a first epoch shorter than 0.5 s / 5% = 10 s is not drawn yet
+    curves.last -= 11  # as if the epoch had taken 11 s: now it is
+    curves.update(ROWS)
     curves.cost = 60.0  # as if a plot took a minute: the next one waits 20 minutes
     curves.update(ROWS * 2)
     curves.update(ROWS * 3, final=True)
