@@ -33,19 +33,27 @@ def _entries(tmp_path) -> set[str]:
     return {p.name for p in root.iterdir() if not p.name.startswith(".")} if root.is_dir() else set()
 
 
-def test_cached_and_uncached_training_reach_the_same_result(tiny_tree, tmp_path):
-    # Same seed, same batches (the cached path reuses the image loader's sampler); the only differences are
-    # fp16 storage of the features and the frozen BatchNorm folded into its conv. Tolerance: identical accuracy, losses within 0.1% relative.
-    tiny_tree["model"]["head"] = {"dropout": 0.2}  # the head's own dropout must draw the same masks
-    cached, run_c = _fit(tiny_tree, tmp_path, train__epochs=3)
-    assert len(_entries(tmp_path)) == 2  # train + val
-    uncached, run_u = _fit(tiny_tree, tmp_path, train__epochs=3, features__cache="off")
+def _same_as_uncached(tree, tmp_path, cached, run_c, epochs, rel):
+    """Train the same recipe with features.cache off: every epoch's accuracies equal, losses within rel.
+    Returns both runs' last.pt weights and the uncached run's folder."""
+    uncached, run_u = _fit(tree, tmp_path, train__epochs=epochs, features__cache="off")
+    assert len(cached) == len(uncached) == epochs
     for c, u in zip(cached, uncached):
         assert c["val_acc"] == u["val_acc"] and c["train_acc"] == u["train_acc"]
         for col in ("train_loss", "val_loss"):
-            assert float(c[col]) == pytest.approx(float(u[col]), rel=1e-3), col
-    sc = torch.load(run_c / "last.pt", weights_only=True)["model"]
-    su = torch.load(run_u / "last.pt", weights_only=True)["model"]
+            assert float(c[col]) == pytest.approx(float(u[col]), rel=rel), col
+    states = [torch.load(run / "last.pt", weights_only=True)["model"] for run in (run_c, run_u)]
+    return *states, run_u
+
+
+def test_cached_and_uncached_training_reach_the_same_result(tiny_tree, tmp_path):
+    # Same seed, same batches (the cached path reuses the image loader's sampler); the only differences are
+    # fp16 storage of the features and the frozen BatchNorm folded into its conv. Tolerance: identical
+    # accuracy, losses within 0.1% relative.
+    tiny_tree["model"]["head"] = {"dropout": 0.2}  # the head's own dropout must draw the same masks
+    cached, run_c = _fit(tiny_tree, tmp_path, train__epochs=3)
+    assert len(_entries(tmp_path)) == 2  # train + val
+    sc, su, run_u = _same_as_uncached(tiny_tree, tmp_path, cached, run_c, epochs=3, rel=1e-3)
     assert torch.allclose(sc["classifier.1.weight"], su["classifier.1.weight"], atol=1e-3)
     assert torch.equal(sc["conv_stem.weight"], su["conv_stem.weight"])  # the backbone never moved
     # calibration runs the head on the cached val features, not the backbone again, to the same temperature
@@ -101,13 +109,7 @@ def test_last_stage_caches_the_last_stages_input_with_the_same_result(tiny_tree,
     cached, run_c = _fit(tiny_tree, tmp_path, train__epochs=2)
     shapes = {np.load(tmp_path / "cache" / n / "features.npy", mmap_mode="r").shape for n in _entries(tmp_path)}
     assert {s[1] for s in shapes} == {16, 8} and all(len(s) == 5 for s in shapes)  # views x images x C x H x W
-    uncached, run_u = _fit(tiny_tree, tmp_path, train__epochs=2, features__cache="off")
-    for c, u in zip(cached, uncached):
-        assert c["val_acc"] == u["val_acc"] and c["train_acc"] == u["train_acc"]
-        for col in ("train_loss", "val_loss"):
-            assert float(c[col]) == pytest.approx(float(u[col]), rel=1e-2), col
-    sc = torch.load(run_c / "last.pt", weights_only=True)["model"]
-    su = torch.load(run_u / "last.pt", weights_only=True)["model"]
+    sc, su, _ = _same_as_uncached(tiny_tree, tmp_path, cached, run_c, epochs=2, rel=1e-2)
     assert sc.keys() == su.keys()
     assert torch.equal(sc["blocks.0.0.conv.weight"], su["blocks.0.0.conv.weight"])  # frozen: never moved
     # (trained weights are compared through the losses: Adam turns a gradient of 1e-8 that differs in rounding,
