@@ -38,13 +38,14 @@ def tuned_threads(batches, probe_every: int = 64, probes: int = 1):
             step = i % probe_every - 1  # -1: the warm-up that opens a cycle
             probing = busy and 0 <= step < len(schedule)
             torch.set_num_threads(schedule[step] if probing else best)
-            clock = cpu_clock()
+            clock = cpu_clock() if step == -1 else None
+            start = time.perf_counter()
             yield batch
-            if step == -1:
+            if clock is not None:
                 busy = half != default and others_busy(clock)
                 best = best if busy else default
             elif probing:
-                timings[schedule[step]].append(cpu_clock()[0] - clock[0])
+                timings[schedule[step]].append(time.perf_counter() - start)
                 if step == len(schedule) - 1:
                     best = min((default, half), key=lambda c: statistics.median(timings[c]))
                     timings = {default: [], half: []}
