@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import FinetuneError
+from .memory import long_lived
 
 app = typer.Typer(
     help="Transfer learning for image classification: train on a folder of photos, then predict and export.",
@@ -64,7 +65,8 @@ def train(
         else:
             config = load_recipe(recipe, set_ or [], data=data, output=output)
             config.run.exist_ok = config.run.exist_ok or exist_ok
-        from .engine import fit
+        with long_lived():  # torch's modules live until exit: the garbage collector skips them (memory.py)
+            from .engine import fit
 
         run_dir = fit(config, resume_dir=resume)
     except RunInterrupted as exc:  # exit 130 / 143, as the shell reports a process stopped by SIGINT / SIGTERM
@@ -93,7 +95,8 @@ def predict(
 ):
     """Predict the class of each image with a trained checkpoint (temperature-calibrated probabilities)."""
     try:
-        from .inference import expand_paths, predict as run_predict
+        with long_lived():
+            from .inference import expand_paths, predict as run_predict
 
         results = run_predict(checkpoint, expand_paths(paths), top_k=top_k, batch_size=batch_size, device=device,
                               tta=tta, raw=raw)

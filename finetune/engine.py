@@ -24,6 +24,7 @@ from .data import ImageDataset, Splits, resolve_splits, resolve_workers
 from .errors import ConfigError
 from .features import frozen_batches
 from .filecheck import unusable_files
+from .memory import keep_freed_memory, long_lived
 from .models.registry import create_model
 from .preprocessing import draft_size, eval_transform, train_transform
 from .report import CurvesPlot, print_run_summary
@@ -39,12 +40,14 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
     from rich.console import Console
 
     console = console or Console(stderr=True)
+    keep_freed_memory()  # each batch reuses the last one's memory: CPU forward passes ran up to 2x faster (memory.py)
     cfg = recipe.train
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     splits = resolve_splits(recipe.data.root, recipe.data.val_fraction, cfg.seed,
                             screen=lambda paths: unusable_files(paths, console))  # unreadable files left out
-    model, info = create_model(recipe.model, len(splits.class_names), recipe.data.image_size)
+    with long_lived():  # the model (and timm's import) live until exit: the garbage collector skips them
+        model, info = create_model(recipe.model, len(splits.class_names), recipe.data.image_size)
     plan = plan_freeze(model, info, recipe.strategy.name)
     apply_freeze(model, plan)
     model.to(device, memory_format=torch.channels_last)

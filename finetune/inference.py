@@ -12,6 +12,7 @@ from .checkpoint import load_checkpoint, load_model
 from .data import is_image_name, load_rgb
 from .errors import DataError
 from .frozen import folded_copy
+from .memory import keep_freed_memory, long_lived
 from .preprocessing import Preprocessing, eval_transform
 from .threads import tuned_threads
 
@@ -90,6 +91,7 @@ def predict(checkpoint: Path, paths: list[Path], top_k: int = 5, batch_size: int
     from .data import prefetched, resolve_workers
     from .engine import resolve_device
 
+    keep_freed_memory()  # each batch reuses the last one's memory (memory.py)
     payload = load_checkpoint(checkpoint)
     meta = payload["meta"]
     temperature = 1.0 if raw else temperature_of(meta)
@@ -102,7 +104,8 @@ def predict(checkpoint: Path, paths: list[Path], top_k: int = 5, batch_size: int
     loader = torch.utils.data.DataLoader(_Images(paths, eval_transform(pre), pre.resize), batch_size=batch_size,
                                          num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
     batches = prefetched(loader) if dev.type == "cpu" else loader  # on CPU decoding starts while the model is built
-    model, _ = load_model(checkpoint, payload)
+    with long_lived():  # the model (and timm's import) live until exit: the garbage collector skips them
+        model, _ = load_model(checkpoint, payload)
     model.to(dev, memory_format=torch.channels_last)
     # BatchNorm folded into the convs: fewer passes over the activations, the same logits (frozen.py)
     probe = torch.randn(1, 3, pre.size, pre.size, generator=torch.Generator().manual_seed(0))
