@@ -3,7 +3,7 @@
 The forward-only loops are the ceiling: images already decoded and preprocessed in memory, the model in
 inference mode and channels_last, on whichever thread count (all cores or half) is faster. They run the
 checkpoint's model as loaded (`forward`: what a user's own loop would run) and the BatchNorm-folded copy
-predict itself runs (`forward_folded`). predict() is timed whole: loading the checkpoint, finding files,
+predict itself runs (`forward_folded`), with the heap kept as predict keeps it (memory.py) from the start. predict() is timed whole: loading the checkpoint, finding files,
 decoding, preprocessing and the forward pass. Rounds alternate; medians are reported.
 """
 
@@ -20,6 +20,7 @@ from finetune.data import load_rgb
 from finetune.engine import resolve_device
 from finetune.frozen import folded_copy
 from finetune.inference import expand_paths, predict
+from finetune.memory import keep_freed_memory
 from finetune.preprocessing import Preprocessing, eval_transform
 
 
@@ -31,6 +32,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    keep_freed_memory()  # predict() sets it on its first call; the loops it is compared with get it from the start
     paths = expand_paths([str(args.folder)])
     device = resolve_device(args.device)
 
