@@ -3,8 +3,9 @@
 The forward-only loops are the ceiling: images already decoded and preprocessed in memory, the model in
 inference mode and channels_last, on whichever thread count (all cores or half) is faster. They run the
 checkpoint's model as loaded (`forward`: what a user's own loop would run) and the BatchNorm-folded copy
-predict itself runs (`forward_folded`), with the heap kept as predict keeps it (memory.py) from the start. predict() is timed whole: loading the checkpoint, finding files,
-decoding, preprocessing and the forward pass. Rounds alternate; medians are reported.
+predict itself runs (`forward_folded`), with the heap kept as predict keeps it (memory.py) from the start.
+predict() is timed whole: loading the checkpoint, finding files, decoding, preprocessing and the forward
+pass. Rounds alternate; medians are reported.
 """
 
 import argparse

@@ -5,7 +5,7 @@ Two defaults that suit short programs cost a training run seconds:
 - glibc serves blocks over 128 KiB-32 MiB (a batch's activations, tens of MB each) with a fresh mmap,
   unmaps them on free, and gives the top of its heap back to the kernel once 128 KiB of it is free; either
   way the next batch's tensors fault their pages in again, one zeroed 4 KiB page at a time. On the 2-core
-  benchmark machine that doubled the time of a forward pass: EfficientNet-Lite0, batch 16, BatchNorm
+  benchmark machine that nearly doubled the time of a forward pass: EfficientNet-Lite0, batch 16, BatchNorm
   folded, ran 46-56 images/s as glibc ships and 84-97 with the heap kept; a ResNet-50 training step took
   12% less time. `keep_freed_memory`.
 - torch, torchvision and timm import ~460,000 objects that live until exit, and every full collection
