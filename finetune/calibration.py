@@ -90,11 +90,11 @@ def calibrate_checkpoints(run_dir: Path, model, val_loader, device, console=None
     `net` is what runs on val_loader's batches: the model itself (default), or its head when the
     batches are cached frozen features, so the backbone does not run over val again.
     """
-    net = model if net is None else net
     import torch
 
     from .checkpoint import load_checkpoint, update_meta
 
+    net = model if net is None else net
     run_dir = Path(run_dir)
     last = load_checkpoint(run_dir / "last.pt")
     summary = calibration_summary(*collect_logits(net, val_loader, device, "calibrate last.pt", console))
