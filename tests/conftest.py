@@ -1,6 +1,7 @@
 """Shared fixtures: tiny generated image folders and a tiny-model recipe, so tests run in seconds on CPU."""
 
 import random
+import zlib
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,16 @@ def make_image(path: Path, color, size=24, seed=0, fmt=None) -> Path:
     return path
 
 
+def stable_seed(*parts) -> int:
+    """A seed from names that is the same in every process (hash() of a str is salted per process)."""
+    return zlib.crc32("/".join(map(str, parts)).encode()) % 10_000
+
+
 def make_folder(root: Path, per_class: dict[str, int], classes=COLORS, ext=".png") -> Path:
     for split, n in per_class.items():
         for name, color in classes.items():
             for i in range(n):
-                make_image(root / split / name / f"{name}{i}{ext}", color, seed=hash((split, name, i)) % 10_000)
+                make_image(root / split / name / f"{name}{i}{ext}", color, seed=stable_seed(split, name, i))
     return root
 
 

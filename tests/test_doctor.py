@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLORS, make_image
+from conftest import COLORS, make_image, stable_seed
 from finetune.doctor import inspect_dataset
 from finetune.errors import DataError
 from finetune.filecheck import check_files
@@ -37,7 +37,7 @@ def make_corpus(root: Path) -> dict[str, list[Path]]:
     for split, n in (("train", 8), ("val", 4)):
         for name, color in COLORS.items():
             for i in range(n):
-                make_image(root / split / name / f"{name}{i}.png", color, size=40, seed=hash((split, name, i)) % 9999)
+                make_image(root / split / name / f"{name}{i}.png", color, size=40, seed=stable_seed(split, name, i))
     blue, red, val = root / "train" / "blue", root / "train" / "red", root / "val" / "blue"
     good = Image.open(blue / "blue0.png").convert("RGB")
     jpeg = io.BytesIO()

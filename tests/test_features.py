@@ -49,7 +49,8 @@ def _same_as_uncached(tree, tmp_path, cached, run_c, epochs, rel):
 def test_cached_and_uncached_training_reach_the_same_result(tiny_tree, tmp_path):
     # Same seed, same batches (the cached path reuses the image loader's sampler); the only differences are
     # fp16 storage of the features and the frozen BatchNorm folded into its conv. Tolerance: identical
-    # accuracy, losses within 0.1% relative.
+    # accuracy, losses within 0.1% relative, head weights within 1e-3 (1.4e-4 on this fixture; Adam can turn the
+    # rounding of a near-zero gradient into a larger step, so other images have reached 1.2e-3).
     tiny_tree["model"]["head"] = {"dropout": 0.2}  # the head's own dropout must draw the same masks
     cached, run_c = _fit(tiny_tree, tmp_path, train__epochs=3)
     assert len(_entries(tmp_path)) == 2  # train + val
