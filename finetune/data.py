@@ -151,8 +151,7 @@ def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
             # Decode at reduced scale when the file is much larger than needed (a no-op otherwise).
             im.draft("RGB", (draft_size, draft_size))
         im.seek(0)
-        im = ImageOps.exif_transpose(im)
-        return to_rgb(im)
+        return to_rgb(ImageOps.exif_transpose(im))  # a new image (a copy where nothing turns): safe after close
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -169,7 +168,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGB", im.size, (255, 255, 255))
         background.paste(im, mask=im.getchannel("A"))
         return background
-    return im.convert("RGB") if im.mode != "RGB" else im.copy()
+    return im.convert("RGB") if im.mode != "RGB" else im
 
 
 class ImageDataset:

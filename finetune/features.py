@@ -33,7 +33,7 @@ from .frozen import Split, split_frozen
 from .models.registry import ModelInfo
 from .threads import tuned_threads
 
-FORMAT = 2
+FORMAT = 3  # bumped when the same key would now store other features (3: ResizeCrop resamples the crop only)
 FP16_LIMIT = 1e4  # prefix outputs larger than this (random-init nets) are stored as fp32: fp16 tops out at 65504
 
 
