@@ -58,8 +58,11 @@ class ResizeCrop:
         rw, rh = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
         left, top = round((rw - size) / 2), round((rh - size) / 2)
         method = Image.Resampling[self.interpolation.upper()]
-        if method == Image.Resampling.NEAREST:  # Pillow's nearest path picks other pixels given a box: resize whole
-            return im.resize((rw, rh), method).crop((left, top, left + size, top + size))
+        if method == Image.Resampling.NEAREST or min(left, top) < 0:
+            # Pillow's nearest path picks other pixels given a box; a crop larger than the resize is padded
+            from torchvision.transforms.functional import center_crop
+
+            return center_crop(im.resize((rw, rh), method), [size])
         sx, sy = w / rw, h / rh
         x0, x1, y0, y1 = left * sx, (left + size) * sx, top * sy, (top + size) * sy
         reach = 3 * max(sy, 1.0) + 1  # beyond any filter's support (bicubic: 2 output pixels' worth of source)

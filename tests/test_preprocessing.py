@@ -18,9 +18,10 @@ def _photo(w: int, h: int, seed: int) -> Image.Image:
 
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
 def test_resize_crop_matches_torchvision(interpolation):
-    # landscape, portrait (longer side truncated), square, and smaller than the resize (upsampling)
+    # landscape, portrait (longer side truncated), square, smaller than the resize (upsampling), and a resize
+    # smaller than the crop (padded)
     for i, (w, h, resize, size) in enumerate([(500, 375, 256, 224), (333, 500, 256, 224), (300, 300, 146, 128),
-                                              (199, 272, 256, 224), (640, 101, 64, 64)]):
+                                              (199, 272, 256, 224), (640, 101, 64, 64), (90, 120, 60, 64)]):
         im = _photo(w, h, i)
         ref = T.Compose([T.Resize(resize, interpolation=T.InterpolationMode(interpolation)), T.CenterCrop(size)])(im)
         got = ResizeCrop(resize, size, interpolation)(im)
