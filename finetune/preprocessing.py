@@ -48,17 +48,16 @@ class ResizeCrop:
     """
 
     def __init__(self, resize: int, size: int, interpolation: str):
-        self.resize, self.size, self.interpolation = resize, size, interpolation
-
-    def __call__(self, im):
         from PIL import Image
 
-        w, h, size = im.width, im.height, self.size
+        self.resize, self.size, self.method = resize, size, Image.Resampling[interpolation.upper()]
+
+    def __call__(self, im):
+        w, h, size, method = im.width, im.height, self.size, self.method
         # Resize's output (shorter side = resize, the longer one truncated) and CenterCrop's offsets, as torchvision
         rw, rh = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
         left, top = round((rw - size) / 2), round((rh - size) / 2)
-        method = Image.Resampling[self.interpolation.upper()]
-        if method == Image.Resampling.NEAREST or min(left, top) < 0:
+        if method == method.NEAREST or min(left, top) < 0:
             # Pillow's nearest path picks other pixels given a box; a crop larger than the resize is padded
             from torchvision.transforms.functional import center_crop
 
