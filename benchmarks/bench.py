@@ -32,7 +32,7 @@ LAST_STAGE = {"timm": "blocks.5,blocks.6,conv_head,bn2", "torchvision": "layer4"
 
 def run(cmd: list[str]) -> tuple[float, float, str]:
     """(wall seconds, peak RSS MiB of the largest process, stdout) of one command in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO, env=env)
     out = proc.stdout.read()
