@@ -9,7 +9,7 @@ import math
 import random
 import signal
 import tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +88,8 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
                   f"strategy {recipe.strategy.name}, device {device}" + run.resumed_at(), soft_wrap=True)
 
     curves = CurvesPlot(run_dir / "curves.png")
-    with run.guard(console, cfg.batch_size, pre.size):  # Ctrl-C/SIGTERM: save last.pt and stop; OOM: say what to lower
+    # Ctrl-C/SIGTERM: save last.pt and stop; OOM: say what to lower
+    with run.guard(console, cfg.batch_size, pre.size), workers_stopped_after(train_loader, val_loader):
         for epoch in range(run.epoch, cfg.epochs + 1):
             lrs, done = run.begin_epoch(epoch)
             sampler.set_epoch(epoch, skip=done * cfg.batch_size)
@@ -200,6 +201,20 @@ def make_loader(dataset, batch_size: int, recipe: Recipe, device: torch.device, 
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=generator,
         worker_init_fn=_seed_worker, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None)
+
+
+@contextmanager
+def workers_stopped_after(*loaders):
+    """Stop the loaders' persistent worker processes when the block ends. Left to exit, torch 2.11 with pin_memory
+    (CUDA) never told them to stop and waited 5 s for each before killing it: a 3-epoch run on an H200 spent 20 of
+    its 38 s exiting (4 workers)."""
+    try:
+        yield
+    finally:
+        for loader in loaders:
+            if loader._iterator is not None:  # where DataLoader keeps its persistent workers (private)
+                loader._iterator._shutdown_workers()
+                loader._iterator = None
 
 
 def build_optimizer(spec: OptimSpec, groups: list[dict]) -> torch.optim.Optimizer:

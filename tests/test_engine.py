@@ -2,6 +2,7 @@
 
 import csv
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,14 @@ def test_same_seed_same_metrics_different_seed_different_run(tiny_tree, tmp_path
     assert env["seed"] == 7 and env["torch"] == str(torch.__version__)
     assert {"python", "torchvision", "timm", "numpy", "finetune"} <= set(env)
     assert torch.load(runs[2] / "best.pt", weights_only=True)["meta"]["environment"]["seed"] == 7
+
+
+def test_loader_workers_are_stopped_when_fit_returns(tiny_tree):
+    """Not left to exit, where torch 2.11 waited 5 s for each (engine.workers_stopped_after)."""
+    tiny_tree["data"].update(augment="standard", workers=1)  # augmented: the train loader runs every epoch
+    before = set(multiprocessing.active_children())
+    fit(build_recipe(tiny_tree))
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_runs_never_clobber_each_other_unless_exist_ok(tmp_path):
