@@ -114,19 +114,20 @@ def split_frozen(model: nn.Module, roots: list[str], images: torch.Tensor) -> tu
 
 
 def folded_copy(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """A frozen eval-mode copy of `model` with its BatchNorms folded (`fold_batchnorm`), checked to give the
-    model's output on `images`; a plain frozen copy where folding would change it."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            expected = model(images).float()
-            fast = copy.deepcopy(model).requires_grad_(False)
-            if fold_batchnorm(fast, images) and not _same(fast(images).float(), expected):
-                fast = copy.deepcopy(model).requires_grad_(False)
-    finally:
-        model.train(was_training)
-    return fast.eval()
+    """A frozen eval-mode copy of `model` with its BatchNorms folded where that keeps its output (`fold_checked`)."""
+    return fold_checked(copy.deepcopy(model), images)
+
+
+def fold_checked(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """`model`, frozen and in eval mode, with its BatchNorms folded in place (`fold_batchnorm`) and checked to
+    give the same output on `images`; put back as it was where folding would change it."""
+    model.eval().requires_grad_(False)
+    with torch.no_grad():
+        expected, replaced = fold_batchnorm(model, images)
+        if replaced and not _same(model(images).float(), expected):
+            for name, module in replaced:
+                model.set_submodule(name, module)
+    return model
 
 
 def _same(got: torch.Tensor, expected: torch.Tensor) -> bool:
@@ -135,9 +136,10 @@ def _same(got: torch.Tensor, expected: torch.Tensor) -> bool:
         got, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()) + 1e-5)
 
 
-def fold_batchnorm(model: nn.Module, images: torch.Tensor) -> int:
+def fold_batchnorm(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[tuple[str, nn.Module]]]:
     """Fold each eval-mode BatchNorm2d into the Conv2d whose output it reads directly (as seen in one
-    forward pass on `images`), in place. Returns how many were folded."""
+    forward pass on `images`), in place. Returns that pass's output (the model's before folding) and the
+    (name, module) pairs it replaced, two per fold: setting them back undoes it."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     names = {m: n for n, m in model.named_modules()}
@@ -160,13 +162,13 @@ def fold_batchnorm(model: nn.Module, images: torch.Tensor) -> int:
               if isinstance(m, nn.BatchNorm2d) and not m.training and m.track_running_stats]
     try:
         with torch.no_grad():
-            model(images)
+            output = model(images).float()
     finally:
         for h in hooks:
             h.remove()
     convs = [c for c, _ in pairs]
     bns = [b for _, b in pairs]
-    folded = 0
+    replaced = []
     for conv, bn in pairs:
         if convs.count(conv) > 1 or bns.count(bn) > 1:  # shared modules: folding would change other calls
             continue
@@ -176,11 +178,11 @@ def fold_batchnorm(model: nn.Module, images: torch.Tensor) -> int:
             after = nn.Sequential(bn.drop, bn.act)
         else:
             continue
-        model.set_submodule(names[conv], fuse_conv_bn_eval(conv, bn))
+        model.set_submodule(names[conv], fuse_conv_bn_eval(conv, bn))  # a new conv: `conv` is left as it was
         model.set_submodule(names[bn], after)
-        folded += 1
+        replaced += [(names[conv], conv), (names[bn], bn)]
     model.to(memory_format=torch.channels_last)
-    return folded
+    return output, replaced
 
 
 def _raise_stop(module, args):

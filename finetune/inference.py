@@ -11,7 +11,7 @@ import torch
 from .checkpoint import load_checkpoint, load_model
 from .data import is_image_name, load_rgb
 from .errors import DataError
-from .frozen import folded_copy
+from .frozen import fold_checked
 from .memory import keep_freed_memory, long_lived
 from .preprocessing import Preprocessing, eval_transform
 from .threads import tuned_threads
@@ -109,7 +109,7 @@ def predict(checkpoint: Path, paths: list[Path], top_k: int = 5, batch_size: int
     model.to(dev, memory_format=torch.channels_last)
     # BatchNorm folded into the convs: fewer passes over the activations, the same logits (frozen.py)
     probe = torch.randn(1, 3, pre.size, pre.size, generator=torch.Generator().manual_seed(0))
-    model = folded_copy(model, probe.to(dev, memory_format=torch.channels_last))
+    model = fold_checked(model, probe.to(dev, memory_format=torch.channels_last))
     results = [Prediction(str(p)) for p in paths]
     columns = [TextColumn("predict"), BarColumn(), MofNCompleteColumn()]
     console = console or Console(stderr=True)
