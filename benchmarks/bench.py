@@ -55,12 +55,15 @@ def synthetic_folder(root: Path, per_class: int) -> Path:
                 y, x = np.mgrid[0:375, 0:500]
                 base = np.stack([(x * (c + 1) + y) % 256, (y * 2 + 40 * c) % 256, (x + y * c) % 256], -1)
                 noise = rng.integers(0, 60, base.shape)
-                Image.fromarray((base + noise).clip(0, 255).astype("uint8")).save(root / split / name / f"{i}.jpg", quality=90)
+                image = Image.fromarray((base + noise).clip(0, 255).astype("uint8"))
+                image.save(root / split / name / f"{i}.jpg", quality=90)
     return root
 
 
 def write_recipe(args, path: Path, data: Path, out: Path) -> Path:
-    lr = {"head": args.lr_head} if args.strategy == "feature-extract" else {"head": args.lr_head, "last_stage": args.lr_last_stage}
+    lr = {"head": args.lr_head}
+    if args.strategy != "feature-extract":
+        lr["last_stage"] = args.lr_last_stage
     tree = {
         "model": {"source": args.source, "name": args.name, "weights": args.weights},
         "data": {"root": str(data), "augment": args.augment, "image_size": args.image_size,
@@ -98,7 +101,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--lr-head", type=float, default=1e-3)
     ap.add_argument("--lr-last-stage", type=float, default=1e-4)
-    ap.add_argument("--workers", default=None, help="finetune's data.workers (default: auto); the hand-written loop uses 4")
+    ap.add_argument("--workers", default=None,
+                    help="finetune's data.workers (default: auto); the hand-written loop uses 4")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (AMP bf16 on both sides)")
     ap.add_argument("--predict", action="store_true", help="also time predict vs a forward-only loop on val/")
     ap.add_argument("--skip-handwritten", action="store_true", help="only run finetune (and predict)")
@@ -116,11 +120,13 @@ def main() -> None:
     rows["finetune"] = {"wall": wall, "rss": rss, "epoch_s": [float(m["seconds"]) for m in metrics],
                         "val_acc": float(metrics[-1]["val_acc"])}
     if not args.skip_handwritten:
-        cmd = [sys.executable, str(REPO / "benchmarks" / "handwritten.py"), "--data", str(data), "--source", args.source,
+        cmd = [sys.executable, str(REPO / "benchmarks" / "handwritten.py"), "--data", str(data),
+               "--source", args.source,
                "--name", args.name, "--strategy", args.strategy, "--last-stage", LAST_STAGE[args.source],
                "--augment", args.augment, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
                "--lr-head", str(args.lr_head), "--lr-last-stage", str(args.lr_last_stage), "--device", args.device]
-        cmd += (["--weights", args.weights] if args.weights else []) + (["--image-size", str(args.image_size)] if args.image_size else [])
+        cmd += ["--weights", args.weights] if args.weights else []
+        cmd += ["--image-size", str(args.image_size)] if args.image_size else []
         cmd += ["--amp"] if args.device.startswith("cuda") else []
         wall, rss, out = run(cmd)
         result = json.loads(out.strip().splitlines()[-1])

@@ -3,9 +3,10 @@
 The forward-only loops are the ceiling: images already decoded and preprocessed in memory, the model in
 inference mode and channels_last, on whichever thread count (all cores or half) is faster. They run the
 checkpoint's model as loaded (`forward`: what a user's own loop would run) and the BatchNorm-folded copy
-predict itself runs (`forward_folded`), with the heap kept as predict keeps it (memory.py) from the start.
-predict() is timed whole: loading the checkpoint, finding files, decoding, preprocessing and the forward
-pass. Rounds alternate; medians are reported.
+predict itself runs (`forward_folded`). This process is tuned as the `finetune` command tunes its own
+(runtime.process: the heap kept, the thread policy on) from the start, for both sides. predict() is timed
+whole: loading the checkpoint, finding files, decoding, preprocessing and the forward pass. Rounds
+alternate; medians are reported.
 """
 
 import argparse
@@ -16,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from finetune.checkpoint import load_model
-from finetune.data import load_rgb
-from finetune.engine import resolve_device
-from finetune.frozen import folded_copy
-from finetune.inference import expand_paths, predict
-from finetune.memory import keep_freed_memory
-from finetune.preprocessing import Preprocessing, eval_transform
+from finetune.data.images import load_rgb
+from finetune.data.transforms import eval_transform
+from finetune.deploy.loading import load_model
+from finetune.deploy.predict import expand_paths, predict
+from finetune.models.folding import folded_copy
+from finetune.runtime.device import resolve_device
+from finetune.runtime.process import tune_process
 
 
 def main():
@@ -33,13 +34,13 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    keep_freed_memory()  # predict() sets it on its first call; the loops it is compared with get it from the start
+    tune_process()  # as the command line does, before anything is timed
     paths = expand_paths([str(args.folder)])
     device = resolve_device(args.device)
 
-    model, meta = load_model(args.checkpoint)
+    model, ckpt = load_model(args.checkpoint)
     model.to(device, memory_format=torch.channels_last)
-    pre = Preprocessing.from_dict(meta["preprocessing"])
+    pre = ckpt.preprocessing
     transform = eval_transform(pre)
     batches = [torch.stack([transform(load_rgb(p, pre.resize)) for p in paths[i:i + args.batch_size]])
                for i in range(0, len(paths), args.batch_size)]

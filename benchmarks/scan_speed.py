@@ -41,8 +41,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         n = replicate(args.root, data, args.copies)
-        from finetune.data import load_rgb
-        from finetune.doctor import inspect_dataset
+        from finetune.data.doctor import inspect_dataset
+        from finetune.data.images import load_rgb
 
         times = {"cold": [], "warm": [], "full decode": []}
         for r in range(args.repeats):

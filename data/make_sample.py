@@ -7,7 +7,6 @@ Colours, scale, orientation, phase and noise are random per image, so a network 
 pattern, not a colour. Deterministic: the same files every time.
 """
 
-import math
 import random
 from pathlib import Path
 

@@ -6,15 +6,17 @@ The small public API, imported lazily so `import finetune` (and the CLI's --help
     predict(checkpoint, paths) -> [Prediction]
     evaluate(checkpoint, data) -> report dict (and CSV/PNG/JSON files)
     export(checkpoint, format) -> ExportResult (onnx | torchscript | safetensors, parity-checked)
-The modules behind them are named for nouns (inference, evaluation, exporter), so that importing a
-module never replaces the function of the same name on the package.
+They live in the sub-packages (train.loop, deploy.predict, ...), so importing a module never replaces the
+function of the same name on this package. A call changes nothing process-wide: the command line's process
+tuning is finetune.runtime.process.tune_process.
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-_API = {"load_recipe": "config", "fit": "engine", "predict": "inference", "evaluate": "evaluation", "export": "exporter"}
+_API = {"load_recipe": "config", "fit": "train.loop", "predict": "deploy.predict", "evaluate": "deploy.evaluate",
+        "export": "deploy.export"}
 __all__ = [*_API, "__version__"]
 
 

@@ -1,33 +1,43 @@
 """The `finetune` command. Each command parses, calls one library function, and maps errors to exit codes.
 
-Heavy imports (torch, torchvision, timm) happen inside the commands so `--help` stays fast.
+Heavy imports (torch, torchvision, timm) happen inside the commands so `--help` stays fast. This is the one
+place that tunes the whole process (runtime.process: the heap, the garbage collector, the thread policy).
+
+Exit codes: 0 done; 1 a problem the message says how to fix; 130 / 143 stopped by Ctrl-C / SIGTERM (the run
+can be resumed); 70 an unexpected error, a bug: one line here, the traceback in a log file (FINETUNE_DEBUG=1
+prints it here too).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .errors import FinetuneError
-from .memory import long_lived
+from .errors import FinetuneError, RunInterrupted
 
 app = typer.Typer(
     help="Transfer learning for image classification: train on a folder of photos, then predict and export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstrings' line breaks are reflowed; a blank line starts a paragraph
 )
 
+BUG_EXIT = 70  # EX_SOFTWARE (sysexits.h): an internal error
 
-def _fail(exc: FinetuneError, code: int = 1, label: str = "[bold red]error:[/]") -> typer.Exit:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"{label} {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+CheckpointArg = Annotated[Path, typer.Argument(help="A best.pt or last.pt written by `finetune train`.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")]
+Tta = Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average the logits of each image and its "
+                                                 "horizontal mirror (2x the compute).")]
+Raw = Annotated[bool, typer.Option("--raw", help="Report the raw softmax instead of probabilities calibrated with the "
+                                                 "temperature fitted at the end of training.")]
 
 
 class OutputFormat(str, Enum):
@@ -36,72 +46,163 @@ class OutputFormat(str, Enum):
     csv = "csv"
 
 
+class ReportFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    safetensors = "safetensors"
+
+
+def _print_error(label: str, message) -> None:
+    from .console import literal, stderr_console
+
+    stderr_console().print(f"{label} {literal(message)}", highlight=False, soft_wrap=True)
+
+
+def command(fn):
+    """The boundary every command runs in: a problem the user can fix is one line and exit 1; Ctrl-C/SIGTERM
+    after a save is exit 130/143 with the resume command; anything unforeseen is a bug: one line saying where,
+    the full traceback in a log file (the run folder's, or the cache folder's)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except RunInterrupted as exc:  # exit 130 / 143, as the shell reports a process stopped by SIGINT / SIGTERM
+            _print_error("[bold yellow]stopped:[/]", exc)
+            raise typer.Exit(exc.exit_code) from None
+        except FinetuneError as exc:
+            _print_error("[bold red]error:[/]", exc)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            _print_error("[bold yellow]stopped:[/]", "interrupted; nothing was saved by this command")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            log = _crash_log(exc)
+            where = _where(exc)
+            _print_error("[bold red]unexpected error:[/]", f"{type(exc).__name__}: {str(exc)[:300]} (at {where}). "
+                         f"This is a bug in finetune; please report it with {log or 'the traceback'}")
+            if os.environ.get("FINETUNE_DEBUG") == "1" or log is None:
+                import traceback
+
+                traceback.print_exception(exc)
+            raise typer.Exit(BUG_EXIT) from None
+    return run
+
+
+def _where(exc: BaseException) -> str:
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+
+
+def _crash_log(exc: BaseException) -> Path | None:
+    """The traceback in RUN_DIR/crash.log when the error happened in a run, else in the cache folder."""
+    import time
+    import traceback
+
+    from .data.filecheck import cache_dir
+
+    folder = getattr(exc, "finetune_run_dir", None) or cache_dir() / "logs"
+    path = Path(folder) / ("crash.log" if getattr(exc, "finetune_run_dir", None) else
+                           f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} finetune {_version()}\n")
+            f.write("".join(traceback.format_exception(exc)))
+        return path
+    except OSError:
+        return None
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _tune(imports: tuple[str, ...] = ("torch", "torchvision", "timm")) -> None:
+    from .runtime.process import tune_process
+
+    tune_process(imports)
+
+
 @app.command()
+@command
 def train(
-    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML file (see recipes/); not with --resume.")] = None,
+    recipe: Annotated[Optional[Path], typer.Argument(
+        help="Recipe YAML file (see recipes/); not with --resume.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="ImageFolder root; overrides data.root.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder to create (default: a new folder under runs/).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key, e.g. --set optim.name=sgd (repeatable).")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last.pt, with its own recipe.yaml.", metavar="RUN_DIR")] = None,
-    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Reuse the run folder if it exists (its checkpoints are overwritten) instead of making NAME-2.")] = False,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Run folder to create (default: a new folder under runs/).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a recipe key, e.g. --set optim.name=sgd (repeatable).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", metavar="RUN_DIR", help="Continue the run in this folder from its last.pt, with its own "
+                                            "recipe.yaml.")] = None,
+    exist_ok: Annotated[bool, typer.Option(
+        "--exist-ok", help="Reuse the run folder if it exists (its checkpoints are overwritten) instead of making "
+                           "NAME-2.")] = False,
 ):
     """Train a classifier as RECIPE says and write best.pt, last.pt, metrics.csv and recipe.yaml into a run folder.
 
-    A stopped run (Ctrl-C, SIGTERM, a crash) continues where it left off with --resume RUN_DIR.
+    A stopped run (Ctrl-C, SIGTERM, a crash) continues where it left off with --resume RUN_DIR. Without
+    data.augment in the recipe, feature-extract trains on the frozen features computed once (no augmentation)
+    and the other strategies use standard augmentation.
     """
     from .config import load_recipe
-    from .errors import ConfigError, RunInterrupted
+    from .errors import ConfigError
+
+    if resume is not None and (recipe is not None or output is not None or exist_ok):
+        raise ConfigError("--resume RUN_DIR continues that run with its own recipe.yaml; leave out RECIPE, "
+                          "--output and --exist-ok")
+    if resume is None and recipe is None:
+        raise ConfigError("give a RECIPE file to start a run, or --resume RUN_DIR to continue one")
+    if resume is not None:
+        _tune()
+        from .train.resume import load_run_recipe
+
+        config = load_run_recipe(resume, set_ or [], data=data)
+    else:
+        config = load_recipe(recipe, set_ or [], data=data, output=output)  # a mistake in it fails before torch
+        config.run.exist_ok = config.run.exist_ok or exist_ok
+        _tune()
+    from .train.loop import fit
 
     try:
-        if resume is not None and (recipe is not None or output is not None or exist_ok):
-            raise ConfigError("--resume RUN_DIR continues that run with its own recipe.yaml; leave out RECIPE, "
-                              "--output and --exist-ok")
-        if resume is None and recipe is None:
-            raise ConfigError("give a RECIPE file to start a run, or --resume RUN_DIR to continue one")
-        if resume is not None:
-            from .resume import load_run_recipe
-
-            config = load_run_recipe(resume, set_ or [], data=data)
-        else:
-            config = load_recipe(recipe, set_ or [], data=data, output=output)
-            config.run.exist_ok = config.run.exist_ok or exist_ok
-        with long_lived():  # torch's modules live until exit: the garbage collector skips them (memory.py)
-            from .engine import fit
-
         run_dir = fit(config, resume_dir=resume)
-    except RunInterrupted as exc:  # exit 130 / 143, as the shell reports a process stopped by SIGINT / SIGTERM
-        raise _fail(exc, exc.exit_code, "[bold yellow]stopped:[/]") from None
-    except FinetuneError as exc:
-        raise _fail(exc) from None
     except KeyboardInterrupt:  # before training started: nothing to save
-        raise _fail(FinetuneError("interrupted before the first epoch; nothing was trained")) from None
+        raise FinetuneError("interrupted before the first epoch; nothing was trained") from None
     typer.echo(str(run_dir))
 
 
-TTA_HELP = "Test-time augmentation: average the logits of each image and its horizontal mirror (2x the compute)."
-RAW_HELP = "Report the raw softmax instead of probabilities calibrated with the temperature fitted at the end of training."
-
-
 @app.command()
+@command
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A best.pt or last.pt written by `finetune train`.")],
+    checkpoint: CheckpointArg,
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")] = 1,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table for people, json or csv for programs.")] = OutputFormat.table,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
-    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
-    tta: Annotated[bool, typer.Option("--tta", help=TTA_HELP)] = False,
-    raw: Annotated[bool, typer.Option("--raw", help=RAW_HELP)] = False,
+    format: Annotated[OutputFormat, typer.Option(
+        "--format", "-f", help="table for people, json or csv for programs.")] = OutputFormat.table,
+    batch_size: BatchSize = 32,
+    device: Device = "auto",
+    tta: Tta = False,
+    raw: Raw = False,
 ):
     """Predict the class of each image with a trained checkpoint (temperature-calibrated probabilities)."""
-    try:
-        with long_lived():
-            from .inference import expand_paths, predict as run_predict
+    _tune(("torch", "torchvision"))
+    from .deploy.predict import expand_paths
+    from .deploy.predict import predict as run_predict
 
-        results = run_predict(checkpoint, expand_paths(paths), top_k=top_k, batch_size=batch_size, device=device,
-                              tta=tta, raw=raw)
-    except FinetuneError as exc:
-        raise _fail(exc) from None
+    results = run_predict(checkpoint, expand_paths(paths), top_k=top_k, batch_size=batch_size, device=device,
+                          tta=tta, raw=raw)
     if format == OutputFormat.json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
     elif format == OutputFormat.csv:
@@ -119,35 +220,34 @@ def predict(
         from rich.console import Console
         from rich.table import Table
 
+        from .console import literal
+
         table = Table("path", "prediction", "probability")
         for r in results:
             if r.error:
-                table.add_row(r.path, "[red]unreadable[/]", r.error)
+                table.add_row(literal(r.path), "[red]unreadable[/]", literal(r.error))
             else:
-                table.add_row(r.path, "\n".join(t["label"] for t in r.top), "\n".join(f"{t['prob']:.3f}" for t in r.top))
+                table.add_row(literal(r.path), literal("\n".join(t["label"] for t in r.top)),
+                              "\n".join(f"{t['prob']:.3f}" for t in r.top))
         Console().print(table)
 
 
-class ReportFormat(str, Enum):
-    table = "table"
-    json = "json"
-
-
 @app.command("inspect")
+@command
 def inspect_(
     root: Annotated[Path, typer.Argument(help="ImageFolder root: class folders, or train/ and val/ holding them.")],
-    format: Annotated[ReportFormat, typer.Option("--format", "-f", help="table for people, json (every finding with path and kind) for programs.")] = ReportFormat.table,
+    format: Annotated[ReportFormat, typer.Option(
+        "--format", "-f", help="table for people, json (every finding with path and kind) for programs.")
+    ] = ReportFormat.table,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any blocking (error) finding exists.")] = False,
 ):
     """Check an image folder before training: unreadable and odd images, duplicates, leakage, classes. Reads only."""
     from rich.console import Console
 
-    try:
-        from .doctor import inspect_dataset, print_report
+    _tune(())
+    from .data.doctor import inspect_dataset, print_report
 
-        report = inspect_dataset(root, console=Console(stderr=True))
-    except FinetuneError as exc:
-        raise _fail(exc) from None
+    report = inspect_dataset(root, console=Console(stderr=True))
     if format == ReportFormat.json:
         typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -157,16 +257,22 @@ def inspect_(
 
 
 @app.command()
+@command
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="A best.pt or last.pt written by `finetune train`.")],
-    data: Annotated[Path, typer.Argument(help="A folder of class folders (e.g. hymenoptera/val), or a root with train/ and val/ (val/ is used).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the CSV, PNG and JSON files (default: eval-<checkpoint>-<data> next to the checkpoint; never inside DATA).")] = None,
-    format: Annotated[ReportFormat, typer.Option("--format", "-f", help="table for people, json for programs.")] = ReportFormat.table,
-    tta: Annotated[bool, typer.Option("--tta", help=TTA_HELP)] = False,
-    raw: Annotated[bool, typer.Option("--raw", help=RAW_HELP)] = False,
-    mistakes: Annotated[int, typer.Option(min=0, help="How many of the most confident mistakes to show in mistakes.png.")] = 16,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
-    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
+    checkpoint: CheckpointArg,
+    data: Annotated[Path, typer.Argument(
+        help="A folder of class folders (e.g. hymenoptera/val), or a root with train/ and val/ (val/ is used).")],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Folder for the CSV, PNG and JSON files (default: eval-CHECKPOINT-DATA next to "
+                               "the checkpoint; never inside DATA).")] = None,
+    format: Annotated[ReportFormat, typer.Option(
+        "--format", "-f", help="table for people, json for programs.")] = ReportFormat.table,
+    tta: Tta = False,
+    raw: Raw = False,
+    mistakes: Annotated[int, typer.Option(
+        min=0, help="How many of the most confident mistakes to show in mistakes.png.")] = 16,
+    batch_size: BatchSize = 32,
+    device: Device = "auto",
 ):
     """Score a checkpoint on a labelled image folder: accuracy, per-class scores, confusion matrix, mistakes, ECE.
 
@@ -175,33 +281,30 @@ def evaluate(
     """
     from rich.console import Console
 
-    try:
-        from .evaluation import evaluate as run_evaluate
+    _tune(("torch", "torchvision"))
+    from .deploy.evaluate import evaluate as run_evaluate
 
-        report = run_evaluate(checkpoint, data, output, tta=tta, raw=raw, batch_size=batch_size, device=device,
-                              mistakes=mistakes, console=Console(stderr=True))
-    except FinetuneError as exc:
-        raise _fail(exc) from None
+    report = run_evaluate(checkpoint, data, output, tta=tta, raw=raw, batch_size=batch_size, device=device,
+                          mistakes=mistakes, console=Console(stderr=True))
     if format == ReportFormat.json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        from .report import print_evaluation
+        from .deploy.plots import print_evaluation
 
         print_evaluation(Console(), report)
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    torchscript = "torchscript"
-    safetensors = "safetensors"
-
-
 @app.command()
+@command
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A best.pt or last.pt written by `finetune train`.")],
-    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (dynamic batch axis), torchscript, or safetensors (a state dict plain torchvision/timm load, plus a JSON sidecar).")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: next to the checkpoint, e.g. best.onnx).")] = None,
-    tolerance: Annotated[float, typer.Option(min=0, help="Largest allowed |logit| difference between the export and the eager model.")] = 1e-3,
+    checkpoint: CheckpointArg,
+    format: Annotated[ExportFormat, typer.Option(
+        "--format", "-f", help="onnx (dynamic batch axis), torchscript, or safetensors (a state dict plain "
+                               "torchvision/timm load, plus a JSON sidecar).")],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="File to write (default: next to the checkpoint, e.g. best.onnx).")] = None,
+    tolerance: Annotated[float, typer.Option(
+        min=0, help="Largest allowed |logit| difference between the export and the eager model.")] = 1e-3,
 ):
     """Export a checkpoint (onnx, torchscript, safetensors) for use without finetune, with a parity check.
 
@@ -209,12 +312,10 @@ def export(
     preprocessing and the temperature travel in its metadata. After writing, the export is reloaded, run
     on a batch and compared with the eager model; it fails if they differ by more than --tolerance.
     """
-    try:
-        from .exporter import export as run_export
+    _tune(("torch", "torchvision"))
+    from .deploy.export import export as run_export
 
-        result = run_export(checkpoint, format.value, output, tolerance)
-    except FinetuneError as exc:
-        raise _fail(exc) from None
+    result = run_export(checkpoint, format.value, output, tolerance)
     for f in result.files[1:]:
         typer.echo(f"metadata: {f}", err=True)
     typer.echo(f"parity: max |logit difference| vs the eager model = {result.max_abs_diff:.3g} "

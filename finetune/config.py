@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
+# Which parameter groups each strategy trains: the one table (train.freeze builds the freeze plan from it).
+TRAINED_GROUPS = {"feature-extract": ("head",), "last-stage": ("head", "last_stage"),
+                  "full": ("head", "last_stage", "backbone")}
+
 
 class _Section(BaseModel):
     # Unknown keys are errors (with a "did you mean"), never silently ignored.
@@ -23,14 +27,16 @@ class _Section(BaseModel):
 
 
 class HeadSpec(_Section):
-    type: Literal["linear", "mlp"] = Field("linear", description="linear: one Linear layer; mlp: Linear-ReLU-Dropout-Linear")
+    type: Literal["linear", "mlp"] = Field(
+        "linear", description="linear: one Linear layer; mlp: Linear-ReLU-Dropout-Linear")
     hidden: int = Field(512, gt=0, description="mlp only: hidden width")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the pooled features, before the first Linear")
     hidden_dropout: float = Field(0.5, ge=0, lt=1, description="mlp only: dropout after the hidden layer")
 
 
 class ModelSpec(_Section):
-    source: Literal["torchvision", "scratch", "timm"] = Field("torchvision", description="where the architecture comes from")
+    source: Literal["torchvision", "scratch", "timm"] = Field(
+        "torchvision", description="where the architecture comes from")
     name: str = Field("resnet50", description="architecture name, e.g. resnet50, tf_efficientnet_lite0")
     weights: Optional[str] = Field(
         "DEFAULT",
@@ -43,12 +49,15 @@ class ModelSpec(_Section):
 
 class DataSpec(_Section):
     root: Optional[Path] = Field(None, description="ImageFolder root: class folders, or train/ and val/ holding them")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of each class held out when there is no val/ folder")
-    image_size: Optional[int] = Field(None, ge=8, description="crop size for training and evaluation (default: the weights' own)")
-    augment: Literal["none", "flip", "standard"] = Field(
-        "standard", description="none; flip: horizontal flip; standard: random resized crop + flip"
-    )
-    workers: Union[int, Literal["auto"]] = Field("auto", description="DataLoader worker processes (auto: from the CPU count)")
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of each class held out when there is no val/ folder")
+    image_size: Optional[int] = Field(
+        None, ge=8, description="crop size for training and evaluation (default: the weights' own)")
+    augment: Optional[Literal["none", "flip", "standard"]] = Field(
+        None, description="none; flip: horizontal flip; standard: random resized crop + flip. Default: none for "
+        "strategy feature-extract (so the frozen features are computed once and cached), standard otherwise")
+    workers: Union[int, Literal["auto"]] = Field(
+        "auto", description="DataLoader worker processes (auto: from the CPU count)")
     class_weights: Optional[Literal["auto"]] = Field(None, description="auto: inverse-frequency loss weights")
     sampler: Optional[Literal["balanced"]] = Field(None, description="balanced: sample classes equally often")
 
@@ -113,7 +122,8 @@ class TrainSpec(_Section):
 
 class RunSpec(_Section):
     dir: Path = Field(Path("runs"), description="parent folder of new run folders")
-    name: Optional[str] = Field(None, description="run folder name (default: the recipe file's name); -2, -3... if taken")
+    name: Optional[str] = Field(
+        None, description="run folder name (default: the recipe file's name); -2, -3... if taken")
     output: Optional[Path] = Field(None, description="exact run folder (--output); must be new or empty")
     exist_ok: bool = Field(False, description="reuse run.output or runs/NAME if it exists (--exist-ok), "
                            "overwriting its checkpoints, instead of making a new NAME-2")
@@ -130,11 +140,12 @@ class Recipe(_Section):
     run: RunSpec = Field(default_factory=RunSpec)
 
     @model_validator(mode="after")
-    def _lrs_for_trained_groups(self) -> "Recipe":
-        needed = {"feature-extract": ["head"], "last-stage": ["head", "last_stage"], "full": ["head", "last_stage", "backbone"]}
-        missing = [g for g in needed[self.strategy.name] if g not in self.strategy.lr]
+    def _resolve(self) -> Recipe:
+        missing = [g for g in TRAINED_GROUPS[self.strategy.name] if g not in self.strategy.lr]
         if missing:
             raise ValueError(f"strategy {self.strategy.name!r} trains {missing} but strategy.lr has no rate for it")
+        if self.data.augment is None:  # the default depends on the strategy: a frozen backbone's features are cached
+            self.data.augment = "none" if self.strategy.name == "feature-extract" else "standard"
         return self
 
 
@@ -207,16 +218,19 @@ def read_yaml(path: Path) -> dict:
             name = tag.split("tag:yaml.org,2002:", 1)[1].rstrip("'")
             line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else "?"
             raise ConfigError(f"cannot read recipe {path}: line {line} has the tag !!{name}, which would run Python "
-                              "code; a recipe is plain data (sections, names, numbers, paths), so remove the tag") from None
+                              "code; a recipe is plain data (sections, names, numbers, paths), so remove the tag"
+                              ) from None
         raise ConfigError(f"cannot read recipe {path}: {exc}".replace("\n", " ")) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path} must be a mapping of sections (model:, data:, ...), got {type(data).__name__}")
+        raise ConfigError(f"recipe {path} must be a mapping of sections (model:, data:, ...), "
+                          f"got {type(data).__name__}")
     return data
 
 
-def build_recipe(tree: dict, overrides: list[str] = (), source: str = "", flags: dict[str, Any] | None = None) -> Recipe:
+def build_recipe(tree: dict, overrides: list[str] = (), source: str = "",
+                 flags: dict[str, Any] | None = None) -> Recipe:
     """Validate a recipe tree after applying flags ({'data.root': path}) then --set overrides."""
     tree = copy.deepcopy(tree)
     for key, value in (flags or {}).items():
@@ -233,8 +247,7 @@ def load_recipe(path: Path | None = None, overrides: list[str] = (), data: Path 
                 output: Path | None = None) -> Recipe:
     """defaults < recipe file < --data/--output < --set."""
     tree = read_yaml(path) if path else {}
-    flags = {"data.root": str(data) if data is not None else None, "run.output": str(output) if output is not None else None}
-    flags = {k: v for k, v in flags.items() if v is not None}
+    flags = {key: str(value) for key, value in (("data.root", data), ("run.output", output)) if value is not None}
     recipe = build_recipe(tree, overrides, source=str(path or "defaults"), flags=flags)
     if recipe.run.name is None and path is not None:
         recipe.run.name = Path(path).stem

@@ -70,3 +70,14 @@ def write_yaml(path: Path, tree: dict) -> Path:
 def _private_cache(tmp_path_factory, monkeypatch):
     """Each test (and the CLI subprocesses it starts) caches file checks in its own folder, never ~/.cache."""
     monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def checkpoint_of(state: dict, class_names=("blue", "red"), **fields):
+    """A Checkpoint holding `state`, with a plausible architecture and preprocessing, for format-level tests."""
+    from finetune.checkpoint import Checkpoint
+    from finetune.config import ModelSpec
+    from finetune.preprocessing import Preprocessing
+
+    pre = Preprocessing(32, 36, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return Checkpoint(ModelSpec(source="timm", name="test_efficientnet", weights=None), list(class_names), pre,
+                      "classifier", "feature-extract", state=state, **fields)

@@ -1,4 +1,4 @@
-"""Checkpoints are written atomically and loaded without running anyone's code."""
+"""Checkpoints are written atomically, read back as the same Checkpoint, and loaded without running anyone's code."""
 
 import os
 import pickle
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import checkpoint_of
 
-from finetune.checkpoint import atomic_write, check_disk_space, load_checkpoint, save_checkpoint
-from finetune.errors import CheckpointError, ResourceError
-from finetune.models.registry import read_state_dict
+from finetune.checkpoint import Checkpoint
+from finetune.errors import CheckpointError
+from finetune.models.weights import read_state_dict
 
 
 class Payload:
@@ -24,9 +25,24 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+def test_a_checkpoint_reads_back_as_it_was_saved(tmp_path):
+    saved = checkpoint_of({"w": torch.arange(3.0)}, metrics={"epoch": 2, "val_acc": 0.5},
+                          calibration={"temperature": 1.5}, recipe={"train": {"seed": 3}}, resume={"progress": {}})
+    saved.save(tmp_path / "c.pt")
+    loaded = Checkpoint.load(tmp_path / "c.pt")
+    assert torch.equal(loaded.state["w"], saved.state["w"]) and loaded.temperature == 1.5
+    assert (loaded.model, loaded.class_names, loaded.preprocessing, loaded.metrics, loaded.recipe, loaded.resume) == \
+        (saved.model, saved.class_names, saved.preprocessing, saved.metrics, saved.recipe, saved.resume)
+    assert checkpoint_of({}).temperature == 1.0  # never calibrated
+    # the file is tensors and plain data in the documented layout, readable without finetune
+    payload = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert payload["format"] == "finetune/1" and payload["meta"]["class_names"] == ["blue", "red"]
+    assert "weights" not in payload["meta"]["model"]
+
+
 def test_an_interrupted_write_leaves_the_old_checkpoint_loadable(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"w": torch.ones(3)}, {"metrics": {"epoch": 1}})
+    checkpoint_of({"w": torch.ones(3)}, metrics={"epoch": 1}).save(path)
 
     real_save = torch.save
 
@@ -37,22 +53,12 @@ def test_an_interrupted_write_leaves_the_old_checkpoint_loadable(tmp_path, monke
 
     monkeypatch.setattr(torch, "save", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"w": torch.zeros(3)}, {"metrics": {"epoch": 2}})
+        checkpoint_of({"w": torch.zeros(3)}, metrics={"epoch": 2}).save(path)
     monkeypatch.undo()
 
-    payload = load_checkpoint(path)
-    assert payload["meta"]["metrics"]["epoch"] == 1 and torch.equal(payload["model"]["w"], torch.ones(3))
+    loaded = Checkpoint.load(path)
+    assert loaded.metrics["epoch"] == 1 and torch.equal(loaded.state["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
-
-
-def test_atomic_write_replaces_and_keeps_the_users_file_mode(tmp_path):
-    path = tmp_path / "metrics.csv"
-    atomic_write(path, lambda f: f.write(b"old"))
-    atomic_write(path, lambda f: f.write(b"new"))
-    assert path.read_bytes() == b"new"
-    umask = os.umask(0)
-    os.umask(umask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 @pytest.mark.parametrize("style", ["torch.save", "pickle"])
@@ -67,7 +73,7 @@ def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(tmp_path, st
     assert not marker.exists()
 
     with pytest.raises(CheckpointError, match=r"refusing to load .*evil.pt.*would run code") as refused:
-        load_checkpoint(evil)
+        Checkpoint.load(evil)
     if style == "torch.save":
         assert "posix.system" in str(refused.value)  # names what it would have called
     with pytest.raises(CheckpointError, match="refusing to load"):
@@ -81,25 +87,27 @@ def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(tmp_path, st
 
 def test_a_truncated_checkpoint_is_called_corrupt(tmp_path):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"w": torch.ones(1000)}, {})
+    checkpoint_of({"w": torch.ones(1000)}).save(path)
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        load_checkpoint(path)
+        Checkpoint.load(path)
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         read_state_dict(bad)
 
 
-def test_too_little_disk_for_checkpoints_is_refused(tmp_path, monkeypatch):
-    import shutil
-    from collections import namedtuple
-
-    model = torch.nn.Linear(1000, 1000)  # 4 MB of weights, 4 MB more per Adam slot
-    optimizer = torch.optim.Adam(model.parameters())
-    usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
-    with pytest.raises(ResourceError, match=r"need about 30.8 MB .* 1.0 MB is free"):
-        check_disk_space(tmp_path / "not" / "yet" / "made", model, optimizer)
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, 10**9))
-    check_disk_space(tmp_path, model, optimizer)
+@pytest.mark.parametrize("edit, detail", [
+    (lambda p: p["meta"].pop("class_names"), "class_names"),
+    (lambda p: p["meta"].update(class_names=[1, 2]), "list of two or more names"),
+    (lambda p: p["meta"].update(preprocessing={"size": "big"}), ""),
+    (lambda p: p.update(model={"w": "not a tensor"}), "state dict of tensors"),
+], ids=["no-class-names", "integer-class-names", "bad-preprocessing", "not-tensors"])
+def test_a_hand_edited_checkpoint_is_not_valid(tmp_path, edit, detail):
+    path = tmp_path / "edited.pt"
+    checkpoint_of({"w": torch.ones(2)}).save(path)
+    payload = torch.load(path, weights_only=True)
+    edit(payload)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=f"is not a valid finetune checkpoint: .*{detail}"):
+        Checkpoint.load(path)

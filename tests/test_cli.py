@@ -13,12 +13,44 @@ def finetune(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "finetune", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
+def commands() -> list[str]:
+    from finetune.cli import app
+
+    return [c.name or c.callback.__name__ for c in app.registered_commands]
+
+
 def test_help_for_every_command():
     out = finetune("--help")
-    assert out.returncode == 0 and "train" in out.stdout and "predict" in out.stdout
-    for cmd in ("train", "predict", "inspect"):
-        out = finetune(cmd, "--help")
-        assert out.returncode == 0 and "Usage" in out.stdout
+    assert out.returncode == 0
+    assert len(commands()) >= 5
+    for cmd in commands():
+        assert cmd in out.stdout
+        out_cmd = finetune(cmd, "--help")
+        assert out_cmd.returncode == 0 and "Usage" in out_cmd.stdout, cmd
+
+
+def test_every_option_and_argument_says_what_it_is_for():
+    import typer.main
+
+    from finetune.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        assert command.help, name
+        for param in command.params:
+            assert getattr(param, "help", None), f"{name} {param.name}"
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom finetune.cli import app\n"
+            "for args in [['--help']] + [[c, '--help'] for c in sys.argv[1:]]:\n"
+            "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
+            "heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'numpy', 'PIL') if m in sys.modules)\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code, *commands()], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout, out.stdout[-300:]
 
 
 def test_train_then_predict_round_trip(tiny_tree, image_folder, tmp_path):

@@ -1,37 +1,20 @@
+"""The recipe schema: defaults, precedence, refusals with a nearest-key hint, and safe parsing."""
+
 from pathlib import Path
 
 import pytest
+from conftest import write_yaml
 
 from finetune.config import Recipe, build_recipe, dump_recipe, load_recipe, parse_override, read_yaml
 from finetune.errors import ConfigError
 
-from conftest import write_yaml
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
-
-
-def test_recipes_exist():
-    names = {p.name for p in RECIPES}
-    assert {"quickstart.yaml", "resnet50-feature-extract.yaml", "resnet50-last-stage.yaml",
-            "resnet18-cifar-scratch.yaml"} <= names
-
-
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_every_recipe_validates(path):
-    recipe = load_recipe(path)
-    assert isinstance(recipe, Recipe)
-    assert recipe.run.name == path.stem
-
-
-def test_seed_recipes_say_what_the_seed_did():
-    fe = load_recipe(Path("recipes/resnet50-feature-extract.yaml"))
-    ls = load_recipe(Path("recipes/resnet50-last-stage.yaml"))
-    cifar = load_recipe(Path("recipes/resnet18-cifar-scratch.yaml"))
-    assert (fe.model.name, fe.strategy.name, fe.strategy.lr) == ("resnet50", "feature-extract", {"head": 1e-3})
-    assert ls.strategy.name == "last-stage" and ls.strategy.lr == {"head": 1e-3, "last_stage": 1e-4}
-    assert cifar.model.cifar_stem and cifar.optim.name == "sgd" and cifar.optim.momentum == 0.9
-    assert cifar.optim.weight_decay == 5e-4 and cifar.schedule.name == "cosine" and cifar.train.epochs == 200
-    assert set(cifar.strategy.lr.values()) == {0.1}
+def test_default_augmentation_follows_the_strategy_and_explicit_settings_stay():
+    assert build_recipe({}).data.augment == "none"  # feature-extract: frozen features, cached
+    assert build_recipe({"strategy": {"name": "last-stage"}}).data.augment == "standard"
+    assert build_recipe({"strategy": {"name": "full"}}).data.augment == "standard"
+    assert build_recipe({"data": {"augment": "flip"}}).data.augment == "flip"
+    assert build_recipe({"strategy": {"name": "last-stage"}, "data": {"augment": "none"}}).data.augment == "none"
 
 
 def test_unknown_key_suggests_the_nearest(tmp_path):

@@ -5,8 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from finetune.metrics import (averaged_scores, confusion_matrix, expected_calibration_error, nll, per_class_scores,
-                              softmax, top_k_accuracy)
+from finetune.metrics import (
+    averaged_scores,
+    confusion_matrix,
+    expected_calibration_error,
+    nll,
+    per_class_scores,
+    softmax,
+    top_k_accuracy,
+)
 
 # 10 images, 3 classes. Confidence 0.95 for images 0-4, 0.55 for 5-9; `second` is the runner-up class.
 LABELS = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
@@ -75,4 +82,5 @@ def test_nll_and_softmax_by_hand():
     logits = np.array([[0.0, math.log(3)]])  # p = (1/4, 3/4)
     assert softmax(logits)[0] == pytest.approx([0.25, 0.75])
     assert nll(logits, np.array([0])) == pytest.approx(math.log(4))
-    assert nll(logits, np.array([1]), temperature=math.log(3) / math.log(2)) == pytest.approx(math.log(1.5))  # p = (1/3, 2/3)
+    # p = (1/3, 2/3)
+    assert nll(logits, np.array([1]), temperature=math.log(3) / math.log(2)) == pytest.approx(math.log(1.5))

@@ -7,15 +7,14 @@ is, which parameter-name prefixes make up its last stage, and its preprocessing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..config import HeadSpec, ModelSpec
 from ..errors import CheckpointError, ConfigError
 from ..preprocessing import Preprocessing
 from .resnet import ARCHS, resnet
+from .weights import download_state_dict, is_weights_name, load_weights, read_state_dict, torchvision_weights
 
 TORCHVISION_RESNETS = tuple(ARCHS)
 
@@ -55,62 +54,37 @@ def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Module:
 # ---------------------------------------------------------------- sources
 
 
-def _tv_weights_enum(name: str):
-    import torchvision
-
-    try:
-        return torchvision.models.get_model_weights(name)
-    except (ValueError, KeyError):
-        raise ConfigError(f"unknown torchvision model {name!r}; try one of {', '.join(TORCHVISION_RESNETS)}") from None
-
-
 def _tv_preprocessing(weights) -> Preprocessing:
     t = weights.transforms()
     return Preprocessing(t.crop_size[0], t.resize_size[0], t.interpolation.value, tuple(t.mean), tuple(t.std))
 
 
-def _is_weights_name(weights: str | None) -> bool:
-    return weights is not None and not any(c in weights for c in "/\\.")
-
-
-def _tv_state_dict(name: str, weights_name: str) -> dict:
-    """Through torchvision's own path: the torch hub cache ($TORCH_HOME/hub/checkpoints), download if absent."""
-    enum = _tv_weights_enum(name)
-    try:
-        weights = enum[weights_name]
-    except KeyError:
-        raise ConfigError(f"model.weights {weights_name!r} is not a weights name of {name}; "
-                          f"choose one of {', '.join(enum.__members__)}, a file path, or null") from None
-    try:
-        return weights.get_state_dict(progress=True, check_hash=False)
-    except OSError as exc:  # URLError is an OSError: offline, proxy, DNS
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-        raise CheckpointError(f"could not download {name} {weights_name} weights ({exc}). Offline? Put the file at "
-                              f"{cache}, or set model.weights to a local state-dict file") from None
+def _load_resnet_weights(model: nn.Module, spec: ModelSpec) -> Preprocessing:
+    """Load spec.weights (a torchvision weights name or a local file) into a ResNet; the preprocessing of that
+    weights entry (a file or random init: torchvision's DEFAULT entry's)."""
+    named = is_weights_name(spec.weights)
+    entry = torchvision_weights(spec.name, spec.weights if named else None)
+    if spec.weights is not None:
+        state = download_state_dict(entry) if named else read_state_dict(spec.weights)
+        load_weights(model, state, spec.weights)
+    return _tv_preprocessing(entry)
 
 
 def _torchvision(spec: ModelSpec):
     import torchvision
 
-    enum = _tv_weights_enum(spec.name)
-    if not spec.name.startswith("resnet"):
-        raise ConfigError(f"torchvision model {spec.name!r} is not supported yet; use one of {', '.join(TORCHVISION_RESNETS)} "
-                          "or model.source: timm")
+    if spec.name not in TORCHVISION_RESNETS:
+        raise ConfigError(f"torchvision model {spec.name!r} is not supported yet; use one of "
+                          f"{', '.join(TORCHVISION_RESNETS)} or model.source: timm")
     model = torchvision.models.get_model(spec.name)
-    if spec.weights is not None:
-        state = _tv_state_dict(spec.name, spec.weights) if _is_weights_name(spec.weights) else read_state_dict(spec.weights)
-        load_weights(model, state, spec.weights)
-    return model, "fc", ["layer4"], _tv_preprocessing(enum.DEFAULT)
+    return model, "fc", ["layer4"], _load_resnet_weights(model, spec)
 
 
 def _scratch(spec: ModelSpec):
     if spec.name not in ARCHS:
         raise ConfigError(f"unknown scratch model {spec.name!r}; try one of {', '.join(ARCHS)}")
     model = resnet(spec.name, cifar_stem=spec.cifar_stem)
-    if spec.weights is not None:
-        state = _tv_state_dict(spec.name, spec.weights) if _is_weights_name(spec.weights) else read_state_dict(spec.weights)
-        load_weights(model, state, spec.weights)
-    pre = _tv_preprocessing(_tv_weights_enum(spec.name).DEFAULT)
+    pre = _load_resnet_weights(model, spec)
     if spec.cifar_stem:  # CIFAR-like data: the image is the crop, no resize margin
         pre = Preprocessing(32, 32, pre.interpolation, pre.mean, pre.std)
     return model, "fc", ["layer4"], pre
@@ -122,7 +96,7 @@ def _timm(spec: ModelSpec):
     if not timm.is_model(spec.name):
         close = timm.list_models(f"*{spec.name.split('_')[0]}*")[:5]
         raise ConfigError(f"unknown timm model {spec.name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
-    hub = spec.weights is not None and _is_weights_name(spec.weights)
+    hub = is_weights_name(spec.weights)
     try:
         model = timm.create_model(spec.name, pretrained=hub)  # DEFAULT: timm's own download path (HF hub)
     except OSError as exc:
@@ -158,45 +132,3 @@ def _timm_last_stage(model: nn.Module, head_name: str) -> list[str]:
         if prefix not in prefixes:
             prefixes.append(prefix)
     return prefixes
-
-
-# ---------------------------------------------------------------- weight files
-
-
-def read_state_dict(path: str | Path) -> dict:
-    """A local weights file, loaded without executing code (weights_only)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors holds no code; a failure here is a damaged file
-            raise CheckpointError(f"cannot read {path}: the weights file is corrupt or truncated ({exc})") from None
-    from ..checkpoint import safe_torch_load
-
-    state = safe_torch_load(path, "weights file")  # pickle payloads, corrupt files: refused, never executed
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
-    return state
-
-
-def load_weights(model: nn.Module, state: dict, source: str) -> None:
-    """Strict load with an error that names the keys and shapes that do not fit."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        def few(xs):
-            return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
-        parts = [f"missing {few(missing)}" if missing else "", f"unexpected {few(unexpected)}" if unexpected else "",
-                 f"shape mismatch {few(wrong)}" if wrong else ""]
-        raise CheckpointError(f"weights {source} do not fit the model: " + "; ".join(p for p in parts if p))
-    model.load_state_dict(state)

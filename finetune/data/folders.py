@@ -1,0 +1,114 @@
+"""An ImageFolder on disk: its class folders, its train/val split, and the files left out.
+
+Nothing here writes under the dataset root.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+VAL_FOLDERS = ("val", "valid", "validation")
+
+Sample = tuple[Path, int]
+
+
+@dataclass
+class Splits:
+    class_names: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    source: str  # "folders" (train/ + val/) or "split" (seeded stratified split)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # files left out, with the reason
+
+    def counts(self, which: str) -> dict[str, int]:
+        c = Counter(label for _, label in getattr(self, which))
+        return {name: c.get(i, 0) for i, name in enumerate(self.class_names)}
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def scan_classes(folder: Path, keep=is_image_name) -> dict[str, list[Path]]:
+    """{class name: sorted paths kept by `keep` (image names by default)} for the class subfolders of
+    `folder`, in sorted class order."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return {c: sorted(p for p in (folder / c).rglob("*") if p.is_file() and keep(p)) for c in classes}
+
+
+def find_val_folder(root: Path) -> Path | None:
+    return next((root / v for v in VAL_FOLDERS if (root / v).is_dir()), None)
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """{"train": root/train, "val": root/val} when both exist, else {"all": root} (split at train time)."""
+    val_dir = find_val_folder(root)
+    if (root / "train").is_dir() and val_dir is not None:
+        return {"train": root / "train", "val": val_dir}
+    return {"all": root}
+
+
+def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=None) -> Splits:
+    """train/ + val/ (or valid/, validation/) when present, else a seeded split stratified by class.
+
+    screen(paths) -> {path: reason} names files to leave out (unreadable ones); they land in `skipped`.
+    """
+    if root is None:
+        raise DataError("no dataset given: set data.root in the recipe or pass --data ROOT")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root {root} is not a folder")
+    folders = split_folders(root)
+    scanned = {split: scan_classes(folder) for split, folder in folders.items()}
+    skipped = screen([p for classes in scanned.values() for paths in classes.values() for p in paths]) if screen else {}
+    for classes in scanned.values():
+        for name in classes:
+            classes[name] = [p for p in classes[name] if p not in skipped]
+    if "val" in folders:
+        train, val, val_dir = scanned["train"], scanned["val"], folders["val"]
+        unknown = sorted(set(val) - set(train))
+        if unknown:
+            raise DataError(f"{val_dir} has classes with no train/ folder: {', '.join(unknown)}")
+        names = sorted(train)
+        splits = Splits(names, _label(train, names), _label(val, names), "folders")
+    else:
+        classes = scanned["all"]
+        names = sorted(classes)
+        rng = random.Random(seed)
+        train_s, val_s = [], []
+        for label, name in enumerate(names):
+            paths = list(classes[name])
+            rng.shuffle(paths)
+            n_val = round(len(paths) * val_fraction) if len(paths) > 1 else 0
+            n_val = max(1, n_val) if len(paths) > 1 else 0
+            val_s += [(p, label) for p in sorted(paths[:n_val])]
+            train_s += [(p, label) for p in sorted(paths[n_val:])]
+        splits = Splits(names, train_s, val_s, "split")
+    splits.skipped = sorted(skipped.items())
+    _check(splits, root)
+    return splits
+
+
+def _label(classes: dict[str, list[Path]], names: list[str]) -> list[Sample]:
+    return [(p, names.index(c)) for c in names for p in classes.get(c, [])]
+
+
+def _check(splits: Splits, root: Path) -> None:
+    if len(splits.class_names) < 2:
+        raise DataError(f"{root} needs at least two class folders with images in them "
+                        f"(found {len(splits.class_names)}: {', '.join(splits.class_names) or 'none'}); "
+                        "see data/README.md")
+    empty = [n for n, c in splits.counts("train").items() if c == 0]
+    if empty:
+        left_out = (f" ({len(splits.skipped)} unreadable file(s) left out; run `finetune inspect {root}`)"
+                    if splits.skipped else "")
+        raise DataError(f"class folder(s) with no usable training images under {root}: {', '.join(empty)}{left_out}. "
+                        "Add readable images or remove the folder")
+    if not splits.val:
+        raise DataError(f"no validation images under {root}: add a val/ folder or more images per class")

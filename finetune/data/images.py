@@ -1,0 +1,73 @@
+"""Images as the model sees them: opened with one pixel limit, turned into correct RGB the same way in
+train, val and predict, and a dataset of (path, label) samples that yields tensors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from ..errors import DataError
+from .folders import Sample
+
+
+def open_image(fp) -> Image.Image:
+    """Image.open (header only) with one pixel limit for scan, train and predict: an image larger than
+    Pillow's Image.MAX_IMAGE_PIXELS (a decompression bomb, or simply absurd) is refused before any decode."""
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        im = Image.open(fp)
+    except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses, saying the size
+        size = re.search(r"\d+ pixels", str(exc))
+        im, size = None, size.group(0) if size else "the image"
+    if im is not None and limit and im.width * im.height > limit:
+        size = f"{im.width}x{im.height} pixels"
+        im.close()
+        im = None
+    if im is None:
+        raise DataError(f"{size} exceeds the decompression-bomb limit of {limit} pixels; "
+                        "refusing to decode it (shrink the image, or raise PIL.Image.MAX_IMAGE_PIXELS)")
+    return im
+
+
+def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
+    """Open any image as correct RGB: EXIF rotation applied, transparency composited on white,
+    CMYK and 16-bit converted, first frame of an animation. Used identically by train, val and predict."""
+    with open_image(path) as im:
+        if draft_size and im.format == "JPEG":
+            # Decode at reduced scale when the file is much larger than needed (a no-op otherwise).
+            im.draft("RGB", (draft_size, draft_size))
+        im.seek(0)
+        return to_rgb(ImageOps.exif_transpose(im))  # a new image (a copy where nothing turns): safe after close
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode.startswith("I"):
+        # 16-bit grayscale (PNG, TIFF) opens as I or I;16: scale 0..65535 down to 0..255
+        import numpy as np
+
+        im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8), "L")
+    if im.mode in ("P", "L", "RGB") and "transparency" in im.info:
+        im = im.convert("RGBA")  # palette index or colour key marked transparent (GIF, PNG tRNS)
+    if im.mode in ("P", "LA", "La", "PA"):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGB", im.size, (255, 255, 255))
+        background.paste(im, mask=im.getchannel("A"))
+        return background
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+class ImageDataset:
+    """A map-style dataset of (path, label) samples; returns (tensor, label)."""
+
+    def __init__(self, samples: list[Sample], transform, draft_size: int | None = None):
+        self.samples, self.transform, self.draft_size = samples, transform, draft_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        return self.transform(load_rgb(path, self.draft_size)), label

@@ -1,0 +1,139 @@
+"""evaluate(checkpoint, data): how good a checkpoint is on a labelled image folder, and where it fails.
+
+Images go through predict() (the checkpoint's own preprocessing, batching and unreadable-file
+handling); the figures come from finetune.metrics; the pictures from plots.py. Classes are matched by
+name to the checkpoint's class order; a class the checkpoint does not know is reported, not scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import Checkpoint
+from ..data.folders import find_val_folder, scan_classes
+from ..errors import DataError
+from ..files import atomic_write
+from ..metrics import (
+    averaged_scores,
+    confusion_matrix,
+    expected_calibration_error,
+    nll,
+    per_class_scores,
+    softmax,
+    top_k_accuracy,
+)
+from .plots import plot_confusion, plot_mistakes
+from .predict import predict
+
+
+def resolve_data_folder(data: Path, class_names: list[str]) -> Path:
+    """DATA itself when it holds class folders; DATA/val (valid/, validation/) when DATA is a split root."""
+    data = Path(data).expanduser()
+    if not data.is_dir():
+        raise DataError(f"{data} is not a folder of class folders")
+    val = find_val_folder(data)
+    if (data / "train").is_dir() and val is not None and "train" not in class_names:
+        return val
+    return data
+
+
+def default_output(checkpoint: Path, data: Path) -> Path:
+    """Next to the checkpoint: runs/x/eval-best-val. Re-evaluating the same pair replaces its files."""
+    return Path(checkpoint).resolve().parent / f"eval-{Path(checkpoint).stem}-{Path(data).resolve().name}"
+
+
+def _check_outside(output: Path, data: Path) -> None:
+    out, root = Path(output).resolve(), Path(data).resolve()
+    if out == root or root in out.parents:
+        raise DataError(f"output folder {output} is inside the dataset {data}; finetune never writes into a "
+                        "dataset: pass --output somewhere else")
+
+
+def evaluate(checkpoint: Path, data: Path, output: Path | None = None, tta: bool = False, raw: bool = False,
+             batch_size: int = 32, device: str = "auto", mistakes: int = 16, console=None) -> dict:
+    """Score the checkpoint on DATA, write CSV/PNG/JSON files into output, return the report dict."""
+    ckpt = Checkpoint.load(checkpoint)
+    names = ckpt.class_names
+    folder = resolve_data_folder(data, names)
+    output = Path(output) if output is not None else default_output(checkpoint, folder)
+    _check_outside(output, folder)
+    found = scan_classes(folder)
+    unknown = {c: len(paths) for c, paths in found.items() if c not in names}
+    samples = [(p, names.index(c)) for c, paths in found.items() if c in names for p in paths]
+    if not samples:
+        has = f"; it has {', '.join(unknown)}" if unknown else ""
+        raise DataError(f"no images of the checkpoint's classes ({', '.join(names)}) under {folder}{has}. "
+                        "DATA must hold one folder per class")
+    output.mkdir(parents=True, exist_ok=True)
+
+    results = predict(ckpt, [p for p, _ in samples], top_k=1, batch_size=batch_size, device=device,
+                      tta=tta, raw=True, console=console)
+    scored = [(r, label) for r, (_, label) in zip(results, samples) if r.error is None]
+    if not scored:
+        raise DataError(f"none of the {len(samples)} images under {folder} could be read")
+    logits = np.array([r.logits for r, _ in scored], dtype=np.float64)
+    labels = np.array([label for _, label in scored])
+    t = ckpt.temperature
+    probs = softmax(logits, 1.0 if raw else t)
+    predicted = probs.argmax(axis=1)
+    cm = confusion_matrix(labels, predicted, len(names))
+    scores = per_class_scores(cm)
+
+    confidence = probs.max(axis=1)
+    wrong = sorted(np.flatnonzero(predicted != labels), key=lambda i: -confidence[i])[:mistakes]
+    worst = [{"path": scored[i][0].path, "true": names[labels[i]], "predicted": names[predicted[i]],
+              "prob": float(confidence[i])} for i in wrong]
+    report = {
+        "checkpoint": str(checkpoint), "data": str(folder), "output": str(output), "images": int(len(labels)),
+        "classes": names, "raw": raw, "tta": tta,
+        "top1": top_k_accuracy(probs, labels, 1),
+        "top5": top_k_accuracy(probs, labels, 5) if len(names) > 5 else None,
+        "ece": expected_calibration_error(probs, labels),
+        "calibration": {"temperature": t, "ece_raw": expected_calibration_error(softmax(logits), labels),
+                        "ece_calibrated": expected_calibration_error(softmax(logits, t), labels),
+                        "nll_raw": nll(logits, labels), "nll_calibrated": nll(logits, labels, t)},
+        "per_class": [{"class": n, **{k: float(scores[k][i]) for k in ("precision", "recall", "f1")},
+                       "support": int(scores["support"][i])} for i, n in enumerate(names)],
+        **averaged_scores(cm),
+        "confusion_matrix": cm.tolist(),
+        "most_confident_mistakes": worst,
+        "unknown_classes": unknown,
+        "unreadable": [{"path": r.path, "error": r.error} for r in results if r.error],
+    }
+    report["files"] = _write_files(output, report, scored, probs, ckpt.preprocessing.size)
+    return report
+
+
+def _write_files(output: Path, report: dict, scored, probs: np.ndarray, image_size: int) -> dict:
+    names = report["classes"]
+    files = {"confusion_csv": output / "confusion_matrix.csv", "confusion_png": output / "confusion_matrix.png",
+             "confusion_normalized_png": output / "confusion_matrix_normalized.png",
+             "predictions_csv": output / "predictions.csv", "mistakes_png": output / "mistakes.png",
+             "report_json": output / "report.json"}
+    _write_csv(files["confusion_csv"], [["true \\ predicted", *names],
+                                        *([n, *row] for n, row in zip(names, report["confusion_matrix"]))])
+    rows = ([r.path, names[y], names[p.argmax()], f"{p.max():.6f}", int(p.argmax() == y)]
+            for (r, y), p in zip(scored, probs))
+    _write_csv(files["predictions_csv"], [["path", "true", "predicted", "prob", "correct"], *rows])
+    title = f"top-1 {report['top1']:.3f} on {report['images']} images"
+    plot_confusion(files["confusion_png"], report["confusion_matrix"], names, normalize=False, title=title)
+    plot_confusion(files["confusion_normalized_png"], report["confusion_matrix"], names, normalize=True, title=title)
+    if report["most_confident_mistakes"]:
+        plot_mistakes(files["mistakes_png"], report["most_confident_mistakes"], image_size)
+    else:
+        files["mistakes_png"].unlink(missing_ok=True)  # an old grid from an earlier evaluation would mislead
+        files["mistakes_png"] = None
+    out = {k: str(v) if v else None for k, v in files.items()}
+    atomic_write(files["report_json"], lambda f: f.write(json.dumps({**report, "files": out}, indent=2).encode()))
+    return out
+
+
+def _write_csv(path: Path, rows) -> None:
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))

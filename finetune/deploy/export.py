@@ -1,0 +1,216 @@
+"""export(checkpoint, format): a model people can ship without finetune, checked against the eager model.
+
+Every format outputs LOGITS, one per class in class_names order (probabilities = softmax(logits / T)
+with the stored temperature T), and carries the class names and preprocessing with it: ONNX in its
+metadata_props, TorchScript in an extra file `finetune.json`, safetensors in its header and a JSON
+sidecar. After writing, the exported file is loaded the way a user would load it (onnxruntime,
+torch.jit.load, a plain torchvision/timm model) and run on a batch; the largest absolute logit
+difference to the eager model must stay within TOLERANCE or the export fails and the file is removed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import Checkpoint
+from ..errors import ExportError
+from ..files import atomic_write
+from .loading import load_model
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
+
+# Why 1e-3 on logits: an exported graph runs the same float32 maths in another order (fused and
+# re-blocked kernels), which moves logits by float32 rounding noise, ~1e-6..1e-4 for these networks
+# (measured: 4e-5 for tf_efficientnet_lite0 through onnxruntime, logits up to ~20). 1e-3 sits well
+# above that noise and well below any change people could see: softmax's Jacobian bounds every
+# probability change by half the largest logit change (<= 5e-4 here), and the top-1 class can only
+# flip where the two best logits are within 2e-3. A wrong export (a missing layer, BN in train mode,
+# a broken batch axis) is off by orders of magnitude more.
+TOLERANCE = 1e-3
+TRACE_BATCH, PARITY_BATCH = 2, 3  # different on purpose: the check exercises the dynamic batch axis
+OUTPUT = ("logits: float32 [batch, num_classes], class order = class_names; "
+          "probabilities = softmax(logits / temperature)")
+INPUT = ("images: float32 [batch, 3, size, size], RGB; resize the shorter side to `resize` (interpolation), "
+         "center-crop size x size, scale to 0..1, subtract mean, divide by std")
+
+
+@dataclass
+class ExportResult:
+    format: str
+    path: Path
+    files: list[Path]
+    max_abs_diff: float
+    tolerance: float
+    batch: int
+    checked_with: str
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "path": str(self.path), "files": [str(f) for f in self.files],
+                "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "batch": self.batch,
+                "checked_with": self.checked_with}
+
+
+def export_info(ckpt: Checkpoint) -> dict:
+    """The metadata every export carries: enough to preprocess an image and read the output."""
+    spec, k = ckpt.model, len(ckpt.class_names)
+    loader = (f"timm.create_model({spec.name!r}, num_classes={k})" if spec.source == "timm"
+              else f"torchvision.models.get_model({spec.name!r}, num_classes={k})")
+    return {"format": "finetune-export/1", "class_names": ckpt.class_names,
+            "preprocessing": ckpt.preprocessing.to_dict(), "input": INPUT, "output": OUTPUT,
+            "temperature": ckpt.temperature,
+            "architecture": {"source": spec.source, "name": spec.name, "plain_model": loader}}
+
+
+def default_output(checkpoint: Path, format: str) -> Path:
+    return Path(checkpoint).with_suffix(SUFFIXES[format])
+
+
+def export(checkpoint: Path, format: str, output: Path | None = None, tolerance: float = TOLERANCE) -> ExportResult:
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "onnx":
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ExportError(f"ONNX export needs {' and '.join(missing)}, which is not installed: "
+                              "pip install 'finetune[export]' (or pip install onnx onnxruntime)")
+    model, ckpt = load_model(checkpoint)
+    info = export_info(ckpt)
+    if format == "safetensors":
+        plain_state_dict(model.state_dict(), ckpt)  # refuse before writing anything
+    path = Path(output) if output is not None else default_output(checkpoint, format)
+    if path.is_dir():
+        example_path = path / default_output(checkpoint, format).name
+        raise ExportError(f"--output {path} is a folder; give a file path such as {example_path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    size = ckpt.preprocessing.size
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)
+    images = torch.randn(PARITY_BATCH, 3, size, size, generator=generator)  # ~ the statistics of normalised images
+    with torch.inference_mode():
+        expected = model(images)
+    write, run, checked_with = {"onnx": (_write_onnx, _run_onnx, "onnxruntime (CPUExecutionProvider)"),
+                                "torchscript": (_write_torchscript, _run_torchscript, "torch.jit.load"),
+                                "safetensors": (_write_safetensors, _run_safetensors,
+                                                info["architecture"]["plain_model"]),
+                                }[format]
+    with warnings.catch_warnings():  # torch's deprecation notices for its TorchScript tools are not the user's concern
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        files = write(model, path, info, example, ckpt)
+        actual = run(path, images, ckpt)
+    diff = float((actual.float() - expected.float()).abs().max())
+    if not diff <= tolerance:  # also catches NaN
+        for f in files:
+            f.unlink(missing_ok=True)
+        raise ExportError(f"the {format} export differs from the eager model by {diff:.3g} (tolerance {tolerance:g}) "
+                          f"on a batch of {PARITY_BATCH}; nothing was kept. Please report this with the model name")
+    return ExportResult(format, path, files, diff, tolerance, PARITY_BATCH, checked_with)
+
+
+# ---------------------------------------------------------------- onnx
+
+
+def _write_onnx(model, path: Path, info: dict, example: torch.Tensor, ckpt: Checkpoint) -> list[Path]:
+    import onnx
+
+    buf = io.BytesIO()
+    # The TorchScript-based exporter: it needs only `onnx`, while the dynamo exporter also needs onnxscript.
+    torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["images"], output_names=["logits"],
+                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+    proto = onnx.load_from_string(buf.getvalue())
+    props = {"finetune": json.dumps(info), "class_names": json.dumps(info["class_names"]),
+             "preprocessing": json.dumps(info["preprocessing"]), "output": OUTPUT, "input": INPUT,
+             "temperature": repr(info["temperature"])}
+    onnx.helper.set_model_props(proto, props)
+    proto.doc_string = f"finetune export of {info['architecture']['name']}; output = {OUTPUT}"
+    onnx.checker.check_model(proto)
+    atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+    return [path]
+
+
+def _run_onnx(path: Path, images: torch.Tensor, ckpt: Checkpoint) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+
+
+# ---------------------------------------------------------------- torchscript
+
+
+def _write_torchscript(model, path: Path, info: dict, example: torch.Tensor, ckpt: Checkpoint) -> list[Path]:
+    traced = torch.jit.trace(model, example, check_trace=False)  # our own parity check follows
+    extra = {"finetune.json": json.dumps(info)}
+    atomic_write(path, lambda f: torch.jit.save(traced, f, _extra_files=extra))
+    return [path]
+
+
+def _run_torchscript(path: Path, images: torch.Tensor, ckpt: Checkpoint) -> torch.Tensor:
+    loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return loaded(images)
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def plain_state_dict(state: dict, ckpt: Checkpoint) -> dict:
+    """Our state dict with the keys plain torchvision/timm models use, or an ExportError saying why not.
+
+    A linear head with dropout is Sequential(Dropout, Linear) in our model (keys fc.1.*); plain
+    models have a bare Linear (fc.*), and dropout does nothing at inference, so the keys map 1:1.
+    """
+    spec, name = ckpt.model, ckpt.head_name
+    if spec.source == "scratch" and spec.cifar_stem:
+        raise ExportError("this model has the CIFAR stem (3x3 conv, no max-pool), which plain torchvision ResNets "
+                          "lack, so no plain model can load it; export onnx or torchscript instead")
+    if spec.head.type == "mlp":
+        raise ExportError("this model has an MLP head (Linear-ReLU-Dropout-Linear); plain torchvision/timm models "
+                          "have a single Linear there, so their state dicts cannot hold it. Export onnx or "
+                          "torchscript (they keep the whole model), or train with model.head.type: linear")
+    prefix = f"{name}.1." if spec.head.dropout else None
+    out = {}
+    for key, value in state.items():
+        if prefix and key.startswith(prefix):
+            key = f"{name}." + key[len(prefix):]
+        out[key] = value.detach().cpu().contiguous()
+    return out
+
+
+def _write_safetensors(model, path: Path, info: dict, example: torch.Tensor, ckpt: Checkpoint) -> list[Path]:
+    from safetensors.torch import save
+
+    tensors = plain_state_dict(model.state_dict(), ckpt)
+    sidecar = path.with_suffix(".json")
+    atomic_write(path, lambda f: f.write(save(tensors, metadata={"finetune": json.dumps(info)})))
+    atomic_write(sidecar, lambda f: f.write(json.dumps(info, indent=2).encode()))
+    return [path, sidecar]
+
+
+def create_plain_model(ckpt: Checkpoint):
+    """The plain torchvision/timm architecture a safetensors export loads into (no finetune code)."""
+    k = len(ckpt.class_names)
+    if ckpt.model.source == "timm":
+        import timm
+
+        return timm.create_model(ckpt.model.name, num_classes=k)
+    import torchvision
+
+    return torchvision.models.get_model(ckpt.model.name, num_classes=k)
+
+
+def _run_safetensors(path: Path, images: torch.Tensor, ckpt: Checkpoint) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    plain = create_plain_model(ckpt)
+    plain.load_state_dict(load_file(str(path)), strict=True)
+    with torch.inference_mode():
+        return plain.eval()(images)

@@ -1,0 +1,123 @@
+"""predict(checkpoint, paths): class probabilities for image files, folders and globs."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import Checkpoint
+from ..console import progress, stderr_console
+from ..data.folders import is_image_name
+from ..data.images import load_rgb
+from ..data.loading import prefetched, resolve_workers
+from ..data.transforms import eval_transform
+from ..errors import DataError
+from ..models.folding import fold_checked
+from ..runtime.device import resolve_device
+from ..runtime.threads import tuned_threads
+from .loading import load_model
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[dict] = field(default_factory=list)  # [{"label", "index", "prob"}], most likely first
+    error: str | None = None  # set when the file could not be read; top is then empty
+    logits: list[float] | None = None  # raw logits of every class (for evaluate; not in to_dict)
+
+    def to_dict(self) -> dict:
+        d = {"path": self.path, "top": self.top}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def expand_paths(items: list[str]) -> list[Path]:
+    """Image files, folders (recursively, image extensions only) and glob patterns, in a stable order."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f))
+        elif p.is_file():
+            out.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            if not matches:
+                raise DataError(f"no such file, folder or matching glob: {item}")
+            out += [m for m in matches if m.is_file()]
+    return list(dict.fromkeys(out))
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, paths, transform, draft):
+        self.paths, self.transform, self.draft = paths, transform, draft
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return self.transform(load_rgb(self.paths[i], self.draft)), i, ""
+        except Exception as exc:  # an unreadable file is reported in the output; the rest go on
+            return torch.zeros(0), i, f"{type(exc).__name__}: {exc}"
+
+
+def _collate(batch):
+    good = [b for b in batch if not b[2]]
+    images = torch.stack([b[0] for b in good]) if good else torch.zeros(0)
+    return images, [b[1] for b in good], [(b[1], b[2]) for b in batch if b[2]]
+
+
+def forward(model, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Logits; with tta, the mean of the logits of the images and their horizontal mirrors.
+
+    Averaging logits (not probabilities) keeps the output a logit, so the fitted temperature and
+    the exported models' contract (output = logits) apply to TTA unchanged.
+    """
+    logits = model(images).float()
+    if tta:
+        logits = (logits + model(images.flip(3)).float()) / 2
+    return logits
+
+
+def predict(checkpoint: Path | Checkpoint, paths: list[Path], top_k: int = 5, batch_size: int = 32,
+            device: str = "auto", workers: int | None = None, tta: bool = False, raw: bool = False,
+            console=None) -> list[Prediction]:
+    """Top-k classes per image. Probabilities are temperature-calibrated (Checkpoint.temperature) unless raw.
+    `checkpoint`: a path, or a Checkpoint already read (evaluate hands over its own)."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
+    temperature = 1.0 if raw else ckpt.temperature
+    dev = resolve_device(device)
+    names, pre = ckpt.class_names, ckpt.preprocessing
+    k = max(1, min(top_k, len(names)))
+    if workers is None:  # CPU: decode in a thread of this process (data.prefetched); CUDA: in worker processes
+        workers = resolve_workers("auto") if dev.type == "cuda" else 0
+    loader = torch.utils.data.DataLoader(_Images(paths, eval_transform(pre), pre.resize), batch_size=batch_size,
+                                         num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
+    batches = prefetched(loader) if dev.type == "cpu" else loader  # on CPU decoding starts while the model is built
+    model, _ = load_model(ckpt)
+    model.to(dev, memory_format=torch.channels_last)
+    # BatchNorm folded into the convs: fewer passes over the activations, the same logits (models.folding)
+    probe = torch.randn(1, 3, pre.size, pre.size, generator=torch.Generator().manual_seed(0))
+    model = fold_checked(model, probe.to(dev, memory_format=torch.channels_last))
+    results = [Prediction(str(p)) for p in paths]
+    console = console or stderr_console()
+    with progress(console) as bar, torch.inference_mode():
+        task = bar.add_task("predict", total=len(paths))
+        # decoding overlaps the forward pass; on a busy CPU the thread count that keeps pace is measured
+        for images, idx, errors in (tuned_threads(batches) if dev.type == "cpu" else batches):
+            for i, err in errors:
+                results[i].error = err
+            if idx:
+                logits = forward(model, images.to(dev, memory_format=torch.channels_last), tta).cpu()
+                top_p, top_i = (logits / temperature).softmax(1).topk(k, dim=1)
+                for row, i in enumerate(idx):
+                    results[i].logits = logits[row].tolist()
+                    results[i].top = [{"label": names[j], "index": int(j), "prob": round(float(p), 6)}
+                                      for p, j in zip(top_p[row].tolist(), top_i[row].tolist())]
+            bar.advance(task, len(idx) + len(errors))
+    return results

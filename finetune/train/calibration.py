@@ -1,0 +1,96 @@
+"""Temperature scaling (Guo et al. 2017): one scalar T fitted on the validation set so that
+softmax(logits / T) is calibrated. Argmax, and so accuracy, is unchanged.
+
+fit() calls calibrate_run() once, at the end of a run; predict and evaluate divide by the stored T
+(Checkpoint.temperature) unless asked for the raw softmax.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ..checkpoint import Checkpoint
+from ..console import track
+from ..metrics import expected_calibration_error, nll, softmax
+from ..runtime.device import Compute
+from .resume import RunState
+
+# Search bounds for T. When every validation image is classified right, NLL keeps falling as T -> 0:
+# the data gives no finite answer, so T stays 1 rather than making every later prediction absurdly
+# sharp. An optimum on a bound is treated the same way.
+T_MIN, T_MAX = 0.05, 20.0
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, bool]:
+    """(T minimising NLL of softmax(logits / T), fitted). fitted is False when T stays 1.
+
+    NLL is convex in beta = 1/T, hence unimodal in log T, so a golden-section search on log T
+    finds the global minimum without step sizes or gradients.
+    """
+    labels = np.asarray(labels)
+    if len(labels) == 0 or (np.asarray(logits).argmax(axis=1) == labels).all():
+        return 1.0, False
+    lo, hi = math.log(T_MIN), math.log(T_MAX)
+    golden = (math.sqrt(5) - 1) / 2
+    a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+    fa, fb = nll(logits, labels, math.exp(a)), nll(logits, labels, math.exp(b))
+    for _ in range(80):  # the bracket shrinks by 0.618 per step: 80 steps reach float precision
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - golden * (hi - lo)
+            fa = nll(logits, labels, math.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + golden * (hi - lo)
+            fb = nll(logits, labels, math.exp(b))
+    t = math.exp((lo + hi) / 2)
+    if t < T_MIN * 1.01 or t > T_MAX / 1.01 or nll(logits, labels, t) >= nll(logits, labels, 1.0):
+        return 1.0, False
+    return t, True
+
+
+def calibration_summary(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Fit T and measure NLL and ECE before and after: the dict stored as meta["calibration"]."""
+    t, fitted = fit_temperature(logits, labels)
+    return {"temperature": t, "fitted": fitted, "images": int(len(labels)),
+            "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t),
+            "ece_before": expected_calibration_error(softmax(logits), labels),
+            "ece_after": expected_calibration_error(softmax(logits, t), labels)}
+
+
+def collect_logits(net, batches, compute: Compute, label: str, console=None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of all the batches, net in eval mode, float32."""
+    net.eval()
+    out, ys = [], []
+    with torch.inference_mode():
+        for inputs, labels in track(batches, label, console):
+            out.append(net(compute.to_device(inputs)).float().cpu())
+            ys.append(labels)
+    return torch.cat(out).numpy(), torch.cat(ys).numpy()
+
+
+def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=None) -> dict:
+    """Fit T on val for last.pt, then for best.pt, and rewrite each once with its T. Returns best.pt's summary.
+
+    The model holds last.pt's weights on entry and best.pt's (kept in memory by the run) are loaded into it
+    when they differ: no checkpoint is read back, except best.pt when a resumed run had already finished.
+    `net` is what runs on the val batches: the model, or its part after the cached frozen prefix (so the
+    backbone does not run over val again). A checkpoint that already holds a temperature keeps it.
+    """
+    summary = run.last_calibration
+    if summary is None:
+        summary = calibration_summary(*collect_logits(net, val_batches, compute, "calibrate last.pt", console))
+        run.save(calibration=summary)
+    best = run.best or Checkpoint.load(run.run_dir / "best.pt")
+    if best.calibration is not None:
+        return best.calibration
+    if best.metrics.get("epoch") != run.rows[-1]["epoch"]:
+        with torch.no_grad():
+            run.step.model.load_state_dict(best.state)
+        summary = calibration_summary(*collect_logits(net, val_batches, compute, "calibrate best.pt", console))
+    replace(best, calibration=summary).save(run.run_dir / "best.pt")
+    return summary
