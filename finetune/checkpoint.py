@@ -77,6 +77,9 @@ class Checkpoint:
             raise ValueError("class_names must be a list of two or more names")
         if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
             raise ValueError("the weights are not a state dict of tensors")
+        bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise ValueError(f"the weight {bad} holds NaN or inf (a damaged file, or a run that diverged)")
         return cls(model=ModelSpec.model_validate({**meta["model"], "weights": None}), class_names=names,
                    preprocessing=Preprocessing.from_dict(meta["preprocessing"]), head_name=str(meta["head_name"]),
                    strategy=str(meta["strategy"]), state=state, metrics=dict(meta.get("metrics") or {}),

@@ -15,15 +15,20 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .files import read_yaml_file
 
 # Which parameter groups each strategy trains: the one table (train.freeze builds the freeze plan from it).
 TRAINED_GROUPS = {"feature-extract": ("head",), "last-stage": ("head", "last_stage"),
                   "full": ("head", "last_stage", "backbone")}
 
 
+MAX_LR = 10.0  # no optimizer here trains at a higher rate; above it Adam's step overflows float32 before it diverges
+MAX_IMAGE_SIZE = 4096  # pixels a side: a 100,000 px crop would need 30 GB per image before any message
+
+
 class _Section(BaseModel):
-    # Unknown keys are errors (with a "did you mean"), never silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are errors (with a "did you mean"), never silently ignored; NaN and inf are never numbers here.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class HeadSpec(_Section):
@@ -52,14 +57,21 @@ class DataSpec(_Section):
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="share of each class held out when there is no val/ folder")
     image_size: Optional[int] = Field(
-        None, ge=8, description="crop size for training and evaluation (default: the weights' own)")
+        None, ge=8, le=MAX_IMAGE_SIZE, description="crop size for training and evaluation (default: the weights' own)")
     augment: Optional[Literal["none", "flip", "standard"]] = Field(
         None, description="none; flip: horizontal flip; standard: random resized crop + flip. Default: none for "
         "strategy feature-extract (so the frozen features are computed once and cached), standard otherwise")
     workers: Union[int, Literal["auto"]] = Field(
-        "auto", description="DataLoader worker processes (auto: from the CPU count)")
+        "auto", description="DataLoader worker processes, 0 to load in the main process (auto: from the CPU count)")
     class_weights: Optional[Literal["auto"]] = Field(None, description="auto: inverse-frequency loss weights")
     sampler: Optional[Literal["balanced"]] = Field(None, description="balanced: sample classes equally often")
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, workers):
+        if workers != "auto" and not 0 <= workers <= 256:
+            raise ValueError("must be auto or a number of worker processes from 0 to 256")
+        return workers
 
 
 class StrategySpec(_Section):
@@ -75,8 +87,8 @@ class StrategySpec(_Section):
     @classmethod
     def _positive(cls, lr: dict) -> dict:
         for group, value in lr.items():
-            if value <= 0:
-                raise ValueError(f"learning rate for {group!r} must be > 0, got {value}")
+            if not 0 < value <= MAX_LR:
+                raise ValueError(f"learning rate for {group!r} must be above 0 and at most {MAX_LR:g}, got {value}")
         return lr
 
 
@@ -109,12 +121,12 @@ class ScheduleSpec(_Section):
 
 
 class TrainSpec(_Section):
-    epochs: int = Field(5, gt=0)
-    batch_size: int = Field(32, gt=0)
-    seed: int = Field(0, description="seeds the split, the model's new head and the data order")
+    epochs: int = Field(5, gt=0, le=100_000, description="passes over the training images")
+    batch_size: int = Field(32, gt=0, le=65_536, description="images per optimizer step")
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds the split, the model's new head and the data order")
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:N")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported); ignored on CPU")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of the target spread over all classes")
     save_every: Optional[int] = Field(
         None, gt=0, description="also write last.pt every N optimizer steps, mid-epoch (long epochs); "
         "null: at the end of each epoch only")
@@ -174,8 +186,15 @@ def _format(error: ValidationError, source: str) -> ConfigError:
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r}{_suggest(str(e['loc'][-1]), _section_keys(e['loc']))}")
         else:
-            lines.append(f"{key or 'recipe'}: {e['msg']} (got {e.get('input')!r})")
+            message = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{key or 'recipe'}: {message} (got {_short(e.get('input'))})")
     return ConfigError(f"invalid recipe {source}: " + "; ".join(lines))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: a 1 MB string does not make a 1 MB error line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -206,21 +225,11 @@ def _apply(tree: dict, path: list[str], value: Any) -> None:
 
 
 def read_yaml(path: Path) -> dict:
-    """A recipe file as a dict, read with the safe loader: python tags are refused, not run."""
+    """A recipe file as a dict: safe, bounded YAML (files.read_yaml_file); python tags are refused, not run."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        tag = getattr(exc, "problem", "") or ""
-        if "tag:yaml.org,2002:python/" in tag:  # safe_load refused it; say why in words a user can act on
-            name = tag.split("tag:yaml.org,2002:", 1)[1].rstrip("'")
-            line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else "?"
-            raise ConfigError(f"cannot read recipe {path}: line {line} has the tag !!{name}, which would run Python "
-                              "code; a recipe is plain data (sections, names, numbers, paths), so remove the tag"
-                              ) from None
-        raise ConfigError(f"cannot read recipe {path}: {exc}".replace("\n", " ")) from None
+    data = read_yaml_file(path, "recipe")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -31,3 +31,15 @@ class RunInterrupted(FinetuneError):
 
 class ExportError(FinetuneError):
     """A model cannot be exported in the asked format, or the export does not match the eager model."""
+
+
+class TrainingDiverged(FinetuneError):
+    """The loss or the weights stopped being finite numbers; the message says where and what to lower."""
+
+
+class NonFiniteLoss(Exception):
+    """Raised by a training step before it updates anything; the run turns it into TrainingDiverged."""
+
+    def __init__(self, value: float):
+        super().__init__(f"loss {value}")
+        self.value = value

@@ -1,6 +1,7 @@
-"""Files we write and files we read: atomic writes that survive a crash, and loads that run no code.
+"""Files we write and files we read: atomic writes that survive a crash, and loads that run no code and
+are bounded (YAML without expansion bombs or duplicate keys, torch files without inflation bombs).
 
-A leaf: it imports nothing from the package but `errors`, so every layer can use it.
+A leaf: it imports nothing from the package but `errors` (and nothing heavy at import), so every layer can use it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, ResourceError
+
+YAML_MAX_BYTES = 1 << 20  # a recipe is a page of text; 1 MiB is far beyond any real one
+YAML_MAX_VALUES = 10_000  # values after expanding YAML aliases: a "billion laughs" document is refused here
 
 
 def atomic_write(path: Path, write) -> None:
@@ -26,10 +30,24 @@ def atomic_write(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = _disk_full(exc)
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise ResourceError(f"the disk is full: could not write {path} (the previous {path.name}, if any, is "
+                                "intact). Free some space and run again (train: --resume continues from last.pt)"
+                                ) from None
         raise
     _fsync_dir(path.parent)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """No space left (or a quota reached): as an OSError, or as torch.save's RuntimeError from its zip writer."""
+    import errno
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, RuntimeError) and "file write failed" in str(exc)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -57,12 +75,14 @@ def _fsync_dir(folder: Path) -> None:
 
 def safe_torch_load(path: Path, what: str = "file"):
     """torch.load that only rebuilds tensors and plain data: a pickle that would import or call anything
-    (os.system, a class's __reduce__, ...) is refused before any of it runs."""
+    (os.system, a class's __reduce__, ...) is refused before any of it runs; a zip whose entries would inflate
+    far beyond the file, or whose bytes fail their CRC, is refused before any of it is loaded."""
     import pickle
     import warnings
 
     import torch
 
+    check_torch_zip(path, what)
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols; we refuse or load anyway
             warnings.simplefilter("ignore", UserWarning)
@@ -76,3 +96,153 @@ def safe_torch_load(path: Path, what: str = "file"):
     except Exception as exc:
         first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read {path}: the {what} is corrupt or truncated ({first[:160]})") from None
+
+
+def check_torch_zip(path: Path, what: str = "file") -> None:
+    """A torch file is a zip of stored (uncompressed) entries, each with a CRC-32. Refuse one whose entries inflate
+    to much more than the file holds (a zip bomb: 2 MB on disk, 2 GiB in memory) and one whose bytes are damaged
+    (torch itself does not check the CRCs). Not a zip: left to torch.load, which reads the legacy format."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        return
+    with archive:
+        inflated = sum(info.file_size for info in archive.infolist())
+        size = os.path.getsize(path)
+        if inflated > 2 * size + (64 << 20):
+            raise CheckpointError(f"refusing to load {path}: its {size / 2**20:.1f} MiB would inflate to "
+                                  f"{inflated / 2**30:.1f} GiB; torch never writes compressed entries, so this "
+                                  f"{what} was not written by torch.save") from None
+        try:
+            damaged = archive.testzip()  # reads every entry and compares its CRC-32
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            damaged = f"{exc}"
+        if damaged:
+            raise CheckpointError(f"cannot read {path}: the {what} is damaged ({damaged} fails its CRC check); "
+                                  "use another copy, or last.pt / best.pt of the run")
+
+
+def read_yaml_file(path: Path, what: str = "recipe"):
+    """A YAML file as plain data, read with the safe loader (python tags are refused, never run) and bounded:
+    at most YAML_MAX_BYTES of UTF-8 text, YAML_MAX_VALUES values once aliases are expanded, no duplicate keys."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > YAML_MAX_BYTES:
+        raise ConfigError(f"{what} {path} is {len(raw) / 2**20:.1f} MiB; a {what} is a short text file "
+                          f"(at most {YAML_MAX_BYTES >> 20} MiB)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "save it as UTF-8") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_node(node, {}, what, path)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        tag = getattr(exc, "problem", "") or ""
+        if "tag:yaml.org,2002:python/" in tag:  # safe_load refused it; say why in words a user can act on
+            name = tag.split("tag:yaml.org,2002:", 1)[1].rstrip("'")
+            line = exc.problem_mark.line + 1 if getattr(exc, "problem_mark", None) else "?"
+            raise ConfigError(f"cannot read {what} {path}: line {line} has the tag !!{name}, which would run Python "
+                              f"code; a {what} is plain data (sections, names, numbers, paths), so remove the tag"
+                              ) from None
+        raise ConfigError(f"cannot read {what} {path}: {exc}".replace("\n", " ")) from None
+    except RecursionError:
+        raise ConfigError(f"cannot read {what} {path}: it is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_node(node, sizes: dict, what: str, path: Path) -> int:
+    """How many values `node` expands to (aliases counted each time they are used); refuses duplicate keys."""
+    import yaml
+
+    if id(node) in sizes:
+        return sizes[id(node)]
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_check_node(child, sizes, what, path) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise ConfigError(f"{what} {path} has the key {key.value!r} twice (lines {seen[key.value]} and "
+                                      f"{key.start_mark.line + 1}); keep one")
+                seen[key.value] = key.start_mark.line + 1
+            size += _check_node(key, sizes, what, path) + _check_node(value, sizes, what, path)
+    if size > YAML_MAX_VALUES:
+        raise ConfigError(f"{what} {path} expands to more than {YAML_MAX_VALUES:,} values (YAML aliases that repeat "
+                          f"other aliases?); a {what} is a few dozen settings, write them out")
+    sizes[id(node)] = size
+    return size
+
+
+def refuse_inside(path: Path, root: Path | None, what: str, error=ConfigError) -> None:
+    """Refuse to write `path` when it is `root` or inside it: finetune never writes into a dataset."""
+    if root is None:
+        return
+    out, data = Path(path).expanduser().absolute().resolve(), Path(root).expanduser().absolute().resolve()
+    if out == data or data in out.parents:
+        raise error(f"{what} {path} is inside the dataset {root}; finetune never writes into a dataset: choose a "
+                    "folder outside it")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files atomic_write leaves when a process is killed mid-write (.NAME.XXXX.tmp).
+    Only for a folder this process owns (a run folder under its lock)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (on this machine): whose lock or temporary files are still in use."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def make_folder(path: Path, what: str, error=ConfigError) -> Path:
+    """mkdir -p that fails with one line saying what to do (a read-only place, a file in the way)."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # writable: fail now, not after the work
+            pass
+    except OSError as exc:
+        raise error(f"cannot write {what} {path}: {exc.strerror or exc}; choose another --output") from None
+    return Path(path)
+
+
+def is_checkpoint_file(path: Path) -> bool:
+    """Whether `path` is a finetune checkpoint (a torch zip whose pickle names our format), read without loading it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickle = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            return pickle is not None and b"finetune/" in archive.read(pickle)
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return False

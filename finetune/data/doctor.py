@@ -96,7 +96,7 @@ def inspect_dataset(root: Path, console=None) -> Report:
     folders = split_folders(root)
     tree = {split: scan_classes(folder, keep=lambda p: True) for split, folder in folders.items()}
     paths = [p for classes in tree.values() for files in classes.values() for p in files]
-    checks = check_files(paths, console, label="inspecting")
+    checks = check_files(paths, console, label="inspecting", root=root)
     findings: list[Finding] = []
     for p in paths:
         c = checks[p]
@@ -115,6 +115,22 @@ def inspect_dataset(root: Path, console=None) -> Report:
     train = [n for n in counts.get("train", counts.get("all", {})).values() if n]
     return Report(str(root), "folders" if "val" in folders else "split", counts, len(paths), findings,
                   time.perf_counter() - start, round(max(train) / min(train), 2) if train else None)
+
+
+def training_screen(tree: dict[str, dict[str, list[Path]]], console=None, root: Path | None = None
+                     ) -> dict[Path, str]:
+    """{path: 'kind: detail'} for the files training leaves out (what resolve_splits' screen returns): those that
+    cannot be read, both copies of a label conflict (the same bytes in two classes: which label is right?), and
+    the train copy of an image that is also in val (it would inflate validation accuracy)."""
+    paths = [p for classes in tree.values() for files in classes.values() for p in files]
+    checks = check_files(paths, console, root=root)
+    out = {p: f"{c.problem}: {c.detail}" for p, c in checks.items() if not c.usable}
+    for f in _duplicates(tree, checks, multi_split=len(tree) > 1):
+        if f.kind == "label-conflict":
+            out[Path(f.path)] = out[Path(f.related[0])] = f"label-conflict: the same image as {f.related[0]} / {f.path}"
+        elif f.kind == "leakage":
+            out[Path(f.related[0])] = f"leakage: the same image is in val as {f.path}"
+    return out
 
 
 def _class_findings(counts: dict[str, dict[str, int]], folders: dict[str, Path]) -> list[Finding]:

@@ -13,10 +13,10 @@ Results are cached per file by (absolute path, size, mtime) in the user cache di
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sqlite3
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,44 +52,68 @@ class FileCheck:
         return self.problem is None
 
 
+@dataclass(frozen=True)
+class _Ends:
+    """A file's first and last few KiB and its size: all a check reads besides the streamed hash and the decoder."""
+    head: bytes
+    tail: bytes
+    size: int
+
+
 def check_file(path: Path) -> FileCheck:
-    """What is wrong or odd about one file. Never raises for a bad file; never writes anything."""
+    """What is wrong or odd about one file. Never raises for a bad file; never writes anything. The file is
+    hashed in chunks (a 2 GB file costs no 2 GB of memory) and its header sniffed before any decode."""
     path = Path(path)
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read forever, a device never end
+            return FileCheck("unreadable", "not a regular file (a FIFO, socket or device)")
+    except OSError as exc:
+        return FileCheck("unreadable", f"cannot read: {exc.strerror or exc}")
     if not is_image_name(path):
         return _check_other(path)
     try:
-        data = path.read_bytes()
+        digest, ends = _digest_and_ends(path)
     except OSError as exc:
         return FileCheck("unreadable", f"cannot read: {exc.strerror or exc}")
-    if not data:
+    if not ends.size:
         return FileCheck("empty-file", "empty (0 bytes)")
-    digest = hashlib.sha256(data).hexdigest()
     try:
-        im = open_image(io.BytesIO(data))
+        im = open_image(path)
     except DataError as exc:
         return FileCheck("too-large", str(exc), digest=digest)
     except UnidentifiedImageError:
-        signature = next((fmt for magic, fmt in SIGNATURES if data.startswith(magic)), None)
+        signature = next((fmt for magic, fmt in SIGNATURES if ends.head.startswith(magic)), None)
         if signature:  # an image's signature, then nonsense: a damaged file, not a stray document
-            return FileCheck(_broken(None, signature, data), f"{signature} signature but an unreadable header",
+            return FileCheck(_broken(None, signature, ends), f"{signature} signature but an unreadable header",
                              digest=digest)
-        return FileCheck("not-image", f"not an image ({_sniff(data)})", digest=digest)
+        return FileCheck("not-image", f"not an image ({_sniff(ends.head)})", digest=digest)
     except Exception as exc:  # a header Pillow cannot parse, or one cut short
-        return FileCheck(_broken(exc, None, data), _describe(exc), digest=digest)
+        return FileCheck(_broken(exc, None, ends), _describe(exc), digest=digest)
     with im:
         detail = f"{im.format} {im.mode} {im.width}x{im.height}"
         try:
-            flags = _odd(im, data, path)
-            problem = _integrity(im, data)
+            flags = _odd(im, ends, path)
+            problem = _integrity(im, ends, path)
             if problem is None and im.format not in ("JPEG", "MPO", "PNG") and _few_colors(im):
                 flags.append("placeholder")  # only where the pixels are already decoded: no extra cost
         except Exception as exc:
-            return FileCheck(_broken(exc, im.format, data), f"{detail}: {_describe(exc)}", digest=digest)
+            return FileCheck(_broken(exc, im.format, ends), f"{detail}: {_describe(exc)}", digest=digest)
     if problem == "trailing-data":
         flags.append(problem)
     elif problem:
         return FileCheck(problem.split(":")[0], f"{detail}: {problem.split(':', 1)[-1].strip()}", digest=digest)
     return FileCheck(None, detail, flags, digest)
+
+
+def _digest_and_ends(path: Path, chunk: int = 1 << 20, keep: int = 4096) -> tuple[str, _Ends]:
+    h, head, tail, size = hashlib.sha256(), b"", b"", 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+            head = head or block[:keep]
+            tail = (tail + block)[-keep:]
+            size += len(block)
+    return h.hexdigest(), _Ends(head, tail, size)
 
 
 def _check_other(path: Path) -> FileCheck:
@@ -102,7 +126,7 @@ def _check_other(path: Path) -> FileCheck:
         return FileCheck("not-image", "not an image file name; training skips it")
 
 
-def _odd(im: Image.Image, data: bytes, path: Path) -> list[str]:
+def _odd(im: Image.Image, ends: _Ends, path: Path) -> list[str]:
     flags = []
     if im.format not in FORMATS[path.suffix.lower()]:
         flags.append("extension-mismatch")
@@ -112,7 +136,7 @@ def _odd(im: Image.Image, data: bytes, path: Path) -> list[str]:
         flags.append("transparency")
     if im.mode == "CMYK":
         flags.append("cmyk")
-    if im.mode.startswith("I") or (im.format == "PNG" and data[24:25] == b"\x10"):  # IHDR bit depth 16
+    if im.mode.startswith("I") or (im.format == "PNG" and ends.head[24:25] == b"\x10"):  # IHDR bit depth 16
         flags.append("16-bit")
     if getattr(im, "n_frames", 1) > 1:
         flags.append("animated")
@@ -123,31 +147,31 @@ def _odd(im: Image.Image, data: bytes, path: Path) -> list[str]:
     return flags
 
 
-def _integrity(im: Image.Image, data: bytes) -> str | None:
+def _integrity(im: Image.Image, ends: _Ends, path: Path) -> str | None:
     """None when the file is complete, else 'truncated: why' / 'corrupt: why' / 'trailing-data'."""
     try:
         if im.format in ("JPEG", "MPO"):
-            if data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) != -1:  # the EOI marker
+            if b"\xff\xd9" in ends.tail:  # the EOI marker
                 return None  # EOI present; entropy-coded data never contains FFD9, so the scan is complete
             im.draft("RGB", (1, 1))  # no EOI near the end: decode cheaply to tell truncation from trailing data
             im.load()
             return "trailing-data"
         if im.format == "PNG":
-            with Image.open(io.BytesIO(data)) as fresh:  # verify must come straight after open
+            with Image.open(path) as fresh:  # verify must come straight after open
                 fresh.verify()  # walks every chunk and checks its CRC, without decompressing
             return None
         im.load()
         return None
     except Exception as exc:
-        return f"{_broken(exc, im.format, data)}: {_describe(exc)}"
+        return f"{_broken(exc, im.format, ends)}: {_describe(exc)}"
 
 
-def _broken(exc: Exception | None, fmt: str | None, data: bytes) -> str:
+def _broken(exc: Exception | None, fmt: str | None, ends: _Ends) -> str:
     """truncated when Pillow says so or the format's end marker is missing, else corrupt."""
-    ends = {"PNG": data.endswith(b"IEND\xaeB`\x82"), "GIF": data.endswith(b";"),
-            "JPEG": data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) != -1}
-    ends["MPO"] = ends["JPEG"]
-    return "truncated" if "truncat" in str(exc).lower() or not ends.get(fmt, True) else "corrupt"
+    tail = ends.tail
+    complete = {"PNG": tail.endswith(b"IEND\xaeB`\x82"), "GIF": tail.endswith(b";"), "JPEG": b"\xff\xd9" in tail}
+    complete["MPO"] = complete["JPEG"]
+    return "truncated" if "truncat" in str(exc).lower() or not complete.get(fmt, True) else "corrupt"
 
 
 def _few_colors(im: Image.Image) -> bool:
@@ -159,11 +183,11 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
-def _sniff(data: bytes) -> str:
-    head = data[:64].lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html")):
+def _sniff(head: bytes) -> str:
+    start = head[:64].lstrip().lower()
+    if start.startswith((b"<!doctype html", b"<html")):
         return "an HTML page"
-    if all(32 <= b < 127 or b in (9, 10, 13) for b in data[:512]):
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head[:512]):
         return "text"
     return "unknown content"
 
@@ -181,9 +205,11 @@ class _Cache:
     """(path, size, mtime) -> FileCheck in SQLite, so concurrent runs share it safely. Best effort:
     a cache that cannot be opened or written (read-only home, odd filesystem) just means re-checking."""
 
-    def __init__(self):
+    def __init__(self, root: Path | None = None):
         try:
             folder = cache_dir()
+            if root is not None and _inside(folder, root):  # never written into the dataset being checked
+                raise OSError("the cache folder is inside the dataset")
             folder.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(folder / "filecheck.sqlite", timeout=30)
             self.db.execute("CREATE TABLE IF NOT EXISTS checks (path TEXT PRIMARY KEY, size INTEGER, "
@@ -200,7 +226,12 @@ class _Cache:
         except sqlite3.Error:
             return None
         if row and row[:3] == (st.st_size, st.st_mtime_ns, CHECK_VERSION):
-            return FileCheck(**json.loads(row[3]))
+            try:
+                check = FileCheck(**json.loads(row[3]))
+            except (TypeError, ValueError):  # a damaged row: check the file again (put() replaces the row)
+                return None
+            if isinstance(check.problem, (str, type(None))) and isinstance(check.flags, list):
+                return check
         return None
 
     def put(self, rows: list[tuple[str, os.stat_result, FileCheck]]) -> None:
@@ -219,12 +250,14 @@ class _Cache:
             self.db.close()
 
 
-def check_files(paths: list[Path], console=None, label: str = "checking images") -> dict[Path, FileCheck]:
+def check_files(paths: list[Path], console=None, label: str = "checking images",
+                root: Path | None = None) -> dict[Path, FileCheck]:
     """check_file for every path, from the cache where the file is unchanged, the rest in parallel threads
-    (hashing and decoding release the GIL). A progress bar on `console` while uncached files are read."""
+    (hashing and decoding release the GIL). A progress bar on `console` while uncached files are read.
+    `root`: the dataset the paths are in; a cache folder inside it is not used."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    cache, results, todo = _Cache(), {}, []
+    cache, results, todo = _Cache(root), {}, []
     try:
         for p in paths:
             try:
@@ -249,7 +282,6 @@ def check_files(paths: list[Path], console=None, label: str = "checking images")
     return results
 
 
-def unusable_files(paths: list[Path], console=None) -> dict[Path, str]:
-    """{path: 'kind: detail'} for the files training must leave out; the screen resolve_splits takes."""
-    checks = check_files(paths, console)
-    return {p: f"{c.problem}: {c.detail}" for p, c in checks.items() if not c.usable}
+def _inside(path: Path, root: Path) -> bool:
+    path, root = Path(path).expanduser().resolve(), Path(root).expanduser().resolve()
+    return path == root or root in path.parents

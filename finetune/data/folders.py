@@ -57,7 +57,8 @@ def split_folders(root: Path) -> dict[str, Path]:
 def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=None) -> Splits:
     """train/ + val/ (or valid/, validation/) when present, else a seeded split stratified by class.
 
-    screen(paths) -> {path: reason} names files to leave out (unreadable ones); they land in `skipped`.
+    screen(tree) -> {path: reason} names files to leave out (unreadable ones, label conflicts); `tree` is
+    {split: {class: [paths]}} as scanned. They land in `skipped`.
     """
     if root is None:
         raise DataError("no dataset given: set data.root in the recipe or pass --data ROOT")
@@ -66,7 +67,7 @@ def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=Non
         raise DataError(f"data root {root} is not a folder")
     folders = split_folders(root)
     scanned = {split: scan_classes(folder) for split, folder in folders.items()}
-    skipped = screen([p for classes in scanned.values() for paths in classes.values() for p in paths]) if screen else {}
+    skipped = screen(scanned) if screen else {}
     for classes in scanned.values():
         for name in classes:
             classes[name] = [p for p in classes[name] if p not in skipped]

@@ -3,7 +3,9 @@ train, val and predict, and a dataset of (path, label) samples that yields tenso
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -34,6 +36,8 @@ def open_image(fp) -> Image.Image:
 def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     """Open any image as correct RGB: EXIF rotation applied, transparency composited on white,
     CMYK and 16-bit converted, first frame of an animation. Used identically by train, val and predict."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # reading a FIFO would wait forever, a device never end
+        raise DataError(f"{path} is not a regular file (a FIFO, socket or device)")
     with open_image(path) as im:
         if draft_size and im.format == "JPEG":
             # Decode at reduced scale when the file is much larger than needed (a no-op otherwise).
@@ -60,14 +64,35 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 class ImageDataset:
-    """A map-style dataset of (path, label) samples; returns (tensor, label)."""
+    """A map-style dataset of (path, label) samples; returns (tensor, label).
 
-    def __init__(self, samples: list[Sample], transform, draft_size: int | None = None):
-        self.samples, self.transform, self.draft_size = samples, transform, draft_size
+    With `size`, a file that can no longer be read (deleted or emptied after the pre-scan) does not end the
+    run: it gives a zero image labelled `missing_label(i)`, which the loss and the scores leave out and the
+    run reports (`missing_indices`). The batch keeps its place in the seeded order, so resume stays exact."""
+
+    def __init__(self, samples: list[Sample], transform, draft_size: int | None = None, size: int | None = None):
+        self.samples, self.transform, self.draft_size, self.size = samples, transform, draft_size, size
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        return self.transform(load_rgb(path, self.draft_size)), label
+        try:
+            return self.transform(load_rgb(path, self.draft_size)), label
+        except Exception:
+            if self.size is None:
+                raise
+            import torch
+
+            return torch.zeros(3, self.size, self.size), missing_label(i)
+
+
+def missing_label(index: int) -> int:
+    """The label of sample `index` when its file could not be read: negative, so it is never a class."""
+    return -1 - index
+
+
+def missing_indices(labels) -> list[int]:
+    """The sample indices of a batch's unreadable images (labels from missing_label)."""
+    return [-1 - int(y) for y in labels if y < 0]

@@ -17,7 +17,7 @@ import numpy as np
 from ..checkpoint import Checkpoint
 from ..data.folders import find_val_folder, scan_classes
 from ..errors import DataError
-from ..files import atomic_write
+from ..files import atomic_write, make_folder, refuse_inside
 from ..metrics import (
     averaged_scores,
     confusion_matrix,
@@ -47,13 +47,6 @@ def default_output(checkpoint: Path, data: Path) -> Path:
     return Path(checkpoint).resolve().parent / f"eval-{Path(checkpoint).stem}-{Path(data).resolve().name}"
 
 
-def _check_outside(output: Path, data: Path) -> None:
-    out, root = Path(output).resolve(), Path(data).resolve()
-    if out == root or root in out.parents:
-        raise DataError(f"output folder {output} is inside the dataset {data}; finetune never writes into a "
-                        "dataset: pass --output somewhere else")
-
-
 def evaluate(checkpoint: Path, data: Path, output: Path | None = None, tta: bool = False, raw: bool = False,
              batch_size: int = 32, device: str = "auto", mistakes: int = 16, console=None) -> dict:
     """Score the checkpoint on DATA, write CSV/PNG/JSON files into output, return the report dict."""
@@ -61,7 +54,7 @@ def evaluate(checkpoint: Path, data: Path, output: Path | None = None, tta: bool
     names = ckpt.class_names
     folder = resolve_data_folder(data, names)
     output = Path(output) if output is not None else default_output(checkpoint, folder)
-    _check_outside(output, folder)
+    refuse_inside(output, data, "the output folder", DataError)  # DATA as given: a split root's train/ too
     found = scan_classes(folder)
     unknown = {c: len(paths) for c, paths in found.items() if c not in names}
     samples = [(p, names.index(c)) for c, paths in found.items() if c in names for p in paths]
@@ -69,7 +62,7 @@ def evaluate(checkpoint: Path, data: Path, output: Path | None = None, tta: bool
         has = f"; it has {', '.join(unknown)}" if unknown else ""
         raise DataError(f"no images of the checkpoint's classes ({', '.join(names)}) under {folder}{has}. "
                         "DATA must hold one folder per class")
-    output.mkdir(parents=True, exist_ok=True)
+    make_folder(output, "the output folder", DataError)
 
     results = predict(ckpt, [p for p, _ in samples], top_k=1, batch_size=batch_size, device=device,
                       tta=tta, raw=True, console=console)

@@ -21,7 +21,7 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..errors import ExportError
-from ..files import atomic_write
+from ..files import atomic_write, is_checkpoint_file, make_folder, refuse_inside
 from .loading import load_model
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -73,6 +73,18 @@ def default_output(checkpoint: Path, format: str) -> Path:
     return Path(checkpoint).with_suffix(SUFFIXES[format])
 
 
+def check_output(path: Path, checkpoint: Path, ckpt: Checkpoint) -> None:
+    """Refuse an output that would destroy something: the checkpoint itself or another one, a folder, a file
+    inside the dataset the model was trained on."""
+    if path.is_dir():
+        raise ExportError(f"--output {path} is a folder; give a file path such as "
+                          f"{path / default_output(checkpoint, 'onnx').name}")
+    if path.exists() and (path.resolve() == Path(checkpoint).resolve() or is_checkpoint_file(path)):
+        raise ExportError(f"--output {path} is a finetune checkpoint; an export never overwrites one (the trained "
+                          "model would be lost). Give another file name")
+    refuse_inside(path, (ckpt.recipe.get("data") or {}).get("root"), "--output", ExportError)
+
+
 def export(checkpoint: Path, format: str, output: Path | None = None, tolerance: float = TOLERANCE) -> ExportResult:
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -86,10 +98,8 @@ def export(checkpoint: Path, format: str, output: Path | None = None, tolerance:
     if format == "safetensors":
         plain_state_dict(model.state_dict(), ckpt)  # refuse before writing anything
     path = Path(output) if output is not None else default_output(checkpoint, format)
-    if path.is_dir():
-        example_path = path / default_output(checkpoint, format).name
-        raise ExportError(f"--output {path} is a folder; give a file path such as {example_path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output(path, checkpoint, ckpt)
+    make_folder(path.parent, "the export's folder", ExportError)
 
     size = ckpt.preprocessing.size
     generator = torch.Generator().manual_seed(0)

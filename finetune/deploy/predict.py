@@ -36,13 +36,14 @@ class Prediction:
 
 
 def expand_paths(items: list[str]) -> list[Path]:
-    """Image files, folders (recursively, image extensions only) and glob patterns, in a stable order."""
+    """Image files, folders (recursively, image extensions only) and glob patterns, in a stable order. A path
+    named as such is kept whatever it is (a FIFO, a device): predict then reports it, it never vanishes."""
     out: list[Path] = []
     for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
             out += sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f))
-        elif p.is_file():
+        elif p.exists() or p.is_symlink():
             out.append(p)
         else:
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True))

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +32,14 @@ from ..config import Recipe
 from ..console import literal, progress
 from ..data.loading import Loaders, prefetched
 from ..errors import ConfigError
+from ..files import pid_alive
 from ..models.registry import ModelInfo
 from ..runtime.device import Compute
 from ..runtime.threads import one_thread, tuned_threads
 from .freeze import FreezePlan
 from .prefix import Split, split_frozen
 
-FORMAT = 3  # bumped when the same key would now store other features (3: ResizeCrop resamples the crop only)
+FORMAT = 4  # bumped when the same key would now store other features or files (4: checksums.json)
 FP16_LIMIT = 1e4  # prefix outputs larger than this (random-init nets) are stored as fp32: fp16 tops out at 65504
 
 
@@ -74,8 +76,12 @@ class FeatureCache:
         and every file's path, size and mtime with its label."""
         stamps = []
         for path, label in dataset.samples:
-            st = os.stat(path)
-            stamps.append((str(Path(path).resolve()), st.st_size, st.st_mtime_ns, label))
+            try:
+                st = os.stat(path)
+                stamp = (st.st_size, st.st_mtime_ns)
+            except OSError:  # deleted since the pre-scan: training leaves it out (data.images.missing_label)
+                stamp = (-1, -1)
+            stamps.append((str(Path(path).resolve()), *stamp, label))
         material = {**self.material, "transform": transform,
                     "files": hashlib.sha256(json.dumps(stamps).encode()).hexdigest()}
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
@@ -107,19 +113,25 @@ def frozen_batches(model: nn.Module, plan: FreezePlan, loaders: Loaders, cache: 
         sample = split.prefix(compute.to_device(probe[:1])).float()
     layout = (tuple(sample.shape[1:]), np.float16 if float(sample.abs().max()) < FP16_LIMIT else np.float32)
     start, batches, recomputed = time.perf_counter(), [], {}
+    unwritable = prepare_root(cache.root)
+    if unwritable:
+        console.print(f"[yellow]features: the cache folder {literal(cache.root)} cannot be written "
+                      f"({literal(unwritable)}): the frozen part runs every epoch instead. Set features.dir or "
+                      "$FINETUNE_CACHE_DIR to a folder you can write[/]", soft_wrap=True)
     for name, loader, kind, views in (("train", loaders.train, cache.train_transform, cache.views),
                                       ("val", loaders.val, "eval", 1)):
         images = image_dataset(loader)
         transform = f"{kind}-draft{images.draft_size}-{compute.precision}-{split.boundary}"
         entry = Entry(cache.root / cache.key(images, transform), name, loader, views)
-        stored = (entry.folder / "features.npy").is_file()
-        if views and (stored or fits_on_disk(cache.root, views * len(images), layout)):
-            if not stored:
-                compute_entry(entry, split, layout, cache.seed, compute, console)
-            batches.append(_loader_like(loader, load_features(entry.folder)))
+        features = _stored(entry, console)
+        if features is None and views and not unwritable and fits_on_disk(cache.root, views * len(images), layout):
+            compute_entry(entry, split, layout, cache.seed, compute, console)
+            features = load_features(entry.folder)
+        if features is not None:
+            batches.append(_loader_like(loader, features))
         else:
             recomputed[name] = ("data.augment is random; features.views: K caches K augmented views" if not views
-                                else "not enough free disk to cache it")
+                                else "" if unwritable else "not enough free disk to cache it")
             batches.append(_Prefixed(loader, split, compute))
     cached = [name for name in ("train", "val") if name not in recomputed]
     if cached:
@@ -127,8 +139,40 @@ def frozen_batches(model: nn.Module, plan: FreezePlan, loaders: Loaders, cache: 
                       f"{' and '.join(cached)}, ready in {time.perf_counter() - start:.1f}s (cache "
                       f"{literal(cache.root)})", style="dim")
     for name, why in recomputed.items():
-        console.print(f"features: for {name}, the frozen part runs every epoch, BatchNorm folded ({why})", style="dim")
+        if why:
+            console.print(f"features: for {name}, the frozen part runs every epoch, BatchNorm folded ({why})",
+                          style="dim", soft_wrap=True)
     return split.tail, batches[0], batches[1]
+
+
+def _stored(entry: Entry, console) -> FeatureSet | None:
+    """The entry's features when they are stored and intact; a damaged entry is removed (it is ours, and only
+    a cache) and computed again, with one warning."""
+    if not entry.folder.exists():
+        return None
+    try:
+        return load_features(entry.folder)
+    except DamagedEntry as why:
+        console.print(f"[yellow]features: the cached {entry.name} features in {literal(entry.folder)} are damaged "
+                      f"({literal(why)}); computing them again[/]", highlight=False, soft_wrap=True)
+        shutil.rmtree(entry.folder, ignore_errors=True)
+        return None
+
+
+def prepare_root(root: Path) -> str:
+    """Make the cache folder and clear what killed runs left half-written in it; "" when it can be written,
+    else why not (training then runs the frozen part every epoch instead)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    for tmp in root.glob(".*.*.*"):  # .KEY.PID.XXXX from compute_entry
+        parts = tmp.name.split(".")
+        if tmp.is_dir() and len(parts) >= 4 and parts[2].isdigit() and not pid_alive(int(parts[2])):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ""
 
 
 def fits_on_disk(root: Path, items: int, layout) -> bool:
@@ -179,7 +223,32 @@ class FeatureSet(torch.utils.data.Dataset):
 
 
 def load_features(folder: Path) -> FeatureSet:
-    return FeatureSet(np.load(folder / "features.npy", mmap_mode="r"), np.load(folder / "labels.npy"))
+    """The entry's features (memory-mapped) and labels, once their checksums match what was written last;
+    DamagedEntry when they do not, or cannot be read at all."""
+    try:
+        expected = json.loads((folder / CHECKSUMS).read_text())
+        if {name: _crc32(folder / name) for name in ARRAYS} != expected:
+            raise DamagedEntry("its data does not match its checksum")
+        return FeatureSet(np.load(folder / "features.npy", mmap_mode="r"), np.load(folder / "labels.npy"))
+    except DamagedEntry:
+        raise
+    except (OSError, ValueError, TypeError, EOFError) as exc:  # missing, truncated, overwritten
+        raise DamagedEntry(f"{type(exc).__name__}: {str(exc)[:120]}") from None
+
+
+class DamagedEntry(Exception):
+    """A cache entry whose files are missing, truncated or changed since they were written."""
+
+
+ARRAYS, CHECKSUMS = ("features.npy", "labels.npy"), "checksums.json"
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def compute_entry(entry: Entry, split: Split, layout, seed: int, compute: Compute, console) -> None:
@@ -193,26 +262,31 @@ def compute_entry(entry: Entry, split: Split, layout, seed: int, compute: Comput
                                           generator=torch.Generator().manual_seed(seed))
     folder = entry.folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", dir=folder.parent))
     try:
         shape, dtype = layout
         out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=dtype,
                                         shape=(entry.views, len(dataset), *shape))
         with progress(console) as bar, torch.inference_mode():
             task = bar.add_task(f"computing {entry.name} features", total=entry.views * len(ordered))
+            labels = np.array([label for _, label in dataset.samples], dtype=np.int64)
             for v in range(entry.views):
                 row = 0
                 with torch.random.fork_rng(devices=[]):  # view v's augmentations: from (seed, v), not the run's RNG
                     torch.manual_seed(int(np.random.SeedSequence([seed, v]).generate_state(1)[0]))
-                    for images, _ in (tuned_threads(prefetched(ordered)) if cpu else ordered):
+                    for images, got in (tuned_threads(prefetched(ordered)) if cpu else ordered):
                         with compute.autocast():
                             batch = split.prefix(compute.to_device(images))
                         out[v, row:row + len(batch)] = batch.float().cpu().numpy()
+                        # an image that vanished since the pre-scan keeps its negative label (data.images.missing_label)
+                        labels[row:row + len(batch)] = np.minimum(labels[row:row + len(batch)], got.numpy())
                         row += len(batch)
                         bar.advance(task)
         out.flush()
         del out
-        np.save(tmp / "labels.npy", np.array([label for _, label in dataset.samples], dtype=np.int64))
+        np.save(tmp / "labels.npy", labels)
+        # written last: an entry is trusted only when its arrays still match (load_features)
+        (tmp / CHECKSUMS).write_text(json.dumps({name: _crc32(tmp / name) for name in ARRAYS}))
         try:
             os.replace(tmp, folder)  # atomic: a crash leaves no half-written cache entry
         except OSError:  # another run finished the same entry first: theirs is as good as ours

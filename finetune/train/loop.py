@@ -5,6 +5,7 @@ prefix and its cache in features, last.pt/best.pt and signals in resume, the tem
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,25 +15,29 @@ from ..checkpoint import Checkpoint
 from ..config import DataSpec, Recipe, TrainSpec
 from ..console import literal, stderr_console, track
 from ..data.balance import Balance, resolve_balance
-from ..data.filecheck import unusable_files
+from ..data.doctor import training_screen
+from ..data.filecheck import check_files
 from ..data.folders import Splits, resolve_splits
-from ..data.images import ImageDataset
+from ..data.images import ImageDataset, missing_indices
 from ..data.loading import Loaders, make_loader, resolve_workers, stopped_workers
 from ..data.sampling import EpochSampler, SeededDataset
 from ..data.transforms import draft_size, eval_transform, train_transform
-from ..models.registry import create_model
+from ..files import refuse_inside
+from ..models.registry import ModelInfo, create_model
 from ..preprocessing import Preprocessing
 from ..runtime.device import Compute, resolve_compute, seed_everything
 from .calibration import calibrate_run
 from .curves import CurvesPlot, print_run_summary
 from .features import FeatureCache, frozen_batches
-from .freeze import plan_freeze, set_train_mode
+from .freeze import FreezePlan, plan_freeze, set_train_mode
 from .optim import build_optimizer, build_scheduler
 from .resume import RunState, Tally
 from .rundir import (
     check_disk_space,
+    clear_previous_run,
     create_run_dir,
     environment,
+    run_lock,
     warn_if_environment_changed,
     write_data_summary,
     write_metrics,
@@ -41,16 +46,54 @@ from .rundir import (
 from .step import TrainStep
 
 
+@dataclass
+class Setup:
+    """Everything a run needs, made and checked before its folder exists."""
+    splits: Splits
+    info: ModelInfo
+    plan: FreezePlan
+    balance: Balance
+    loaders: Loaders
+    step: TrainStep
+    cache: FeatureCache
+    template: Checkpoint  # the run's checkpoint without weights
+    compute: Compute
+
+
 def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
     """Train as the recipe says; returns the run folder (best.pt, last.pt, metrics.csv, recipe.yaml, ...).
     With resume_dir, continue that run from its last.pt (see resume.py) instead of starting a new one."""
     console = console or stderr_console()
     cfg = recipe.train
+    setup = prepare(recipe, console)
+    # the run folder, after every check that can fail before work; one run in it at a time
+    refuse_inside(resume_dir or recipe.run.output or recipe.run.dir, recipe.data.root, "the run folder")
+    check_disk_space(resume_dir or recipe.run.output or recipe.run.dir, setup.step.model, setup.step.optimizer)
+    run_dir = resume_dir or create_run_dir(recipe.run)
+    with run_lock(run_dir, console):
+        run = RunState(run_dir, setup.step, setup.template, cfg.save_every)
+        if resume_dir:
+            run.restore()
+            warn_if_environment_changed(run_dir, setup.template.environment, console)
+        else:
+            clear_previous_run(run_dir)
+            write_run_files(run_dir, recipe, setup.template.environment)
+        write_data_summary(run_dir / "data.json", setup.splits, setup.balance, console)
+        # Ctrl-C/SIGTERM: save last.pt and stop; out of memory or a diverging loss: say what to lower
+        with run.guard(console, cfg.batch_size, setup.info.preprocessing.size), \
+                stopped_workers(setup.loaders.train, setup.loaders.val):
+            run_epochs(run, setup, recipe, console)
+    return run_dir
+
+
+def prepare(recipe: Recipe, console) -> Setup:
+    """Data, model, freeze plan, loaders and the training step, as the recipe says."""
+    cfg = recipe.train
     compute = resolve_compute(cfg.device, cfg.amp)
     seed_everything(cfg.seed)
-    # data: the split, unreadable files left out
+    # data: the split, with unreadable files, label conflicts and train copies of val images left out
     splits = resolve_splits(recipe.data.root, recipe.data.val_fraction, cfg.seed,
-                            screen=lambda paths: unusable_files(paths, console))
+                            screen=lambda tree: training_screen(tree, console, recipe.data.root))
     # the model, and what of it trains
     model, info = create_model(recipe.model, len(splits.class_names), recipe.data.image_size)
     plan = plan_freeze(model, info, recipe.strategy)
@@ -65,68 +108,93 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
     criterion = nn.CrossEntropyLoss(weight=balance.loss_weights, label_smoothing=cfg.label_smoothing)
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.autocast_dtype == torch.float16)
     step = TrainStep(model, model, criterion.to(compute.device), optimizer, scheduler, scaler, compute)
-    # the run folder, after every check that can fail before work
     cache = FeatureCache.from_recipe(recipe, info, enabled=plan.freezes_a_prefix)
-    env = environment(cfg.seed, compute.device)
     template = Checkpoint(recipe.model.model_copy(update={"weights": None}), splits.class_names, info.preprocessing,
-                          info.head_name, recipe.strategy.name, recipe=recipe.model_dump(mode="json"), environment=env)
-    check_disk_space(resume_dir or recipe.run.output or recipe.run.dir, model, optimizer)
-    run_dir = resume_dir or create_run_dir(recipe.run)
-    run = RunState(run_dir, step, template, cfg.save_every)
-    if resume_dir:
-        run.restore()
-        warn_if_environment_changed(run_dir, env, console)
-    else:
-        write_run_files(run_dir, recipe, env)
-    write_data_summary(run_dir / "data.json", splits, balance, console)
+                          info.head_name, recipe.strategy.name, recipe=recipe.model_dump(mode="json"),
+                          environment=environment(cfg.seed, compute.device))
+    return Setup(splits, info, plan, balance, loaders, step, cache, template, compute)
+
+
+def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
+    """The frozen features, then the epochs (train, evaluate, log, checkpoint), then calibration."""
+    step, cfg, run_dir = setup.step, recipe.train, run.run_dir
     # the frozen prefix runs once per image where it can (cached); each step trains the rest alone
-    step.net, train_batches, val_batches = frozen_batches(model, plan, loaders, cache, compute, console)
-    console.print(f"[bold]{len(splits.train)}[/] train / [bold]{len(splits.val)}[/] val images, "
-                  f"{len(splits.class_names)} classes, {literal(recipe.model.source)}:{literal(recipe.model.name)}, "
-                  f"strategy {recipe.strategy.name}, device {compute.device}" + run.resumed_at(), soft_wrap=True)
+    step.net, train_batches, val_batches = frozen_batches(step.model, setup.plan, setup.loaders, setup.cache,
+                                                          setup.compute, console)
+    console.print(f"[bold]{len(setup.splits.train)}[/] train / [bold]{len(setup.splits.val)}[/] val images, "
+                  f"{len(setup.splits.class_names)} classes, {literal(recipe.model.source)}:"
+                  f"{literal(recipe.model.name)}, strategy {recipe.strategy.name}, device {setup.compute.device}"
+                  + run.resumed_at(), soft_wrap=True)
+    curves, vanished = CurvesPlot(run_dir / "curves.png"), Vanished(setup.splits)
+    for epoch in range(run.epoch, cfg.epochs + 1):
+        lrs, done = run.begin_epoch(epoch)
+        setup.loaders.sampler.set_epoch(epoch, skip=done * cfg.batch_size)
+        # train, then evaluate
+        train_loss, train_acc = train_epoch(step, train_batches, run, vanished, console,
+                                            f"epoch {epoch}/{cfg.epochs} train")
+        val_loss, val_acc = evaluate(step, val_batches, vanished, console, f"epoch {epoch}/{cfg.epochs} val")
+        # log
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+               "val_acc": val_acc, **lrs, "seconds": run.epoch_seconds()}
+        best = run.end_epoch(row)
+        write_metrics(run_dir / "metrics.csv", run.rows)
+        curves.update(run.rows, final=epoch == cfg.epochs)
+        console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
+                      f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
+        if vanished.report():  # files deleted or emptied since the pre-scan: left out, listed in data.json
+            write_data_summary(run_dir / "data.json", setup.splits, setup.balance, console)
+        # checkpoint: best.pt (when best), then last.pt
+        run.save_epoch(best)
+    # calibrate (a temperature per checkpoint, fitted on val) and summarise
+    calibration = calibrate_run(run, step.net, val_batches, setup.compute, console)
+    print_run_summary(console, run.rows, calibration, run_dir)
 
-    curves = CurvesPlot(run_dir / "curves.png")
-    # Ctrl-C/SIGTERM: save last.pt and stop; OOM: say what to lower
-    with run.guard(console, cfg.batch_size, info.preprocessing.size), stopped_workers(loaders.train, loaders.val):
-        for epoch in range(run.epoch, cfg.epochs + 1):
-            lrs, done = run.begin_epoch(epoch)
-            loaders.sampler.set_epoch(epoch, skip=done * cfg.batch_size)
-            # train, then evaluate
-            train_loss, train_acc = train_epoch(step, train_batches, run, console, f"epoch {epoch}/{cfg.epochs} train")
-            val_loss, val_acc = evaluate(step, val_batches, console, f"epoch {epoch}/{cfg.epochs} val")
-            # log
-            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                   "val_acc": val_acc, **lrs, "seconds": run.epoch_seconds()}
-            best = run.end_epoch(row)
-            write_metrics(run_dir / "metrics.csv", run.rows)
-            curves.update(run.rows, final=epoch == cfg.epochs)
-            console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
-                          f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
-            # checkpoint: best.pt (when best), then last.pt
-            run.save_epoch(best)
-        # calibrate (a temperature per checkpoint, fitted on val) and summarise
-        calibration = calibrate_run(run, step.net, val_batches, compute, console)
-        print_run_summary(console, run.rows, calibration, run_dir)
-    return run_dir
 
-
-def train_epoch(step: TrainStep, batches, run: RunState, console, label: str) -> tuple[float, float]:
+def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, console,
+                label: str) -> tuple[float, float]:
     """One pass of optimizer steps: (mean loss, accuracy). The totals continue the run's epoch in progress."""
     set_train_mode(step.net)
     for inputs, labels in track(batches, label, console):
+        vanished.note("train", labels)
         run.tally.add(*step(inputs, labels))
         run.after_step()  # last.pt every train.save_every steps; stops here after Ctrl-C/SIGTERM
     return run.tally.means()
 
 
-def evaluate(step: TrainStep, batches, console, label: str) -> tuple[float, float]:
+def evaluate(step: TrainStep, batches, vanished: Vanished, console, label: str) -> tuple[float, float]:
     """(mean loss, accuracy) over the batches, in eval mode, without gradients."""
     step.net.eval()
     tally = Tally()
     with torch.no_grad():
         for inputs, labels in track(batches, label, console):
+            vanished.note("val", labels)
             tally.add(*step.evaluate(inputs, labels))
     return tally.means()
+
+
+class Vanished:
+    """Images that could be read at the pre-scan and not in an epoch (deleted, emptied): each is left out of the
+    loss and the scores, said once, and listed in data.json with the reason."""
+
+    def __init__(self, splits: Splits):
+        self.splits, self.seen, self.new = splits, set(), []
+
+    def note(self, split: str, labels) -> None:
+        for index in missing_indices(labels):
+            path = getattr(self.splits, split)[index][0]
+            if path not in self.seen:
+                self.seen.add(path)
+                self.new.append(path)
+
+    def report(self) -> bool:
+        """Add what vanished since the last report to splits.skipped; True when there was any."""
+        if not self.new:
+            return False
+        checks = check_files(self.new)
+        self.splits.skipped += [(p, f"{checks[p].problem or 'changed'}: {checks[p].detail} (during training)")
+                                for p in self.new]
+        self.new = []
+        return True
 
 
 def create_loaders(splits: Splits, pre: Preprocessing, data: DataSpec, train: TrainSpec, balance: Balance,
@@ -135,7 +203,7 @@ def create_loaders(splits: Splits, pre: Preprocessing, data: DataSpec, train: Tr
     resume mid-epoch (data.sampling); val in file order."""
     workers, pin = resolve_workers(data.workers), compute.device.type == "cuda"
     sampler = balance.sampler or EpochSampler(len(splits.train), train.seed)
-    images = ImageDataset(splits.train, train_transform(pre, data.augment), draft_size(pre, data.augment))
+    images = ImageDataset(splits.train, train_transform(pre, data.augment), draft_size(pre, data.augment), pre.size)
+    val = ImageDataset(splits.val, eval_transform(pre), pre.resize, pre.size)
     return Loaders(make_loader(SeededDataset(images), train.batch_size, workers, train.seed, pin, sampler),
-                   make_loader(ImageDataset(splits.val, eval_transform(pre), pre.resize), train.batch_size, workers,
-                               train.seed, pin))
+                   make_loader(val, train.batch_size, workers, train.seed, pin))

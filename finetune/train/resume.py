@@ -11,6 +11,7 @@ What makes a resumed run bit-identical to an uninterrupted one on CPU:
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import time
@@ -22,7 +23,15 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
-from ..errors import CheckpointError, ConfigError, FinetuneError, ResourceError, RunInterrupted
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    FinetuneError,
+    NonFiniteLoss,
+    ResourceError,
+    RunInterrupted,
+    TrainingDiverged,
+)
 from ..metrics import epoch_rank
 from .step import TrainStep
 
@@ -96,6 +105,7 @@ class RunState:
         self.last_calibration: dict | None = None  # last.pt's, once calibrated
         self.saved: Progress | None = None  # what last.pt holds
         self.stop_signal: str | None = None
+        self.training = False  # before the first epoch a signal stops at once (the feature pass may be long)
         self._epoch_start = time.perf_counter()
 
     @property
@@ -117,6 +127,7 @@ class RunState:
     def begin_epoch(self, epoch: int) -> tuple[dict, int]:
         """(learning rates at the epoch's start, samples of it already trained) - nonzero when resumed mid-epoch."""
         p = self.progress
+        self.training = True
         if p.epoch != epoch or p.step == 0:
             p.epoch, p.step, p.seconds = epoch, 0, 0.0
             p.lrs = {f"lr_{g['name']}": g["lr"] for g in self.step.optimizer.param_groups}
@@ -138,7 +149,12 @@ class RunState:
         return round(self.progress.seconds + time.perf_counter() - self._epoch_start, 3)
 
     def end_epoch(self, row: dict) -> bool:
-        """Record the finished epoch; True when it is the best so far."""
+        """Record the finished epoch; True when it is the best so far. A loss that is not finite stops the run
+        here, before anything is saved from this epoch."""
+        for key in ("train_loss", "val_loss"):
+            if not math.isfinite(row[key]):
+                raise TrainingDiverged(f"{key} is {row[key]} after epoch {row['epoch']}: training diverged. "
+                                       f"{self._lower_lr()} {self._last_saved()}")
         p = self.progress
         best = not p.rows or epoch_rank(row) > max(map(epoch_rank, p.rows))
         p.best_acc = max(p.best_acc, row["val_acc"])
@@ -150,6 +166,11 @@ class RunState:
     def save_epoch(self, best: bool) -> None:
         """best.pt (when the epoch is the best so far) before last.pt, so a crash between them redoes the epoch
         and rewrites both; then a signal that arrived during validation stops the run here."""
+        bad = next((k for k, v in self.step.model.state_dict().items() if v.is_floating_point()
+                    and not torch.isfinite(v).all()), None)
+        if bad is not None:  # never saved as a checkpoint: predict, export and resume would inherit it
+            raise TrainingDiverged(f"the weights became non-finite ({bad}) in epoch {self.rows[-1]['epoch']}. "
+                                   f"{self._lower_lr()} {self._last_saved()}")
         if best:
             self.best = self.template.with_state(self.step.model.state_dict(), metrics=self.rows[-1])
             self.best.save(self.run_dir / "best.pt")
@@ -178,6 +199,10 @@ class RunState:
         if not isinstance(state, dict):
             raise CheckpointError(f"{self.run_dir / 'last.pt'} has no resume state (written by an older finetune?); "
                                   "start a new run")
+        if last.class_names != self.template.class_names:
+            raise ConfigError(f"the data's classes ({', '.join(self.template.class_names)}) are not the ones "
+                              f"{self.run_dir.name} was trained on ({', '.join(last.class_names)}); resume with "
+                              "the same class folders (--data), or start a new run")
         s = self.step
         s.model.load_state_dict(last.state)
         s.optimizer.load_state_dict(state["optimizer"])
@@ -201,19 +226,29 @@ class RunState:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 raise KeyboardInterrupt
             self.stop_signal = name
+            if not self.training:  # computing features: nothing to finish, stop now
+                raise _StopBeforeTraining
             console.print(f"[yellow]{name}: finishing this step, then saving last.pt "
                           "(press Ctrl-C again to stop at once)[/]")
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
+        except _StopBeforeTraining:
+            self.save()  # the run as it starts: --resume begins where it would have
+            raise self._interrupted() from None
         except KeyboardInterrupt:
             raise RunInterrupted(f"a second Ctrl-C, so at once. {self._last_saved()} "
                                  f"Continue with: finetune train --resume {self.run_dir}", exit_code=130) from None
+        except NonFiniteLoss as exc:
+            p = self.progress
+            raise TrainingDiverged(f"the training loss became {exc.value} in epoch {p.epoch} at step {p.step + 1}, "
+                                   f"before that step updated anything: training diverged. {self._lower_lr()} "
+                                   f"{self._last_saved()}") from None
         except FinetuneError:
             raise
         except Exception as exc:
-            if not (isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)):
+            if not (isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(exc)):
                 exc.finetune_run_dir = self.run_dir  # where the command line writes the traceback (crash.log)
                 raise
             raise ResourceError(
@@ -225,6 +260,11 @@ class RunState:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    def _lower_lr(self) -> str:
+        lrs = ", ".join(f"{g['name']} {g['lr']:g}" for g in self.step.optimizer.param_groups[::2])
+        return (f"Learning rates now: {lrs}; lower strategy.lr (e.g. --set strategy.lr.head=...) and start a new "
+                "run.")
+
     def _last_saved(self) -> str:
         p = self.saved
         if p is None:
@@ -235,9 +275,16 @@ class RunState:
     def _interrupted(self) -> RunInterrupted:
         code = 130 if self.stop_signal == "SIGINT" else 143  # 128 + signal number, as shells report it
         p = self.progress
-        where = f"after epoch {p.epoch - 1}" if p.step == 0 else f"in epoch {p.epoch} after step {p.step}"
+        if not self.training:
+            where = "before training started (while computing features)"
+        else:
+            where = f"after epoch {p.epoch - 1}" if p.step == 0 else f"in epoch {p.epoch} after step {p.step}"
         return RunInterrupted(f"{self.stop_signal} {where}; saved {self.run_dir / 'last.pt'}. "
                               f"Continue with: finetune train --resume {self.run_dir}", exit_code=code)
+
+
+class _StopBeforeTraining(Exception):
+    """Raised by the signal handler while nothing has trained yet."""
 
 
 # ---------------------------------------------------------------- --resume

@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from ..config import Recipe, RunSpec, dump_recipe
 from ..console import literal
 from ..data.folders import Splits
 from ..errors import ConfigError, ResourceError
-from ..files import atomic_write, write_text
+from ..files import atomic_write, pid_alive, remove_stale_temporaries, write_text
 
 
 def create_run_dir(run: RunSpec) -> Path:
@@ -118,3 +120,52 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "curves.png", "recipe.yaml", "environment.json", "data.json",
+             "crash.log")
+
+
+@contextmanager
+def run_lock(run_dir: Path, console):
+    """One run per folder at a time: RUN_DIR/.lock holds the pid of the run using it. A lock left by a process
+    that is gone (killed, crashed) is taken over with a warning; temporary files its writes left are removed."""
+    path = Path(run_dir) / ".lock"
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            pid = _lock_owner(path)
+            if pid is not None and _alive(pid):
+                raise ConfigError(f"{run_dir} is in use by another finetune run (pid {pid}); wait for it to end or "
+                                  "choose another --output") from None
+            console.print(f"[yellow]taking over {literal(path)}, left by a run that is no longer running "
+                          f"(pid {pid})[/]", highlight=False)
+            path.unlink(missing_ok=True)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    remove_stale_temporaries(run_dir)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    # our own pid: a stale lock of a previous fit() in this process that was interrupted mid-way
+    return pid != os.getpid() and pid_alive(pid)
+
+
+def clear_previous_run(run_dir: Path) -> None:
+    """A new run in a reused folder (--exist-ok): the previous run's files go first, so the folder never holds
+    one run's best.pt beside another's last.pt or recipe.yaml."""
+    for name in RUN_FILES:
+        (Path(run_dir) / name).unlink(missing_ok=True)

@@ -139,8 +139,15 @@ def test_train_and_predict_survive_the_corpus_and_never_touch_it(corpus, tiny_tr
     summary = json.loads((run_dir / "data.json").read_text())
     unreadable = {p for k in ("empty-file", "truncated", "corrupt", "not-image", "too-large") for p in kinds[k]
                   if p.suffix in (".jpg", ".png")}  # training never looks at .txt, .DS_Store, Thumbs.db
-    assert {Path(s["path"]) for s in summary["skipped"]} == unreadable
-    assert summary["train"] == {"blue": 17, "red": 11} and summary["class_weights"] is None
+    # inspect's errors are left out of training: the unreadable files, both copies of a label conflict, and the
+    # train copy of an image that is also in val
+    conflict = {kinds["label-conflict"][0], root / "train" / "blue" / "blue2.png"}
+    leaked = {root / "train" / "blue" / "blue3.png"}
+    skipped = {Path(s["path"]): s["reason"] for s in summary["skipped"]}
+    assert set(skipped) == unreadable | conflict | leaked
+    assert all(skipped[p].startswith("label-conflict") for p in conflict) and skipped[next(iter(leaked))].startswith(
+        "leakage")
+    assert summary["train"] == {"blue": 17 - 2, "red": 11 - 1} and summary["class_weights"] is None
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert float(rows[-1].split(",")[4]) >= 0.75  # val_acc: it learned from the good files
 

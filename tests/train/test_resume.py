@@ -19,7 +19,7 @@ from finetune.errors import ConfigError, ResourceError
 from finetune.train.loop import fit
 from finetune.train.resume import load_run_recipe
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parents[2]
 
 # Holds the CLI still after optimizer step PAUSE_AT (done, not yet recorded) until a signal arrives:
 # SIGKILL ends it there; SIGINT/SIGTERM run finetune's own handler, which then finishes the step.
@@ -224,5 +224,6 @@ def test_best_is_the_highest_val_acc_and_ties_go_to_the_lower_val_loss(tmp_path)
 
     run = RunState(tmp_path, step=None, template=None, save_every=None)
     rows = [(0.90, 0.5), (0.95, 0.4), (0.95, 0.2), (0.95, 0.3), (0.93, 0.1)]
-    bests = [run.end_epoch({"val_acc": acc, "val_loss": loss}) for acc, loss in rows]
+    bests = [run.end_epoch({"epoch": i, "train_loss": 1.0, "val_acc": acc, "val_loss": loss})
+             for i, (acc, loss) in enumerate(rows, 1)]
     assert bests == [True, True, True, False, False]
