@@ -183,6 +183,33 @@ def train(
     typer.echo(str(run_dir))
 
 
+@app.command("lr-find")
+@command
+def lr_find(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (see recipes/).")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="ImageFolder root; overrides data.root.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a recipe key, e.g. --set optim.name=sgd (repeatable).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Folder for lr_find.csv and lr_find.png (default: a new runs/lr-find-NAME).")] = None,
+    steps: Annotated[int, typer.Option(min=10, help="Optimizer steps in the sweep.")] = 200,
+):
+    """Find a learning rate: train a fresh copy of the recipe's model while the lr grows from 1e-7 to 10.
+
+    Writes lr_find.csv and lr_find.png (the loss against the lr) into a new folder, prints the suggested lr
+    for the head (where the loss falls fastest) and for the other groups at the recipe's ratios, and the
+    --set line to train with it. Existing runs are not touched.
+    """
+    from .config import load_recipe
+
+    config = load_recipe(recipe, set_ or [], data=data)
+    _tune()
+    from .train.lr_find import lr_find as run_lr_find
+
+    result = run_lr_find(config, output, steps)
+    typer.echo(f"finetune train {recipe} {result.set_line}")
+
+
 @app.command()
 @command
 def predict(

@@ -58,9 +58,17 @@ class DataSpec(_Section):
         0.2, gt=0, lt=1, description="share of each class held out when there is no val/ folder")
     image_size: Optional[int] = Field(
         None, ge=8, le=MAX_IMAGE_SIZE, description="crop size for training and evaluation (default: the weights' own)")
-    augment: Optional[Literal["none", "flip", "standard"]] = Field(
-        None, description="none; flip: horizontal flip; standard: random resized crop + flip. Default: none for "
-        "strategy feature-extract (so the frozen features are computed once and cached), standard otherwise")
+    augment: Optional[Literal["none", "flip", "standard", "randaugment", "trivialaugment", "autoaugment"]] = Field(
+        None, description="none; flip: horizontal flip; standard: random resized crop + flip; randaugment, "
+        "trivialaugment, autoaugment: standard + that policy (torchvision v2). Default: none for strategy "
+        "feature-extract (so the frozen features are computed once and cached), standard otherwise")
+    mixup: Optional[float] = Field(
+        None, gt=0, le=10, description="mixup alpha (Beta(alpha, alpha) mixing of image pairs, e.g. 0.2); null: off")
+    cutmix: Optional[float] = Field(
+        None, gt=0, le=10, description="cutmix alpha (e.g. 1.0); null: off. With mixup too, each batch uses one of "
+        "the two, chosen at random (as timm does)")
+    random_erasing: float = Field(
+        0.0, ge=0, lt=1, description="probability of erasing a random rectangle of each training image (0: off)")
     workers: Union[int, Literal["auto"]] = Field(
         "auto", description="DataLoader worker processes, 0 to load in the main process (auto: from the CPU count)")
     class_weights: Optional[Literal["auto"]] = Field(None, description="auto: inverse-frequency loss weights")
@@ -82,6 +90,15 @@ class StrategySpec(_Section):
         default_factory=lambda: {"head": 1e-3, "last_stage": 1e-4, "backbone": 1e-5},
         description="absolute learning rate per parameter group (head, last_stage, backbone)",
     )
+    freeze_epochs: int = Field(
+        0, ge=0, description="last-stage or full: train only the head for this many epochs first (the backbone "
+        "frozen, its BatchNorm in eval), then unfreeze the other groups at their own rates (fastai's fine_tune)")
+    layer_decay: Optional[float] = Field(
+        None, gt=0, le=1, description="layer-wise lr decay: each block's lr is its group's lr x decay^(blocks from "
+        "the top), blocks found by name (timm's group_matcher, ResNets' layerN.M); null: off")
+    frozen_bn: Literal["eval", "train"] = Field(
+        "eval", description="BatchNorm in frozen parts: eval keeps its running statistics; train lets them adapt "
+        "to the new data (fastai's train_bn; the frozen features are then not cached)")
 
     @field_validator("lr")
     @classmethod
@@ -130,6 +147,15 @@ class TrainSpec(_Section):
     save_every: Optional[int] = Field(
         None, gt=0, description="also write last.pt every N optimizer steps, mid-epoch (long epochs); "
         "null: at the end of each epoch only")
+    ema: Optional[float] = Field(
+        None, gt=0, lt=1, description="decay of an exponential moving average of the weights, updated every "
+        "optimizer step (e.g. 0.999); evaluated each epoch beside the raw weights, and what best.pt/last.pt hold. "
+        "null: off")
+    accumulate: int = Field(1, ge=1, le=1024, description="gradient accumulation: batches per optimizer step")
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this value; null: off")
+    compile: bool = Field(False, description="run the trained part through torch.compile")
+    early_stop: Optional[int] = Field(
+        None, ge=1, description="stop when val accuracy has not improved for this many epochs; null: off")
 
 
 class RunSpec(_Section):
@@ -158,6 +184,12 @@ class Recipe(_Section):
             raise ValueError(f"strategy {self.strategy.name!r} trains {missing} but strategy.lr has no rate for it")
         if self.data.augment is None:  # the default depends on the strategy: a frozen backbone's features are cached
             self.data.augment = "none" if self.strategy.name == "feature-extract" else "standard"
+        if self.strategy.freeze_epochs and self.strategy.name == "feature-extract":
+            raise ValueError("strategy.freeze_epochs needs strategy.name last-stage or full (feature-extract "
+                             "freezes everything but the head for the whole run)")
+        if self.strategy.freeze_epochs >= self.train.epochs:
+            raise ValueError(f"strategy.freeze_epochs ({self.strategy.freeze_epochs}) must be less than "
+                             f"train.epochs ({self.train.epochs}), or the backbone never trains")
         return self
 
 
@@ -187,7 +219,7 @@ def _format(error: ValidationError, source: str) -> ConfigError:
             lines.append(f"unknown key {key!r}{_suggest(str(e['loc'][-1]), _section_keys(e['loc']))}")
         else:
             message = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{key or 'recipe'}: {message} (got {_short(e.get('input'))})")
+            lines.append(f"{key}: {message} (got {_short(e.get('input'))})" if key else message)
     return ConfigError(f"invalid recipe {source}: " + "; ".join(lines))
 
 

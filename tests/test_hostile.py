@@ -376,12 +376,12 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_saves_no_nan(tin
     calls = {"n": 0}
     real = step.TrainStep.__call__
 
-    def blows_up_in_epoch_2(self, inputs, labels):
+    def blows_up_in_epoch_2(self, batches):
         calls["n"] += 1
         if calls["n"] > 2:  # 2 steps per epoch here
             with torch.no_grad():
                 next(self.model.parameters()).fill_(float("inf"))
-        return real(self, inputs, labels)
+        return real(self, batches)
 
     step.TrainStep.__call__ = blows_up_in_epoch_2
     try:

@@ -68,6 +68,7 @@ def prefetched(batches, depth: int = 2):
 @dataclass(frozen=True)
 class Loaders:
     train: torch.utils.data.DataLoader  # in its sampler's order: sampling.EpochSampler, resumable mid-epoch
+    # (or data.mixing.MixedBatches around it, with mixup/cutmix)
     val: torch.utils.data.DataLoader  # in file order
 
     @property
@@ -101,6 +102,7 @@ def stopped_workers(*loaders):
         yield
     finally:
         for loader in loaders:
+            loader = getattr(loader, "loader", loader)  # a wrapper such as data.mixing.MixedBatches
             if loader._iterator is not None:  # where DataLoader keeps its persistent workers (private)
                 loader._iterator._shutdown_workers()
                 loader._iterator = None

@@ -53,17 +53,28 @@ def eval_transform(pre: Preprocessing):
     return T.Compose([crop, T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 
-def train_transform(pre: Preprocessing, augment: str):
-    """augment: none (the eval pipeline), flip, or standard (random resized crop + flip)."""
-    from torchvision import transforms as T
+POLICIES = ("randaugment", "trivialaugment", "autoaugment")  # standard, then torchvision v2's policy
 
+
+def train_transform(pre: Preprocessing, augment: str, random_erasing: float = 0.0):
+    """augment: none (the eval pipeline), flip, standard (random resized crop + flip), or standard followed by
+    RandAugment, TrivialAugmentWide or AutoAugment (ImageNet policy); random_erasing: the probability of
+    erasing a rectangle of the normalised image. Random draws come from torch's RNG, seeded per sample
+    (data.sampling.SeededDataset), so each image's augmentation repeats on resume."""
+    from torchvision import transforms as T
+    from torchvision.transforms import v2
+
+    erase = [T.RandomErasing(random_erasing)] if random_erasing else []
     if augment == "none":
-        return eval_transform(pre)
+        return T.Compose([eval_transform(pre), *erase]) if erase else eval_transform(pre)
     if augment == "flip":
         crop = [ResizeCrop(pre.resize, pre.size, pre.interpolation)]
     else:
         crop = [T.RandomResizedCrop(pre.size, interpolation=_interp(pre.interpolation))]
-    return T.Compose([*crop, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+    policy = {"randaugment": [v2.RandAugment()], "trivialaugment": [v2.TrivialAugmentWide()],
+              "autoaugment": [v2.AutoAugment()]}.get(augment, [])
+    return T.Compose([*crop, T.RandomHorizontalFlip(), *policy, T.ToTensor(), T.Normalize(pre.mean, pre.std),
+                      *erase])
 
 
 def draft_size(pre: Preprocessing, augment: str) -> int:
@@ -72,6 +83,6 @@ def draft_size(pre: Preprocessing, augment: str) -> int:
     Resize-then-crop needs the shorter side >= pre.resize. RandomResizedCrop may keep as little as 8% of
     the area (a side of sqrt(0.08) = 0.28x) and scale it up to pre.size, so it needs ~3.5x pre.size.
     """
-    if augment == "standard":
+    if augment == "standard" or augment in POLICIES:
         return max(pre.resize, math.ceil(pre.size / math.sqrt(0.08)))
     return pre.resize

@@ -19,12 +19,17 @@ from .weights import download_state_dict, is_weights_name, load_weights, read_st
 TORCHVISION_RESNETS = tuple(ARCHS)
 
 
+# ResNets' blocks for layer-wise lr decay: the stem, then each layerN.M (timm's group_matcher for its ResNets)
+RESNET_BLOCKS = {"stem": r"^conv1|^bn1", "blocks": r"^layer(\d+)\.(\d+)"}
+
+
 @dataclass
 class ModelInfo:
     head_name: str  # dotted module path of the classifier head
     last_stage: list[str]  # parameter-name prefixes of the last stage (layer4 for ResNets)
     feature_dim: int
     preprocessing: Preprocessing
+    block_matcher: dict | None = None  # timm's group_matcher form: which parameters make up each block, in order
 
 
 def create_model(spec: ModelSpec, num_classes: int, image_size: int | None = None) -> tuple[nn.Module, ModelInfo]:
@@ -34,7 +39,8 @@ def create_model(spec: ModelSpec, num_classes: int, image_size: int | None = Non
     old_head = model.get_submodule(head_name)
     feature_dim = old_head.in_features
     model.set_submodule(head_name, build_head(spec.head, feature_dim, num_classes))
-    return model, ModelInfo(head_name, last_stage, feature_dim, pre.with_size(image_size))
+    matcher = model.group_matcher(coarse=False) if hasattr(model, "group_matcher") else RESNET_BLOCKS
+    return model, ModelInfo(head_name, last_stage, feature_dim, pre.with_size(image_size), matcher)
 
 
 def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Module:

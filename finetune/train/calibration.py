@@ -76,10 +76,11 @@ def collect_logits(net, batches, compute: Compute, label: str, console=None) -> 
 def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=None) -> dict:
     """Fit T on val for last.pt, then for best.pt, and rewrite each once with its T. Returns best.pt's summary.
 
-    The model holds last.pt's weights on entry and best.pt's (kept in memory by the run) are loaded into it
-    when they differ: no checkpoint is read back, except best.pt when a resumed run had already finished.
-    `net` is what runs on the val batches: the model, or its part after the cached frozen prefix (so the
-    backbone does not run over val again). A checkpoint that already holds a temperature keeps it.
+    The scored model (the moving average when there is one) holds last.pt's weights on entry and best.pt's
+    (kept in memory by the run) are loaded into it when they differ: no checkpoint is read back, except best.pt
+    when a resumed run had already finished. `net` is what runs on the val batches: that model, or its part
+    after the cached frozen prefix (so the backbone does not run over val again). A checkpoint that already
+    holds a temperature keeps it.
     """
     summary = run.last_calibration
     if summary is None:
@@ -90,7 +91,7 @@ def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=Non
         return best.calibration
     if best.metrics.get("epoch") != run.rows[-1]["epoch"]:
         with torch.no_grad():
-            run.step.model.load_state_dict(best.state)
+            run.step.scored.load_state_dict(best.state)
         summary = calibration_summary(*collect_logits(net, val_batches, compute, "calibrate best.pt", console))
     replace(best, calibration=summary).save(run.run_dir / "best.pt")
     return summary

@@ -53,8 +53,9 @@ def plot_curves(path: Path, rows: list[dict]) -> Path:
     return save_png(fig, path)
 
 
-def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Path) -> None:
-    """End of `finetune train`: best and last epoch, time, calibration, and where the files are."""
+def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Path, stopped: str = "") -> None:
+    """End of `finetune train`: best and last epoch, time, calibration, and where the files are. `stopped`:
+    why training stopped before its last epoch (early stopping), if it did."""
     from rich.table import Table
 
     best = max(rows, key=epoch_rank)
@@ -66,6 +67,8 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
     table.add_row("last.pt", f"epoch {last['epoch']}: val acc {last['val_acc']:.4f}, val loss {last['val_loss']:.4f}, "
                              f"train acc {last['train_acc']:.4f}")
     table.add_row("time", f"{sum(r['seconds'] for r in rows):.1f}s for {len(rows)} epoch(s)")
+    if stopped:
+        table.add_row("stopped early", f"after epoch {last['epoch']}: {stopped}")
     c = calibration
     if c["fitted"]:
         table.add_row("calibration",

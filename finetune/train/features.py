@@ -58,9 +58,11 @@ class FeatureCache:
         """enabled: the freeze plan leaves a frozen prefix to cache (and features.cache is auto)."""
         import torch.version
 
-        spec, augment = recipe.model, recipe.data.augment
+        spec, data = recipe.model, recipe.data
         enabled = enabled and recipe.features.cache == "auto"
-        views = recipe.features.views if augment != "none" else 1
+        random = data.augment != "none" or data.random_erasing > 0
+        # mixup/cutmix mix each batch anew: nothing of train is cached then; else K views of random augmentations
+        views = 0 if data.mixup or data.cutmix else recipe.features.views if random else 1
         weights = spec.weights
         if enabled and weights is not None and Path(weights).expanduser().is_file():
             weights = file_digest(Path(weights).expanduser())
@@ -68,7 +70,8 @@ class FeatureCache:
                     "cifar_stem": spec.cifar_stem, "preprocessing": info.preprocessing.to_dict(),
                     "torch": torch.version.__version__}
         # Random views depend on the augmentation and the seed; without augmentation train uses the eval transform.
-        kind = "eval" if augment == "none" else f"{augment}-views{views}-seed{recipe.train.seed}"
+        erasing = f"-erase{data.random_erasing}" if data.random_erasing else ""
+        kind = f"{data.augment}{erasing}-views{views}-seed{recipe.train.seed}" if random else "eval"
         return cls(cache_root(recipe.features.dir, recipe.data.root), enabled, views, kind, material, recipe.train.seed)
 
     def key(self, dataset, transform: str) -> str:
@@ -98,16 +101,17 @@ class Entry:
 
 def frozen_batches(model: nn.Module, plan: FreezePlan, loaders: Loaders, cache: FeatureCache, compute: Compute,
                    console):
-    """(net, train batches, val batches) for fit: the model from the cut on, fed prefix outputs (cached, or
-    computed by the fast frozen copy) when the plan freezes a prefix; else (model, the image loaders)."""
+    """(tail_of, train batches, val batches) for fit: tail_of(model) is the model from the cut on (for any copy
+    of it, e.g. its moving average), fed prefix outputs (cached, or computed by the fast frozen copy) when the
+    plan freezes a prefix; else the identity and the image loaders."""
     if not cache.enabled:
-        return model, loaders.train, loaders.val
+        return _whole, loaders.train, loaders.val
     val_images = image_dataset(loaders.val)
     probe = torch.stack([val_images[i][0] for i in range(min(4, len(val_images)))])
-    split, why = split_frozen(model, list(plan.roots), compute.to_device(probe))
+    split, why = split_frozen(model, list(plan.roots), compute.to_device(probe), plan.frozen_bn)
     if split is None:
         console.print(f"features: the whole model runs every step: {literal(why)}", style="dim")
-        return model, loaders.train, loaders.val
+        return _whole, loaders.train, loaders.val
 
     with torch.no_grad(), compute.autocast():
         sample = split.prefix(compute.to_device(probe[:1])).float()
@@ -142,7 +146,11 @@ def frozen_batches(model: nn.Module, plan: FreezePlan, loaders: Loaders, cache: 
         if why:
             console.print(f"features: for {name}, the frozen part runs every epoch, BatchNorm folded ({why})",
                           style="dim", soft_wrap=True)
-    return split.tail, batches[0], batches[1]
+    return split.tail_of, batches[0], batches[1]
+
+
+def _whole(model: nn.Module) -> nn.Module:
+    return model
 
 
 def _stored(entry: Entry, console) -> FeatureSet | None:
@@ -307,10 +315,10 @@ class _Prefixed:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels in self.loader:
+        for images, *labels in self.loader:  # labels, and soft targets with mixup/cutmix
             with torch.no_grad(), self.compute.autocast():  # not across the yield: the step needs its own grad mode
                 features = self.split.prefix(self.compute.to_device(images))
-            yield features, labels
+            yield features, *labels
 
 
 class _EpochViews:

@@ -20,6 +20,7 @@ from ..data.filecheck import check_files
 from ..data.folders import Splits, resolve_splits
 from ..data.images import ImageDataset, missing_indices
 from ..data.loading import Loaders, make_loader, resolve_workers, stopped_workers
+from ..data.mixing import MixedBatches
 from ..data.sampling import EpochSampler, SeededDataset
 from ..data.transforms import draft_size, eval_transform, train_transform
 from ..files import refuse_inside
@@ -29,7 +30,7 @@ from ..runtime.device import Compute, resolve_compute, seed_everything
 from .calibration import calibrate_run
 from .curves import CurvesPlot, print_run_summary
 from .features import FeatureCache, frozen_batches
-from .freeze import FreezePlan, plan_freeze, set_train_mode
+from .freeze import FreezePlan, plan_freeze
 from .optim import build_optimizer, build_scheduler
 from .resume import RunState, Tally
 from .rundir import (
@@ -43,7 +44,7 @@ from .rundir import (
     write_metrics,
     write_run_files,
 )
-from .step import TrainStep
+from .step import TrainStep, compiled, moving_average
 
 
 @dataclass
@@ -102,12 +103,15 @@ def prepare(recipe: Recipe, console) -> Setup:
     balance = resolve_balance([y for _, y in splits.train], len(splits.class_names), recipe.data.class_weights,
                               recipe.data.sampler, cfg.seed)
     loaders = create_loaders(splits, info.preprocessing, recipe.data, cfg, balance, compute)
-    # one optimizer step
+    # one optimizer step (over `accumulate` batches), and the weights' moving average
     optimizer = build_optimizer(recipe.optim, plan.param_groups(model, recipe.optim.weight_decay))
-    scheduler = build_scheduler(optimizer, recipe.schedule, math.ceil(len(splits.train) / cfg.batch_size), cfg.epochs)
+    steps = math.ceil(math.ceil(len(splits.train) / cfg.batch_size) / cfg.accumulate)
+    scheduler = build_scheduler(optimizer, recipe.schedule, steps, cfg.epochs)
     criterion = nn.CrossEntropyLoss(weight=balance.loss_weights, label_smoothing=cfg.label_smoothing)
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.autocast_dtype == torch.float16)
-    step = TrainStep(model, model, criterion.to(compute.device), optimizer, scheduler, scaler, compute)
+    ema = moving_average(model, cfg.ema) if cfg.ema else None
+    step = TrainStep(model, model, criterion.to(compute.device), optimizer, scheduler, scaler, compute,
+                     cfg.grad_clip, ema, ema and ema.module, cfg.accumulate, plan.frozen_bn)
     cache = FeatureCache.from_recipe(recipe, info, enabled=plan.freezes_a_prefix)
     template = Checkpoint(recipe.model.model_copy(update={"weights": None}), splits.class_names, info.preprocessing,
                           info.head_name, recipe.strategy.name, recipe=recipe.model_dump(mode="json"),
@@ -119,26 +123,38 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
     """The frozen features, then the epochs (train, evaluate, log, checkpoint), then calibration."""
     step, cfg, run_dir = setup.step, recipe.train, run.run_dir
     # the frozen prefix runs once per image where it can (cached); each step trains the rest alone
-    step.net, train_batches, val_batches = frozen_batches(step.model, setup.plan, setup.loaders, setup.cache,
-                                                          setup.compute, console)
+    tail_of, train_batches, val_batches = frozen_batches(step.model, setup.plan, setup.loaders, setup.cache,
+                                                         setup.compute, console)
+    step.net = compiled(tail_of(step.model)) if cfg.compile else tail_of(step.model)
+    step.ema_net = tail_of(step.ema.module) if step.ema is not None else None
     console.print(f"[bold]{len(setup.splits.train)}[/] train / [bold]{len(setup.splits.val)}[/] val images, "
                   f"{len(setup.splits.class_names)} classes, {literal(recipe.model.source)}:"
                   f"{literal(recipe.model.name)}, strategy {recipe.strategy.name}, device {setup.compute.device}"
                   + run.resumed_at(), soft_wrap=True)
     curves, vanished = CurvesPlot(run_dir / "curves.png"), Vanished(setup.splits)
     for epoch in range(run.epoch, cfg.epochs + 1):
+        if stopped_early(run.rows, cfg.early_stop):  # a resumed run that had stopped early stays stopped
+            break
+        setup.plan.apply(step.model, epoch)  # what trains this epoch (strategy.freeze_epochs)
+        if setup.plan.unfreezes(epoch):
+            console.print(f"epoch {epoch}: unfreezing {', '.join(setup.plan.unfreezes(epoch))}")
         lrs, done = run.begin_epoch(epoch)
-        setup.loaders.sampler.set_epoch(epoch, skip=done * cfg.batch_size)
-        # train, then evaluate
+        setup.loaders.sampler.set_epoch(epoch, skip=done * cfg.accumulate * cfg.batch_size)
+        # train, then evaluate (the moving average and the raw weights, with EMA)
         train_loss, train_acc = train_epoch(step, train_batches, run, vanished, console,
                                             f"epoch {epoch}/{cfg.epochs} train")
-        val_loss, val_acc = evaluate(step, val_batches, vanished, console, f"epoch {epoch}/{cfg.epochs} val")
+        val_loss, val_acc = evaluate(step, step.scored_net, val_batches, vanished, console,
+                                     f"epoch {epoch}/{cfg.epochs} val")
+        raw = {}
+        if step.ema is not None:
+            loss, acc = evaluate(step, step.net, val_batches, vanished, console, f"epoch {epoch} val (raw weights)")
+            raw = {"val_loss_raw": loss, "val_acc_raw": acc}
         # log
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-               "val_acc": val_acc, **lrs, "seconds": run.epoch_seconds()}
+               "val_acc": val_acc, **raw, **lrs, "seconds": run.epoch_seconds()}
         best = run.end_epoch(row)
         write_metrics(run_dir / "metrics.csv", run.rows)
-        curves.update(run.rows, final=epoch == cfg.epochs)
+        curves.update(run.rows, final=epoch == cfg.epochs or stopped_early(run.rows, cfg.early_stop))
         console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
                       f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
         if vanished.report():  # files deleted or emptied since the pre-scan: left out, listed in data.json
@@ -146,30 +162,53 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
         # checkpoint: best.pt (when best), then last.pt
         run.save_epoch(best)
     # calibrate (a temperature per checkpoint, fitted on val) and summarise
-    calibration = calibrate_run(run, step.net, val_batches, setup.compute, console)
-    print_run_summary(console, run.rows, calibration, run_dir)
+    calibration = calibrate_run(run, step.scored_net, val_batches, setup.compute, console)
+    early = stopped_early(run.rows, cfg.early_stop)
+    print_run_summary(console, run.rows, calibration, run_dir,
+                      f"val accuracy did not improve for {cfg.early_stop} epochs" if early else "")
 
 
 def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, console,
                 label: str) -> tuple[float, float]:
     """One pass of optimizer steps: (mean loss, accuracy). The totals continue the run's epoch in progress."""
-    set_train_mode(step.net)
-    for inputs, labels in track(batches, label, console):
-        vanished.note("train", labels)
-        run.tally.add(*step(inputs, labels))
+    step.train_mode()
+    for group in in_groups(track(batches, label, console), step.accumulate):
+        for batch in group:
+            vanished.note("train", batch[1])
+        run.tally.add(*step(group))
         run.after_step()  # last.pt every train.save_every steps; stops here after Ctrl-C/SIGTERM
     return run.tally.means()
 
 
-def evaluate(step: TrainStep, batches, vanished: Vanished, console, label: str) -> tuple[float, float]:
-    """(mean loss, accuracy) over the batches, in eval mode, without gradients."""
-    step.net.eval()
+def evaluate(step: TrainStep, net: nn.Module, batches, vanished: Vanished, console, label: str) -> tuple[float, float]:
+    """(mean loss, accuracy) of `net` over the batches, in eval mode, without gradients."""
+    net.eval()
     tally = Tally()
     with torch.no_grad():
-        for inputs, labels in track(batches, label, console):
+        for inputs, labels, *_ in track(batches, label, console):
             vanished.note("val", labels)
-            tally.add(*step.evaluate(inputs, labels))
+            tally.add(*step.evaluate(net, inputs, labels))
     return tally.means()
+
+
+def in_groups(items, size: int):
+    """Lists of `size` consecutive items (the last one shorter): the batches of one optimizer step."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def stopped_early(rows: list[dict], patience: int | None) -> bool:
+    """train.early_stop: the best val accuracy is more than `patience` epochs old."""
+    if not patience or not rows:
+        return False
+    best = max(range(len(rows)), key=lambda i: (rows[i]["val_acc"], -i))  # the first epoch that reached it
+    return len(rows) - 1 - best >= patience
 
 
 class Vanished:
@@ -203,7 +242,10 @@ def create_loaders(splits: Splits, pre: Preprocessing, data: DataSpec, train: Tr
     resume mid-epoch (data.sampling); val in file order."""
     workers, pin = resolve_workers(data.workers), compute.device.type == "cuda"
     sampler = balance.sampler or EpochSampler(len(splits.train), train.seed)
-    images = ImageDataset(splits.train, train_transform(pre, data.augment), draft_size(pre, data.augment), pre.size)
+    images = ImageDataset(splits.train, train_transform(pre, data.augment, data.random_erasing),
+                          draft_size(pre, data.augment), pre.size)
     val = ImageDataset(splits.val, eval_transform(pre), pre.resize, pre.size)
-    return Loaders(make_loader(SeededDataset(images), train.batch_size, workers, train.seed, pin, sampler),
-                   make_loader(val, train.batch_size, workers, train.seed, pin))
+    batches = make_loader(SeededDataset(images), train.batch_size, workers, train.seed, pin, sampler)
+    if data.mixup or data.cutmix:
+        batches = MixedBatches(batches, len(splits.class_names), data.mixup, data.cutmix, train.seed)
+    return Loaders(batches, make_loader(val, train.batch_size, workers, train.seed, pin))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -18,8 +19,17 @@ def build_optimizer(spec: OptimSpec, groups: list[dict]) -> torch.optim.Optimize
 
 
 def build_scheduler(optimizer, spec: ScheduleSpec, steps_per_epoch: int, epochs: int):
-    """Each group's lr times lr_factor(step): the schedule scales every group's own rate alike."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, epochs, spec))
+    """Each group's lr times its factor: the schedule scales every group's own rate alike, from the epoch the
+    group starts training in (0 before: a group unfrozen later gets its own warmup and decay)."""
+    factors = [functools.partial(group_factor, start=(g.get("start_epoch", 1) - 1) * steps_per_epoch,
+                                 steps_per_epoch=steps_per_epoch, epochs=epochs - g.get("start_epoch", 1) + 1,
+                                 spec=spec) for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
+def group_factor(step: int, start: int, steps_per_epoch: int, epochs: int, spec: ScheduleSpec) -> float:
+    """lr_factor counted from the group's first step `start`; 0 before it (the group is frozen then)."""
+    return 0.0 if step < start else lr_factor(step - start, steps_per_epoch, epochs, spec)
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, spec: ScheduleSpec) -> float:

@@ -62,6 +62,11 @@ class Split:
     skipped: list[str]  # the prefix: outermost modules that finish before the boundary starts
     fast: nn.Module  # frozen copy, BatchNorm folded, stops at the boundary
     tail: nn.Module  # the model with the prefix skipped (or the head alone, when only the head trains)
+    only_boundary: bool = False  # only the boundary module trains: its input is all it needs
+
+    def tail_of(self, model: nn.Module) -> nn.Module:
+        """The same cut of another copy of the model (its moving average, say): what runs on prefix outputs."""
+        return model.get_submodule(self.boundary) if self.only_boundary else _SkipPrefix(model, self.skipped)
 
     def prefix(self, images: torch.Tensor) -> torch.Tensor:
         """The boundary's input for these images (the caller picks no_grad or inference_mode, and autocast)."""
@@ -72,7 +77,8 @@ class Split:
         raise RuntimeError(f"the model's forward never reached {self.boundary}")
 
 
-def split_frozen(model: nn.Module, roots: list[str], images: torch.Tensor) -> tuple[Split | None, str]:
+def split_frozen(model: nn.Module, roots: list[str], images: torch.Tensor,
+                 frozen_bn: str = "eval") -> tuple[Split | None, str]:
     """(the split at whichever of `roots` (trained modules) runs first, "") or (None, why not).
 
     `images` (a few real, preprocessed ones on the model's device) drive the probe and the check.
@@ -94,13 +100,13 @@ def split_frozen(model: nn.Module, roots: list[str], images: torch.Tensor) -> tu
             # Training only the boundary module (a head): its input is all it needs, whatever the forward does
             # between the prefix and it (which must then not be random either).
             only_boundary = all(n.startswith(boundary + ".") for n, p in model.named_parameters() if p.requires_grad)
-            random_parts = random_in_training(model, skipped, boundary if only_boundary else "")
+            random_parts = random_in_training(model, skipped, boundary if only_boundary else "", frozen_bn)
             if random_parts:
                 return None, f"{', '.join(random_parts[:3])} before {boundary} is random in training"
             fast = folded_copy(model, images[:2])
             fast.get_submodule(boundary).register_forward_pre_hook(_raise_stop)
             tail = model.get_submodule(boundary) if only_boundary else _SkipPrefix(model, skipped)
-            split = Split(boundary, skipped, fast, tail)
+            split = Split(boundary, skipped, fast, tail, only_boundary)
             expected = model(images).float()
             try:
                 got = split.tail(split.prefix(images)).float()
@@ -152,12 +158,12 @@ def _outermost(names: list[str]) -> list[str]:
     return [n for n in names if not any(".".join(n.split(".")[:i]) in kept for i in range(1, n.count(".") + 1))]
 
 
-def random_in_training(model: nn.Module, names: list[str], boundary: str = "") -> list[str]:
+def random_in_training(model: nn.Module, names: list[str], boundary: str = "", frozen_bn: str = "eval") -> list[str]:
     """Modules under `names`, or enclosing `boundary` if given (timm's model-level dropout before the head), that
     behave randomly (or per batch) while the rest trains: a frozen copy in eval mode would not reproduce
     them, so such prefixes are not split off."""
     was_training = model.training
-    set_train_mode(model)  # exactly the modes the model trains in
+    set_train_mode(model, frozen_bn)  # exactly the modes the model trains in
     parts = boundary.split(".") if boundary else []
     enclosing = [(".".join(parts[:i]), model.get_submodule(".".join(parts[:i]))) for i in range(len(parts))]
     inside = [(f"{top}.{sub}" if sub else top, m)

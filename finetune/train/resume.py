@@ -130,7 +130,9 @@ class RunState:
         self.training = True
         if p.epoch != epoch or p.step == 0:
             p.epoch, p.step, p.seconds = epoch, 0, 0.0
-            p.lrs = {f"lr_{g['name']}": g["lr"] for g in self.step.optimizer.param_groups}
+            p.lrs = {}
+            for g in self.step.optimizer.param_groups:  # a group's top lr (its blocks differ with layer decay)
+                p.lrs[f"lr_{g['name']}"] = max(g["lr"], p.lrs.get(f"lr_{g['name']}", 0.0))
             self.tally = Tally()
         self._epoch_start = time.perf_counter()
         return dict(p.lrs), p.step
@@ -166,13 +168,13 @@ class RunState:
     def save_epoch(self, best: bool) -> None:
         """best.pt (when the epoch is the best so far) before last.pt, so a crash between them redoes the epoch
         and rewrites both; then a signal that arrived during validation stops the run here."""
-        bad = next((k for k, v in self.step.model.state_dict().items() if v.is_floating_point()
-                    and not torch.isfinite(v).all()), None)
+        bad = next((k for m in {self.step.model, self.step.scored} for k, v in m.state_dict().items()
+                    if v.is_floating_point() and not torch.isfinite(v).all()), None)
         if bad is not None:  # never saved as a checkpoint: predict, export and resume would inherit it
             raise TrainingDiverged(f"the weights became non-finite ({bad}) in epoch {self.rows[-1]['epoch']}. "
                                    f"{self._lower_lr()} {self._last_saved()}")
         if best:
-            self.best = self.template.with_state(self.step.model.state_dict(), metrics=self.rows[-1])
+            self.best = self.template.with_state(self.step.scored.state_dict(), metrics=self.rows[-1])
             self.best.save(self.run_dir / "best.pt")
         self.save()
         if self.stop_signal:
@@ -188,7 +190,9 @@ class RunState:
         s = self.step
         resume = {"progress": asdict(p), "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
                   "scaler": s.scaler.state_dict(), "rng": capture_rng()}
-        replace(self.template, state=s.model.state_dict(), metrics=p.rows[-1] if p.rows else {},
+        if s.ema is not None:  # last.pt holds the average (what scored); the raw weights go on training from here
+            resume.update(train_model=s.model.state_dict(), ema_n_averaged=s.ema.n_averaged)
+        replace(self.template, state=s.scored.state_dict(), metrics=p.rows[-1] if p.rows else {},
                 calibration=calibration, resume=resume).save(self.run_dir / "last.pt")
         self.saved = Progress(**asdict(p))
         self.last_calibration = calibration
@@ -204,7 +208,12 @@ class RunState:
                               f"{self.run_dir.name} was trained on ({', '.join(last.class_names)}); resume with "
                               "the same class folders (--data), or start a new run")
         s = self.step
-        s.model.load_state_dict(last.state)
+        if s.ema is not None:
+            s.model.load_state_dict(state["train_model"])
+            s.ema.module.load_state_dict(last.state)
+            s.ema.n_averaged.copy_(state["ema_n_averaged"])
+        else:
+            s.model.load_state_dict(last.state)
         s.optimizer.load_state_dict(state["optimizer"])
         s.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:
@@ -248,6 +257,9 @@ class RunState:
         except FinetuneError:
             raise
         except Exception as exc:
+            if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise ConfigError(f"train.compile: torch.compile failed on this model here ({type(exc).__name__}: "
+                                  f"{str(exc).strip()[:160]}); set train.compile: false") from None
             if not (isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(exc)):
                 exc.finetune_run_dir = self.run_dir  # where the command line writes the traceback (crash.log)
                 raise
@@ -305,7 +317,7 @@ def load_run_recipe(run_dir: Path, overrides: list[str] = (), data: Path | None 
             raise ConfigError(f"--resume continues a run as it was; --set {key} would change it. Only "
                               f"{', '.join(RESUME_OVERRIDABLE)} can change; start a new run for anything else")
     recipe = load_recipe(run_dir / "recipe.yaml", overrides, data=data)
-    trained = _flatten(Checkpoint.load(require_last(run_dir)).recipe)
+    trained = _flatten(_with_defaults(Checkpoint.load(require_last(run_dir)).recipe))
     now = _flatten(recipe.model_dump(mode="json"))
     changed = [f"{k}: {trained.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(trained) | set(now))
                if trained.get(k) != now.get(k) and not k.startswith("run.") and k not in RESUME_OVERRIDABLE]
@@ -321,6 +333,16 @@ def require_last(run_dir: Path) -> Path:
                               f"(train.save_every saves within epochs). Start it again with "
                               f"`finetune train {run_dir / 'recipe.yaml'} --output {run_dir} --exist-ok`")
     return run_dir / "last.pt"
+
+
+def _with_defaults(tree: dict) -> dict:
+    """A run's recipe as this version reads it: keys added since the run started take their defaults."""
+    from ..config import build_recipe
+
+    try:
+        return build_recipe(tree).model_dump(mode="json")
+    except ConfigError:
+        return tree
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

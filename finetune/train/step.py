@@ -1,7 +1,10 @@
-"""One training step: forward, loss, backward, optimizer and scheduler, under the run's device and autocast.
+"""One optimizer step: forward, loss, backward over one or more batches (gradient accumulation), clipping,
+the optimizer and the schedule, then the weights' moving average; under the run's device and autocast.
 
-This is where what happens to a batch belongs (EMA, mixup, gradient accumulation and clipping, DDP wrapping):
-the epoch loop in `loop.py` only feeds it batches.
+This is where what happens to a batch belongs; the epoch loop in `loop.py` only feeds it batches. Batches
+are (inputs, labels) or, with mixup/cutmix, (inputs, labels, soft targets): the loss then uses the targets,
+and a prediction counts as correct when it is the mixed target's dominant class. A label below 0 marks an
+image that could not be read (data.images.missing_label): it is left out of the loss and the counts.
 """
 
 from __future__ import annotations
@@ -12,53 +15,109 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import NonFiniteLoss
+from ..errors import ConfigError, NonFiniteLoss
 from ..runtime.device import Compute
+from .freeze import set_train_mode
 
 
 @dataclass
 class TrainStep:
-    model: nn.Module  # the whole model: what checkpoints save
+    model: nn.Module  # the whole model: what trains, and what checkpoints save (without EMA)
     net: nn.Module  # what runs on the batches: the model, or its part after a cached frozen prefix
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     compute: Compute
+    grad_clip: float | None = None
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # the moving average of `model`, updated every step
+    ema_net: nn.Module | None = None  # what runs on the batches for the average (its part after the prefix)
+    accumulate: int = 1  # batches per optimizer step
+    frozen_bn: str = "eval"  # BatchNorm of frozen modules while training: eval | train
 
-    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
-        """One optimizer step on a batch: (mean loss, correct predictions, images counted). A loss that is not
-        a finite number raises NonFiniteLoss before anything is updated."""
-        logits, loss, labels = self._forward(inputs, labels)
-        if loss is None:  # every image of the batch vanished: nothing to learn, the schedule still advances
+    def train_mode(self) -> None:
+        set_train_mode(self.net, self.frozen_bn)
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights that are evaluated for best.pt and saved: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def scored_net(self) -> nn.Module:
+        return self.ema_net if self.ema is not None else self.net
+
+    def __call__(self, batches: list) -> tuple[float, int, int]:
+        """One optimizer step over `batches` (several with gradient accumulation): (mean loss, correct, images).
+        Each batch's loss is weighted by its share of the images, so the gradient is the mean over all of
+        them. A loss that is not a finite number raises NonFiniteLoss before anything is updated."""
+        total = sum(int((b[1] >= 0).sum()) for b in batches)
+        if not total:  # every image vanished: nothing to learn, the schedule still advances
             self.scheduler.step()
             return 0.0, 0, 0
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(value)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        losses, correct = [], 0
+        for batch in batches:
+            out = self._forward(self.net, *batch)
+            if out is None:
+                continue
+            loss, n, right = out
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLoss(value)
+            self.scaler.scale(loss * (n / total) if len(batches) > 1 else loss).backward()
+            losses.append((value, n))
+            correct += right
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return value, int((logits.argmax(1) == labels).sum()), len(labels)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        mean = losses[0][0] if len(losses) == 1 else sum(v * n for v, n in losses) / total
+        return mean, correct, total
 
-    def evaluate(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
-        """The same figures without a step (the caller holds no_grad and eval mode)."""
-        logits, loss, labels = self._forward(inputs, labels)
-        if loss is None:
+    def evaluate(self, net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
+        """(mean loss, correct, images) of `net` on a batch, without a step (the caller holds no_grad and eval)."""
+        out = self._forward(net, inputs, labels)
+        if out is None:
             return 0.0, 0, 0
-        return loss.item(), int((logits.argmax(1) == labels).sum()), len(labels)
+        loss, n, right = out
+        return loss.item(), right, n
 
-    def _forward(self, inputs, labels):
-        """(logits, loss, labels) of the batch's readable images (data.images.missing_label marks the others)."""
+    def _forward(self, net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, targets=None):
+        """(loss, images, correct) over the batch's readable images, or None when it has none."""
         valid = labels >= 0
         if not valid.all():
             if not valid.any():
-                return None, None, None
+                return None
             inputs, labels = inputs[valid], labels[valid]
-        inputs, labels = self.compute.to_device(inputs), labels.to(self.compute.device, non_blocking=True)
+            targets = targets[valid] if targets is not None else None
+        device = self.compute.device
+        inputs, labels = self.compute.to_device(inputs), labels.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True) if targets is not None else None
         with self.compute.autocast():
-            logits = self.net(inputs)
-            loss = self.criterion(logits.float(), labels)
-        return logits, loss, labels
+            logits = net(inputs)
+            loss = self.criterion(logits.float(), labels if targets is None else targets)
+        truth = labels if targets is None else targets.argmax(1)
+        return loss, len(labels), int((logits.argmax(1) == truth).sum())
+
+
+def moving_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """torch's AveragedModel as an exponential moving average (parameters and buffers), as torchvision's
+    reference scripts use it."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def compiled(net: nn.Module) -> nn.Module:
+    """torch.compile(net), or one line saying it is not supported here."""
+    try:
+        return torch.compile(net)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"train.compile: torch.compile is not supported here ({first}); set train.compile: "
+                          "false") from None

@@ -31,3 +31,21 @@ def test_resize_crop_matches_torchvision(interpolation):
             assert diff.max() == 0
         else:  # filter positions from the box round a rare pixel differently in each of the two passes
             assert diff.max() <= 2 and (diff.max(-1) > 0).mean() < 0.01, (w, h, diff.max(), (diff.max(-1) > 0).mean())
+
+
+@pytest.mark.parametrize("augment", ["flip", "standard", "randaugment", "trivialaugment", "autoaugment"])
+def test_every_augmentation_gives_a_normalised_crop_that_repeats_for_the_same_seed(augment):
+    import torch
+
+    from finetune.data.transforms import train_transform
+    from finetune.preprocessing import Preprocessing
+
+    pre = Preprocessing(32, 36, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    image = Image.effect_noise((60, 40), 60).convert("RGB")
+    transform = train_transform(pre, augment, random_erasing=1.0)
+    outs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        outs.append(transform(image))
+    assert outs[0].shape == (3, 32, 32) and torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    assert (outs[0] == 0).any()  # random_erasing 1.0: a rectangle erased (to 0 after normalisation)

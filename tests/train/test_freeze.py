@@ -34,7 +34,7 @@ def test_each_strategy_freezes_exactly_what_it_claims(strategy, trained, roots):
     plan.apply(model)
     for name, p in model.named_parameters():
         assert p.requires_grad == name.startswith(trained), name
-    assert plan.trainable == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert plan.trainable() == {n for n, p in model.named_parameters() if p.requires_grad}
     assert plan.roots == roots and plan.freezes_a_prefix == (strategy != "full")
 
 
@@ -101,3 +101,82 @@ def test_frozen_bn_running_stats_are_bit_identical_after_training(strategy, tiny
         assert torch.equal(after[k].cpu(), captured["before"][k]), k
     if strategy == "last-stage":  # the trained stage's BN did move
         assert not torch.equal(after["bn2.running_mean"].cpu(), captured["before"]["bn2.running_mean"])
+
+
+def test_freeze_epochs_trains_the_head_alone_first_then_unfreezes(tiny_tree, monkeypatch):
+    import csv
+
+    from finetune.train import resume
+
+    snapshots = []
+    real = resume.RunState.save_epoch
+
+    def keep(self, best):
+        snapshots.append({k: v.clone() for k, v in self.step.model.state_dict().items()})
+        real(self, best)
+
+    monkeypatch.setattr(resume.RunState, "save_epoch", keep)
+    tiny_tree["strategy"] = {"name": "last-stage", "lr": {"head": 0.05, "last_stage": 0.05}, "freeze_epochs": 1}
+    tiny_tree["data"]["augment"] = "flip"
+    import finetune.train.loop as loop
+
+    initial = {}
+    real_create = loop.create_model
+
+    def spy(*args, **kwargs):
+        model, info = real_create(*args, **kwargs)
+        initial.update({k: v.clone() for k, v in model.state_dict().items()})
+        return model, info
+
+    monkeypatch.setattr(loop, "create_model", spy)
+    run = fit(build_recipe(tiny_tree))
+    first, second = snapshots
+    for key in ("blocks.4.0.conv_pw.weight", "bn2.weight", "bn2.running_mean"):  # the last stage: still after
+        assert torch.equal(first[key], initial[key]), key  # epoch 1 (BN in eval), trained in epoch 2
+        assert not torch.equal(second[key], first[key]), key
+    assert not torch.equal(first["classifier.weight"], initial["classifier.weight"])  # the head trains from epoch 1
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert float(rows[0]["lr_last_stage"]) == 0 and float(rows[1]["lr_last_stage"]) > 0
+    assert float(rows[0]["lr_head"]) > 0
+
+
+def test_layer_decay_gives_each_block_its_group_lr_times_decay_to_the_depth():
+    from timm.models import group_parameters
+
+    for source, name in (("scratch", "resnet18"), ("timm", "test_efficientnet")):
+        model, info = create_model(ModelSpec(source=source, name=name, weights=None), 3)
+        plan = plan_freeze(model, info, StrategySpec(name="full", lr=LRS, layer_decay=0.5))
+        block_of = group_parameters(model, info.block_matcher, reverse=True)
+        top = max(block_of.values())
+        names = {id(p): n for n, p in model.named_parameters()}
+        groups = plan.param_groups(model, 0.0)
+        assert sum(len(g["params"]) for g in groups) == len(names)
+        for g in groups:
+            for p in g["params"]:
+                n = names[id(p)]
+                depth = 0 if n.startswith(info.head_name) else top - block_of[n]
+                assert g["lr"] == pytest.approx(LRS[g["name"]] * 0.5 ** depth), n
+        if source == "scratch":  # layer4.1 sits one block below the head, the stem nine
+            lr_of = {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
+            assert lr_of["layer4.1.conv2.weight"] == pytest.approx(LRS["last_stage"] * 0.5)
+            assert lr_of["conv1.weight"] == pytest.approx(LRS["backbone"] * 0.5 ** 9)
+
+
+def test_frozen_bn_train_lets_frozen_statistics_adapt_and_turns_the_cache_off(tiny_tree, tmp_path, monkeypatch):
+    import finetune.train.loop as loop
+
+    captured = {}
+    real_create = loop.create_model
+
+    def spy(*args, **kwargs):
+        model, info = real_create(*args, **kwargs)
+        captured.update(model=model, before=model.bn1.running_mean.clone())
+        return model, info
+
+    monkeypatch.setattr(loop, "create_model", spy)
+    tiny_tree["strategy"] = {"name": "feature-extract", "lr": {"head": 0.1}, "frozen_bn": "train"}
+    tiny_tree["features"] = {"dir": str(tmp_path / "cache")}
+    fit(build_recipe(tiny_tree))
+    assert not torch.equal(captured["model"].bn1.running_mean, captured["before"])  # frozen, but adapted
+    assert not (tmp_path / "cache").exists() or not any(p for p in (tmp_path / "cache").iterdir()
+                                                         if not p.name.startswith("."))

@@ -74,3 +74,41 @@ def test_too_little_disk_fails_before_the_run_folder_is_made(tiny_tree, tmp_path
     with pytest.raises(ResourceError, match="not enough free disk space"):
         fit(build_recipe(tiny_tree))
     assert not (tmp_path / "runs" / "t").exists()
+
+
+def test_ema_is_evaluated_beside_the_raw_weights_and_is_what_the_checkpoints_hold(tiny_tree, monkeypatch):
+    from finetune.train import resume
+
+    seen = {}
+    real = resume.RunState.save_epoch
+
+    def keep(self, best):
+        seen.update(raw=self.step.model.state_dict()["classifier.weight"].clone(),
+                    ema=self.step.ema.module.state_dict()["classifier.weight"].clone())
+        real(self, best)
+
+    monkeypatch.setattr(resume.RunState, "save_epoch", keep)
+    tiny_tree["train"]["ema"] = 0.5
+    run = fit(build_recipe(tiny_tree))
+    rows = metrics(run)
+    assert {"val_acc", "val_loss", "val_acc_raw", "val_loss_raw"} <= set(rows[0])
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert torch.equal(last["model"]["classifier.weight"], seen["ema"])  # what scored
+    assert torch.equal(last["resume"]["train_model"]["classifier.weight"], seen["raw"])  # what trains on
+    assert not torch.equal(seen["ema"], seen["raw"])
+
+
+def test_early_stop_ends_the_run_says_so_and_stays_stopped(tiny_tree, capsys):
+    from finetune.train.loop import stopped_early
+    from finetune.train.resume import load_run_recipe
+
+    rows = [{"val_acc": a} for a in (0.5, 0.7, 0.7, 0.6)]
+    assert not stopped_early(rows[:3], 2) and stopped_early(rows, 2) and not stopped_early(rows, None)
+    tiny_tree["train"].update(epochs=8, early_stop=1)
+    tiny_tree["strategy"]["lr"] = {"head": 0.5}  # blue vs red: val accuracy is 1.0 at once, then cannot improve
+    run = fit(build_recipe(tiny_tree))
+    assert len(metrics(run)) < 8
+    assert "stopped early" in capsys.readouterr().err
+    before = (run / "last.pt").read_bytes()
+    fit(load_run_recipe(run), resume_dir=run)  # resuming it trains nothing more
+    assert len(metrics(run)) < 8 and (run / "last.pt").read_bytes() == before

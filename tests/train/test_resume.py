@@ -119,6 +119,31 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference, tmp_path):
     assert_same_run(ref, run)
 
 
+def test_sigkill_and_resume_stay_bit_identical_with_every_technique_on(tmp_path):
+    """freeze_epochs, layer decay, EMA, mixup + cutmix, random erasing, accumulation and clipping together:
+    16 images in batches of 2, 2 batches per optimizer step, so 4 steps per epoch."""
+    root = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
+    tree = tiny_resume_tree(root, tmp_path / "runs")
+    tree["strategy"] = {"name": "last-stage", "lr": {"head": 0.05, "last_stage": 0.02}, "freeze_epochs": 1,
+                        "layer_decay": 0.8}
+    tree["data"].update(mixup=0.4, cutmix=1.0, random_erasing=0.5, augment="trivialaugment")
+    tree["train"].update(batch_size=2, accumulate=2, ema=0.9, grad_clip=1.0)
+    recipe = write_yaml(tmp_path / "techniques.yaml", tree)
+    out = finetune("train", recipe, "--output", tmp_path / "reference")
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "killed"
+    proc, _ = start_paused(tmp_path, 7, "train", recipe, "--output", run, "--set", "train.save_every=2",
+                           "--set", "data.workers=1")
+    assert (progress(run)["epoch"], progress(run)["step"]) == (2, 2)  # after the unfreezing, mid-epoch
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = finetune("train", "--resume", run)
+    assert out.returncode == 0, out.stderr
+    assert_same_run(tmp_path / "reference", run)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert float(rows[0]["lr_last_stage"]) == 0 < float(rows[1]["lr_last_stage"]) and "val_acc_raw" in rows[0]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_finishes_the_step_saves_last_pt_and_resumes(reference, tmp_path, sig):
     recipe, ref = reference
