@@ -57,10 +57,16 @@ class ExportFormat(str, Enum):
     safetensors = "safetensors"
 
 
-def _print_error(label: str, message) -> None:
+def _print_error(label: str, message, exc: BaseException | None = None) -> None:
+    """One line on stderr. In a data-parallel run the other ranks stay quiet where rank 0 says the same (a stop,
+    an error all ranks share) and say which rank they are otherwise."""
     from .console import literal, stderr_console
 
-    stderr_console().print(f"{label} {literal(message)}", highlight=False, soft_wrap=True)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if rank and (isinstance(exc, RunInterrupted) or getattr(exc, "finetune_shared", False)):
+        return
+    where = f"rank {rank}: " if rank else ""
+    stderr_console().print(f"{label} {where}{literal(message)}", highlight=False, soft_wrap=True)
 
 
 def command(fn):
@@ -74,10 +80,10 @@ def command(fn):
         except typer.Exit:
             raise
         except RunInterrupted as exc:  # exit 130 / 143, as the shell reports a process stopped by SIGINT / SIGTERM
-            _print_error("[bold yellow]stopped:[/]", exc)
+            _print_error("[bold yellow]stopped:[/]", exc, exc)
             raise typer.Exit(exc.exit_code) from None
         except FinetuneError as exc:
-            _print_error("[bold red]error:[/]", exc)
+            _print_error("[bold red]error:[/]", exc, exc)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             _print_error("[bold yellow]stopped:[/]", "interrupted; nothing was saved by this command")
@@ -150,12 +156,16 @@ def train(
     exist_ok: Annotated[bool, typer.Option(
         "--exist-ok", help="Reuse the run folder if it exists (its checkpoints are overwritten) instead of making "
                            "NAME-2.")] = False,
+    nproc: Annotated[Optional[int], typer.Option(
+        "--nproc", min=1, help="Train data-parallel on N processes of this machine (one per GPU, or on the CPU): "
+                               "starts torchrun for you. For several machines run torchrun yourself.")] = None,
 ):
     """Train a classifier as RECIPE says and write best.pt, last.pt, metrics.csv and recipe.yaml into a run folder.
 
     A stopped run (Ctrl-C, SIGTERM, a crash) continues where it left off with --resume RUN_DIR. Without
     data.augment in the recipe, feature-extract trains on the frozen features computed once (no augmentation)
-    and the other strategies use standard augmentation.
+    and the other strategies use standard augmentation. Data parallel: `torchrun --nproc_per_node=N -m finetune
+    train RECIPE` (or --nproc N); train.batch_size is then the batch over all processes.
     """
     from .config import load_recipe
     from .errors import ConfigError
@@ -174,13 +184,62 @@ def train(
         config = load_recipe(recipe, set_ or [], data=data, output=output)  # a mistake in it fails before torch
         config.run.exist_ok = config.run.exist_ok or exist_ok
         _tune()
+    if nproc is not None:  # the recipe is valid: now the processes
+        from .train.loop import check_batch
+
+        check_batch(config.train.batch_size, nproc)
+        return _torchrun(nproc)
+    from .runtime.distributed import from_environment, launched, shutdown
+    from .runtime.process import die_with_launcher
     from .train.loop import fit
 
+    if launched():
+        die_with_launcher()
+    dist = from_environment(config.train.device, config.train.dist_backend)
     try:
-        run_dir = fit(config, resume_dir=resume)
+        run_dir = fit(config, resume_dir=resume, dist=dist)
     except KeyboardInterrupt:  # before training started: nothing to save
         raise FinetuneError("interrupted before the first epoch; nothing was trained") from None
-    typer.echo(str(run_dir))
+    finally:
+        shutdown(dist)
+    if dist.main:
+        typer.echo(str(run_dir))
+
+
+def _torchrun(nproc: int) -> None:
+    """finetune train --nproc N ...: the same command under torch.distributed.run (torchrun), N processes on
+    this machine, rendezvous on localhost."""
+    import logging
+    import signal
+    import sys
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    for name in ("torch.distributed.run", "torch.distributed.elastic"):  # the ranks speak for themselves
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # torchrun's note
+
+    argv = sys.argv[1:]
+    start = argv.index("train")
+    rest = argv[start + 1:]
+    for i, arg in enumerate(rest):  # drop --nproc N / --nproc=N
+        if arg == "--nproc":
+            rest = rest[:i] + rest[i + 2:]
+            break
+        if arg.startswith("--nproc="):
+            rest = rest[:i] + rest[i + 1:]
+            break
+    try:
+        run(parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "finetune", "train", *rest]))
+    except ChildFailedError as exc:  # each rank has said why in one line already
+        codes = [f.exitcode for f in exc.failures.values()]
+        raise typer.Exit(next((c for c in codes if c in (130, 143)), max(codes))) from None
+    except SignalException as exc:  # Ctrl-C/SIGTERM: torchrun passed it on; rank 0 saved last.pt and said so
+        raise typer.Exit(128 + int(exc.sigval)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(128 + signal.SIGINT) from None
 
 
 @app.command("lr-find")

@@ -139,7 +139,8 @@ class ScheduleSpec(_Section):
 
 class TrainSpec(_Section):
     epochs: int = Field(5, gt=0, le=100_000, description="passes over the training images")
-    batch_size: int = Field(32, gt=0, le=65_536, description="images per optimizer step")
+    batch_size: int = Field(32, gt=0, le=65_536, description="images per batch, over all processes when "
+                            "data-parallel (each of N processes takes batch_size / N)")
     seed: int = Field(0, ge=0, lt=2**32, description="seeds the split, the model's new head and the data order")
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:N")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported); ignored on CPU")
@@ -156,6 +157,10 @@ class TrainSpec(_Section):
     compile: bool = Field(False, description="run the trained part through torch.compile")
     early_stop: Optional[int] = Field(
         None, ge=1, description="stop when val accuracy has not improved for this many epochs; null: off")
+    sync_bn: bool = Field(False, description="data parallel on GPUs: trainable BatchNorm layers normalise over "
+                          "every rank's batch (SyncBatchNorm)")
+    dist_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="data parallel (torchrun): NCCL on CUDA, gloo on CPU (auto)")
 
 
 class RunSpec(_Section):

@@ -12,6 +12,13 @@ def stderr_console():
     return Console(stderr=True)
 
 
+def quiet_console():
+    """For the ranks of a data-parallel run other than rank 0: they print nothing."""
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=True)
+
+
 def progress(console):
     """A transient bar (description, bar, done/total, time left) on `console`; silent in logs, pipes and tests."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -222,7 +222,10 @@ def pid_alive(pid: int) -> bool:
         return True
     except OSError:
         return False
-    return True
+    try:  # a killed process not yet reaped (a zombie) is gone all the same
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def make_folder(path: Path, what: str, error=ConfigError) -> Path:

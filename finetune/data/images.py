@@ -77,6 +77,10 @@ class ImageDataset:
         return len(self.samples)
 
     def __getitem__(self, i: int):
+        if i == PAD:  # padding that evens out the ranks' last batch (data.sampling): never a sample
+            import torch
+
+            return torch.zeros(3, self.size, self.size), PAD_LABEL
         path, label = self.samples[i]
         try:
             return self.transform(load_rgb(path, self.draft_size)), label
@@ -88,11 +92,14 @@ class ImageDataset:
             return torch.zeros(3, self.size, self.size), missing_label(i)
 
 
+PAD, PAD_LABEL = -1, -1  # the index and label of a padding sample: left out of the loss like a missing image
+
+
 def missing_label(index: int) -> int:
-    """The label of sample `index` when its file could not be read: negative, so it is never a class."""
-    return -1 - index
+    """The label of sample `index` when its file could not be read: below -1, so never a class nor padding."""
+    return -2 - index
 
 
 def missing_indices(labels) -> list[int]:
     """The sample indices of a batch's unreadable images (labels from missing_label)."""
-    return [-1 - int(y) for y in labels if y < 0]
+    return [-2 - int(y) for y in labels if y < PAD_LABEL]

@@ -41,9 +41,11 @@ class MixedBatches:
 
     def __iter__(self):
         sampler = self.loader.sampler
-        first = getattr(sampler, "skip", 0) // self.loader.batch_size  # resumed mid-epoch: the batches skipped
+        world = getattr(sampler, "world", 1)  # data parallel: skip counts global batches (sampling.EpochSampler)
+        first = getattr(sampler, "skip", 0) // (sampler.batch if world > 1 else self.loader.batch_size)
+        rank = [sampler.rank] if world > 1 else []
         for position, (images, labels) in enumerate(self.loader, first):
-            yield self.mixed(images, labels, [self.seed, getattr(sampler, "epoch", 0), position])
+            yield self.mixed(images, labels, [self.seed, getattr(sampler, "epoch", 0), position, *rank])
 
     def mixed(self, images: torch.Tensor, labels: torch.Tensor, key: list[int]):
         targets = torch.zeros(len(labels), self.num_classes)

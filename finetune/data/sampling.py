@@ -21,12 +21,22 @@ class EpochSampler(torch.utils.data.Sampler):
     def __init__(self, size: int, seed: int, weights=None):
         self.size, self.seed, self.epoch, self.skip = size, seed, 1, 0
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+        self.rank, self.world, self.batch = 0, 1, 1
+
+    def shard(self, rank: int, world: int, global_batch: int) -> EpochSampler:
+        """Data parallel: this rank's part of every global batch of `global_batch` positions (a contiguous
+        slice of it), so the ranks together see each position of the epoch once and a global batch holds the
+        same images whatever the number of ranks. The last, shorter global batch is split evenly, the slices
+        padded with (data.images.PAD, 0) so that every rank takes the same number of steps."""
+        self.rank, self.world, self.batch = rank, world, global_batch
+        return self
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """`skip`: positions already trained in this epoch (whole global batches), on resume."""
         self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
-        return max(0, self.size - self.skip)
+        return sum(len(part) for part in self._parts())
 
     def __iter__(self):
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, self.epoch])))
@@ -35,8 +45,21 @@ class EpochSampler(torch.utils.data.Sampler):
         else:
             order = rng.choice(self.size, size=self.size, replace=True, p=self.weights)
         seeds = rng.integers(0, 2**63 - 1, size=self.size)
-        for i in range(self.skip, self.size):
-            yield int(order[i]), int(seeds[i])
+        for part in self._parts():
+            for i in part:
+                yield (int(order[i]), int(seeds[i])) if i is not None else (-1, 0)
+
+    def _parts(self):
+        """This rank's positions, one list per global batch (None: padding)."""
+        if self.world == 1:
+            return [range(self.skip, self.size)]
+        parts = []
+        for start in range(self.skip, self.size, self.batch):
+            stop = min(start + self.batch, self.size)
+            share = -(-(stop - start) // self.world)  # the last batch's share rounds up; full ones are exact
+            mine = list(range(start + self.rank * share, min(start + (self.rank + 1) * share, stop)))
+            parts.append(mine + [None] * (share - len(mine)))
+        return parts
 
 
 class SeededDataset(torch.utils.data.Dataset):
@@ -54,3 +77,16 @@ class SeededDataset(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.dataset[index]
+
+
+class Shard(torch.utils.data.Sampler):
+    """Positions rank, rank + world, ...: a rank's share of a fixed order (validation), every position once."""
+
+    def __init__(self, size: int, rank: int, world: int):
+        self.size, self.rank, self.world = size, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.size, self.world))

@@ -10,13 +10,16 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from .distributed import Dist
 
 
 @dataclass(frozen=True)
 class Compute:
-    """Where tensors go and how they are computed: the device, and autocast (a no-op off CUDA or with amp off)."""
+    """Where tensors go and how they are computed: the device, autocast (a no-op off CUDA or with amp off), and
+    the processes computing together (one, or the ranks of a torchrun job)."""
     device: torch.device
     autocast_dtype: torch.dtype | None = None  # bf16 where the GPU supports it, else fp16; None: float32
+    dist: Dist = Dist()
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -35,11 +38,11 @@ class Compute:
         return batch.to(self.device, non_blocking=True, memory_format=fmt)
 
 
-def resolve_compute(name: str, amp: bool = True) -> Compute:
+def resolve_compute(name: str, amp: bool = True, dist: Dist = Dist()) -> Compute:
     device = resolve_device(name)
     if device.type != "cuda" or not amp:
-        return Compute(device)
-    return Compute(device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return Compute(device, None, dist)
+    return Compute(device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16, dist)
 
 
 def resolve_device(name: str) -> torch.device:

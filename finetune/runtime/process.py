@@ -42,3 +42,15 @@ def tune_process(imports: tuple[str, ...] = ("torch", "torchvision", "timm")) ->
         with memory.long_lived():
             for name in imports:
                 importlib.import_module(name)
+
+
+def die_with_launcher() -> None:
+    """A rank started by torchrun gets SIGTERM when its launcher dies (kill -9 of torchrun): it then stops as on
+    Ctrl-C, after its step, with last.pt saved by rank 0, instead of training on unseen. Linux only."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass

@@ -63,14 +63,18 @@ def calibration_summary(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def collect_logits(net, batches, compute: Compute, label: str, console=None) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, labels) of all the batches, net in eval mode, float32."""
+    """(logits, labels) of all the batches' readable images, net in eval mode, float32; data-parallel, every
+    rank's shard gathered (the same arrays on each rank)."""
     net.eval()
     out, ys = [], []
     with torch.inference_mode():
-        for inputs, labels in track(batches, label, console):
-            out.append(net(compute.to_device(inputs)).float().cpu())
-            ys.append(labels)
-    return torch.cat(out).numpy(), torch.cat(ys).numpy()
+        for inputs, labels, *_ in track(batches, label, console):
+            keep = labels >= 0  # vanished images and padding have no label to calibrate on
+            if keep.any():
+                out.append(net(compute.to_device(inputs[keep])).float().cpu())
+                ys.append(labels[keep])
+    parts = compute.dist.gather([(torch.cat(out).numpy(), torch.cat(ys).numpy())] if out else [])
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=None) -> dict:
@@ -86,12 +90,14 @@ def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=Non
     if summary is None:
         summary = calibration_summary(*collect_logits(net, val_batches, compute, "calibrate last.pt", console))
         run.save(calibration=summary)
-    best = run.best or Checkpoint.load(run.run_dir / "best.pt")
+    dist = compute.dist
+    best = run.best or dist.share(Checkpoint.load(run.run_dir / "best.pt") if dist.main else None)
     if best.calibration is not None:
         return best.calibration
     if best.metrics.get("epoch") != run.rows[-1]["epoch"]:
         with torch.no_grad():
             run.step.scored.load_state_dict(best.state)
         summary = calibration_summary(*collect_logits(net, val_batches, compute, "calibrate best.pt", console))
-    replace(best, calibration=summary).save(run.run_dir / "best.pt")
+    if dist.main:
+        replace(best, calibration=summary).save(run.run_dir / "best.pt")
     return summary

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..config import Recipe
 from ..console import literal, progress
+from ..data.images import PAD, PAD_LABEL
 from ..data.loading import Loaders, prefetched
 from ..errors import ConfigError
 from ..files import pid_alive
@@ -39,7 +40,7 @@ from ..runtime.threads import one_thread, tuned_threads
 from .freeze import FreezePlan
 from .prefix import Split, split_frozen
 
-FORMAT = 4  # bumped when the same key would now store other features or files (4: checksums.json)
+FORMAT = 5  # bumped when the same key would now store other features or files (5: labels of vanished files)
 FP16_LIMIT = 1e4  # prefix outputs larger than this (random-init nets) are stored as fp32: fp16 tops out at 65504
 
 
@@ -117,7 +118,9 @@ def frozen_batches(model: nn.Module, plan: FreezePlan, loaders: Loaders, cache: 
         sample = split.prefix(compute.to_device(probe[:1])).float()
     layout = (tuple(sample.shape[1:]), np.float16 if float(sample.abs().max()) < FP16_LIMIT else np.float32)
     start, batches, recomputed = time.perf_counter(), [], {}
-    unwritable = prepare_root(cache.root)
+    dist = compute.dist
+    first = dist.local_rank == 0  # computes the features for every rank of its machine; the others wait
+    unwritable = prepare_root(cache.root, clean=first)
     if unwritable:
         console.print(f"[yellow]features: the cache folder {literal(cache.root)} cannot be written "
                       f"({literal(unwritable)}): the frozen part runs every epoch instead. Set features.dir or "
@@ -127,10 +130,14 @@ def frozen_batches(model: nn.Module, plan: FreezePlan, loaders: Loaders, cache: 
         images = image_dataset(loader)
         transform = f"{kind}-draft{images.draft_size}-{compute.precision}-{split.boundary}"
         entry = Entry(cache.root / cache.key(images, transform), name, loader, views)
-        features = _stored(entry, console)
-        if features is None and views and not unwritable and fits_on_disk(cache.root, views * len(images), layout):
+        features = _stored(entry, console) if first else None
+        if first and features is None and views and not unwritable and \
+                fits_on_disk(cache.root, views * len(images), layout):
             compute_entry(entry, split, layout, cache.seed, compute, console)
             features = load_features(entry.folder)
+        if dist.enabled:
+            dist.barrier()
+            features = features if first else _stored(entry, console)
         if features is not None:
             batches.append(_loader_like(loader, features))
         else:
@@ -167,16 +174,16 @@ def _stored(entry: Entry, console) -> FeatureSet | None:
         return None
 
 
-def prepare_root(root: Path) -> str:
-    """Make the cache folder and clear what killed runs left half-written in it; "" when it can be written,
-    else why not (training then runs the frozen part every epoch instead)."""
+def prepare_root(root: Path, clean: bool = True) -> str:
+    """Make the cache folder and (with clean) clear what killed runs left half-written in it; "" when it can be
+    written, else why not (training then runs the frozen part every epoch instead)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=root):
             pass
     except OSError as exc:
         return exc.strerror or str(exc)
-    for tmp in root.glob(".*.*.*"):  # .KEY.PID.XXXX from compute_entry
+    for tmp in root.glob(".*.*.*") if clean else []:  # .KEY.PID.XXXX from compute_entry
         parts = tmp.name.split(".")
         if tmp.is_dir() and len(parts) >= 4 and parts[2].isdigit() and not pid_alive(int(parts[2])):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -227,6 +234,8 @@ class FeatureSet(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         i = item[0] if isinstance(item, tuple) else item  # training samplers yield (index, sample seed)
+        if i == PAD:  # padding of a rank's last batch (data.sampling.EpochSampler.shard)
+            return torch.zeros(self.features.shape[2:]), PAD_LABEL
         return torch.from_numpy(np.asarray(self.features[self.view, i], dtype=np.float32)), int(self.labels[i])
 
 

@@ -5,6 +5,7 @@ prefix and its cache in features, last.pt/best.pt and signals in resume, the tem
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from ..checkpoint import Checkpoint
 from ..config import DataSpec, Recipe, TrainSpec
-from ..console import literal, stderr_console, track
+from ..console import literal, quiet_console, stderr_console, track
 from ..data.balance import Balance, resolve_balance
 from ..data.doctor import training_screen
 from ..data.filecheck import check_files
@@ -21,12 +22,14 @@ from ..data.folders import Splits, resolve_splits
 from ..data.images import ImageDataset, missing_indices
 from ..data.loading import Loaders, make_loader, resolve_workers, stopped_workers
 from ..data.mixing import MixedBatches
-from ..data.sampling import EpochSampler, SeededDataset
+from ..data.sampling import EpochSampler, SeededDataset, Shard
 from ..data.transforms import draft_size, eval_transform, train_transform
+from ..errors import ConfigError
 from ..files import refuse_inside
 from ..models.registry import ModelInfo, create_model
 from ..preprocessing import Preprocessing
 from ..runtime.device import Compute, resolve_compute, seed_everything
+from ..runtime.distributed import Dist, rank_device
 from .calibration import calibrate_run
 from .curves import CurvesPlot, print_run_summary
 from .features import FeatureCache, frozen_batches
@@ -44,7 +47,7 @@ from .rundir import (
     write_metrics,
     write_run_files,
 )
-from .step import TrainStep, compiled, moving_average
+from .step import TrainStep, compiled, data_parallel, moving_average
 
 
 @dataclass
@@ -61,25 +64,29 @@ class Setup:
     compute: Compute
 
 
-def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
+def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist = Dist()) -> Path:
     """Train as the recipe says; returns the run folder (best.pt, last.pt, metrics.csv, recipe.yaml, ...).
-    With resume_dir, continue that run from its last.pt (see resume.py) instead of starting a new one."""
+    With resume_dir, continue that run from its last.pt (see resume.py) instead of starting a new one.
+    `dist`: this process's rank in a data-parallel run (runtime.distributed); rank 0 writes the run folder."""
     console = console or stderr_console()
+    console = console if dist.main else quiet_console()
     cfg = recipe.train
-    setup = prepare(recipe, console)
+    setup = prepare(recipe, console, dist)
     # the run folder, after every check that can fail before work; one run in it at a time
     refuse_inside(resume_dir or recipe.run.output or recipe.run.dir, recipe.data.root, "the run folder")
-    check_disk_space(resume_dir or recipe.run.output or recipe.run.dir, setup.step.model, setup.step.optimizer)
-    run_dir = resume_dir or create_run_dir(recipe.run)
-    with run_lock(run_dir, console):
+    if dist.main:
+        check_disk_space(resume_dir or recipe.run.output or recipe.run.dir, setup.step.model, setup.step.optimizer)
+    run_dir = resume_dir or dist.on_main(lambda: create_run_dir(recipe.run))
+    with run_lock(run_dir, console) if dist.main else nullcontext():
         run = RunState(run_dir, setup.step, setup.template, cfg.save_every)
         if resume_dir:
             run.restore()
             warn_if_environment_changed(run_dir, setup.template.environment, console)
-        else:
+        elif dist.main:
             clear_previous_run(run_dir)
             write_run_files(run_dir, recipe, setup.template.environment)
-        write_data_summary(run_dir / "data.json", setup.splits, setup.balance, console)
+        if dist.main:
+            write_data_summary(run_dir / "data.json", setup.splits, setup.balance, console)
         # Ctrl-C/SIGTERM: save last.pt and stop; out of memory or a diverging loss: say what to lower
         with run.guard(console, cfg.batch_size, setup.info.preprocessing.size), \
                 stopped_workers(setup.loaders.train, setup.loaders.val):
@@ -87,18 +94,23 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None) -> Path:
     return run_dir
 
 
-def prepare(recipe: Recipe, console) -> Setup:
+def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
     """Data, model, freeze plan, loaders and the training step, as the recipe says."""
     cfg = recipe.train
-    compute = resolve_compute(cfg.device, cfg.amp)
+    check_batch(cfg.batch_size, dist.world, dist.main)
+    compute = resolve_compute(rank_device(dist, cfg.device), cfg.amp, dist)
+    if cfg.sync_bn and dist.enabled and compute.device.type != "cuda":
+        raise ConfigError("train.sync_bn needs CUDA: torch's SyncBatchNorm runs on GPUs only; set it to false")
     seed_everything(cfg.seed)
     # data: the split, with unreadable files, label conflicts and train copies of val images left out
-    splits = resolve_splits(recipe.data.root, recipe.data.val_fraction, cfg.seed,
-                            screen=lambda tree: training_screen(tree, console, recipe.data.root))
+    splits = dist.on_main(lambda: resolve_splits(recipe.data.root, recipe.data.val_fraction, cfg.seed,
+                                                 screen=lambda tree: training_screen(tree, console, recipe.data.root)))
     # the model, and what of it trains
     model, info = create_model(recipe.model, len(splits.class_names), recipe.data.image_size)
     plan = plan_freeze(model, info, recipe.strategy)
     plan.apply(model)
+    if cfg.sync_bn and dist.enabled:
+        synced_batchnorm(model, plan)
     model.to(compute.device, memory_format=torch.channels_last)
     balance = resolve_balance([y for _, y in splits.train], len(splits.class_names), recipe.data.class_weights,
                               recipe.data.sampler, cfg.seed)
@@ -125,7 +137,11 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
     # the frozen prefix runs once per image where it can (cached); each step trains the rest alone
     tail_of, train_batches, val_batches = frozen_batches(step.model, setup.plan, setup.loaders, setup.cache,
                                                          setup.compute, console)
-    step.net = compiled(tail_of(step.model)) if cfg.compile else tail_of(step.model)
+    def trained_part():  # data parallel: wrapped again when gradual unfreezing changes what trains
+        net = data_parallel(tail_of(step.model), setup.compute)
+        return compiled(net) if cfg.compile else net
+
+    step.net, dist, wrapped = trained_part(), setup.compute.dist, setup.plan.trainable()
     step.ema_net = tail_of(step.ema.module) if step.ema is not None else None
     console.print(f"[bold]{len(setup.splits.train)}[/] train / [bold]{len(setup.splits.val)}[/] val images, "
                   f"{len(setup.splits.class_names)} classes, {literal(recipe.model.source)}:"
@@ -138,8 +154,10 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
         setup.plan.apply(step.model, epoch)  # what trains this epoch (strategy.freeze_epochs)
         if setup.plan.unfreezes(epoch):
             console.print(f"epoch {epoch}: unfreezing {', '.join(setup.plan.unfreezes(epoch))}")
+        if setup.plan.trainable(epoch) != wrapped:
+            step.net, wrapped = trained_part(), setup.plan.trainable(epoch)
         lrs, done = run.begin_epoch(epoch)
-        setup.loaders.sampler.set_epoch(epoch, skip=done * cfg.accumulate * cfg.batch_size)
+        setup.loaders.sampler.set_epoch(epoch, skip=done * cfg.accumulate * cfg.batch_size)  # global positions
         # train, then evaluate (the moving average and the raw weights, with EMA)
         train_loss, train_acc = train_epoch(step, train_batches, run, vanished, console,
                                             f"epoch {epoch}/{cfg.epochs} train")
@@ -153,11 +171,12 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                "val_acc": val_acc, **raw, **lrs, "seconds": run.epoch_seconds()}
         best = run.end_epoch(row)
-        write_metrics(run_dir / "metrics.csv", run.rows)
-        curves.update(run.rows, final=epoch == cfg.epochs or stopped_early(run.rows, cfg.early_stop))
+        if dist.main:
+            write_metrics(run_dir / "metrics.csv", run.rows)
+            curves.update(run.rows, final=epoch == cfg.epochs or stopped_early(run.rows, cfg.early_stop))
         console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
                       f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
-        if vanished.report():  # files deleted or emptied since the pre-scan: left out, listed in data.json
+        if vanished.report(dist) and dist.main:  # deleted or emptied since the pre-scan: left out, in data.json
             write_data_summary(run_dir / "data.json", setup.splits, setup.balance, console)
         # checkpoint: best.pt (when best), then last.pt
         run.save_epoch(best)
@@ -177,7 +196,7 @@ def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, con
             vanished.note("train", batch[1])
         run.tally.add(*step(group))
         run.after_step()  # last.pt every train.save_every steps; stops here after Ctrl-C/SIGTERM
-    return run.tally.means()
+    return run.tally.means(step.compute.dist)
 
 
 def evaluate(step: TrainStep, net: nn.Module, batches, vanished: Vanished, console, label: str) -> tuple[float, float]:
@@ -188,7 +207,7 @@ def evaluate(step: TrainStep, net: nn.Module, batches, vanished: Vanished, conso
         for inputs, labels, *_ in track(batches, label, console):
             vanished.note("val", labels)
             tally.add(*step.evaluate(net, inputs, labels))
-    return tally.means()
+    return tally.means(step.compute.dist)
 
 
 def in_groups(items, size: int):
@@ -225,14 +244,14 @@ class Vanished:
                 self.seen.add(path)
                 self.new.append(path)
 
-    def report(self) -> bool:
-        """Add what vanished since the last report to splits.skipped; True when there was any."""
-        if not self.new:
+    def report(self, dist: Dist = Dist()) -> bool:
+        """Add what vanished since the last report (on any rank) to splits.skipped; True when there was any."""
+        new, self.new = sorted(set(dist.gather(self.new))), []
+        if not new:
             return False
-        checks = check_files(self.new)
+        checks = check_files(new)
         self.splits.skipped += [(p, f"{checks[p].problem or 'changed'}: {checks[p].detail} (during training)")
-                                for p in self.new]
-        self.new = []
+                                for p in new]
         return True
 
 
@@ -240,12 +259,37 @@ def create_loaders(splits: Splits, pre: Preprocessing, data: DataSpec, train: Tr
                    compute: Compute) -> Loaders:
     """Train batches in an order and with augmentations fixed by (seed, epoch), balanced or not, so a run can
     resume mid-epoch (data.sampling); val in file order."""
-    workers, pin = resolve_workers(data.workers), compute.device.type == "cuda"
+    workers, pin, dist = resolve_workers(data.workers), compute.device.type == "cuda", compute.dist
     sampler = balance.sampler or EpochSampler(len(splits.train), train.seed)
+    val_sampler = None
+    if dist.enabled:  # each rank its part of every global batch, and its share of val
+        sampler, val_sampler = sampler.shard(dist.rank, dist.world, train.batch_size), \
+            Shard(len(splits.val), dist.rank, dist.world)
+    batch = train.batch_size // dist.world
     images = ImageDataset(splits.train, train_transform(pre, data.augment, data.random_erasing),
                           draft_size(pre, data.augment), pre.size)
     val = ImageDataset(splits.val, eval_transform(pre), pre.resize, pre.size)
-    batches = make_loader(SeededDataset(images), train.batch_size, workers, train.seed, pin, sampler)
+    batches = make_loader(SeededDataset(images), batch, workers, train.seed, pin, sampler)
     if data.mixup or data.cutmix:
         batches = MixedBatches(batches, len(splits.class_names), data.mixup, data.cutmix, train.seed)
-    return Loaders(batches, make_loader(val, train.batch_size, workers, train.seed, pin))
+    return Loaders(batches, make_loader(val, batch, workers, train.seed, pin, val_sampler))
+
+
+def check_batch(batch_size: int, world: int, main: bool = True) -> None:
+    """train.batch_size is the global batch: it must divide among the processes (said once, by rank 0)."""
+    if batch_size % world:
+        error = ConfigError(f"train.batch_size {batch_size} is the batch over all {world} processes and must divide "
+                            f"evenly among them: use a multiple of {world}")
+        error.finetune_shared = not main
+        raise error
+
+
+def synced_batchnorm(model: nn.Module, plan: FreezePlan) -> None:
+    """train.sync_bn: the trained part's BatchNorm layers normalise over every rank's batch (SyncBatchNorm); the
+    frozen prefix keeps plain BatchNorm, in eval mode and folded."""
+    roots = list(plan.roots) if plan.freezes_a_prefix else [""]
+    for root in roots:
+        module = model.get_submodule(root)
+        synced = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        if root and synced is not module:
+            model.set_submodule(root, synced)

@@ -33,6 +33,7 @@ from ..errors import (
     TrainingDiverged,
 )
 from ..metrics import epoch_rank
+from ..runtime.distributed import Dist
 from .step import TrainStep
 
 # Keys --resume may change: where the data is and how it is loaded, not what the run computes.
@@ -77,8 +78,14 @@ class Tally:
         self.correct += correct
         self.seen += n
 
-    def means(self) -> tuple[float, float]:
-        return self.loss_sum / max(1, self.seen), self.correct / max(1, self.seen)
+    def means(self, dist: Dist = Dist()) -> tuple[float, float]:
+        """(mean loss, accuracy); data-parallel, over every rank's totals (the same on each rank)."""
+        loss_sum, correct, seen = dist.sum([self.loss_sum, self.correct, self.seen])
+        return loss_sum / max(1, seen), correct / max(1, seen)
+
+    def total(self, dist: Dist) -> Tally:
+        loss_sum, correct, seen = dist.sum([self.loss_sum, self.correct, self.seen])
+        return Tally(loss_sum, int(correct), int(seen))
 
 
 @dataclass
@@ -92,6 +99,7 @@ class Progress:
     tally: dict = field(default_factory=lambda: asdict(Tally()))  # the epoch in progress
     lrs: dict = field(default_factory=dict)  # learning rates at the start of the epoch in progress
     seconds: float = 0.0  # time spent in the epoch in progress before the last save
+    world: int = 1  # processes training together (data parallel): a run resumes mid-epoch with as many
 
 
 class RunState:
@@ -107,6 +115,10 @@ class RunState:
         self.stop_signal: str | None = None
         self.training = False  # before the first epoch a signal stops at once (the feature pass may be long)
         self._epoch_start = time.perf_counter()
+
+    @property
+    def dist(self) -> Dist:
+        return self.step.compute.dist if self.step is not None else Dist()
 
     @property
     def epoch(self) -> int:
@@ -141,7 +153,8 @@ class RunState:
         """After each optimizer step: save every `save_every` steps; on Ctrl-C/SIGTERM save and stop here."""
         self.progress.step += 1
         self.progress.global_step += 1
-        if self.stop_signal:
+        if self.dist.any(self.stop_signal is not None):  # every rank stops after the same step
+            self.stop_signal = self.stop_signal or "SIGTERM"
             self.save()
             raise self._interrupted()
         if self.save_every and self.progress.global_step % self.save_every == 0:
@@ -175,18 +188,27 @@ class RunState:
                                    f"{self._lower_lr()} {self._last_saved()}")
         if best:
             self.best = self.template.with_state(self.step.scored.state_dict(), metrics=self.rows[-1])
-            self.best.save(self.run_dir / "best.pt")
+            if self.dist.main:
+                self.best.save(self.run_dir / "best.pt")
         self.save()
-        if self.stop_signal:
+        if self.dist.any(self.stop_signal is not None):
+            self.stop_signal = self.stop_signal or "SIGTERM"
             raise self._interrupted()
 
     # -- last.pt
 
     def save(self, calibration: dict | None = None) -> None:
+        """last.pt, written by rank 0 (every rank calls this at the same step: the epoch's totals so far are
+        summed over the ranks)."""
         p = self.progress
         if p.step:
             p.seconds = self.epoch_seconds()
-        p.tally = asdict(self.tally)
+        p.tally = asdict(self.tally.total(self.dist) if self.training else self.tally)
+        p.world = self.dist.world
+        self.saved = Progress(**asdict(p))
+        self.last_calibration = calibration
+        if not self.dist.main:
+            return
         s = self.step
         resume = {"progress": asdict(p), "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
                   "scaler": s.scaler.state_dict(), "rng": capture_rng()}
@@ -194,11 +216,11 @@ class RunState:
             resume.update(train_model=s.model.state_dict(), ema_n_averaged=s.ema.n_averaged)
         replace(self.template, state=s.scored.state_dict(), metrics=p.rows[-1] if p.rows else {},
                 calibration=calibration, resume=resume).save(self.run_dir / "last.pt")
-        self.saved = Progress(**asdict(p))
-        self.last_calibration = calibration
 
     def restore(self) -> None:
-        last = Checkpoint.load(require_last(self.run_dir))
+        """Back to where last.pt is (rank 0 reads it and hands it to the others)."""
+        dist = self.dist
+        last = dist.share(Checkpoint.load(require_last(self.run_dir)) if dist.main else None)
         state = last.resume
         if not isinstance(state, dict):
             raise CheckpointError(f"{self.run_dir / 'last.pt'} has no resume state (written by an older finetune?); "
@@ -220,7 +242,12 @@ class RunState:
             s.scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
         self.progress = Progress(**state["progress"])
-        self.tally = Tally(**self.progress.tally)
+        p = self.progress
+        if p.world != dist.world and p.step:
+            raise ConfigError(f"{self.run_dir} stopped in the middle of epoch {p.epoch} training on {p.world} "
+                              f"process(es); resume it on {p.world} (torchrun --nproc_per_node={p.world}), or start "
+                              "a new run")
+        self.tally = Tally(**p.tally) if dist.main else Tally()  # the saved totals count once, on rank 0
         self.saved, self.last_calibration = Progress(**state["progress"]), last.calibration
 
     # -- signals and out-of-memory
@@ -248,7 +275,7 @@ class RunState:
             raise self._interrupted() from None
         except KeyboardInterrupt:
             raise RunInterrupted(f"a second Ctrl-C, so at once. {self._last_saved()} "
-                                 f"Continue with: finetune train --resume {self.run_dir}", exit_code=130) from None
+                                 f"Continue with: {self._resume_command()}", exit_code=130) from None
         except NonFiniteLoss as exc:
             p = self.progress
             raise TrainingDiverged(f"the training loss became {exc.value} in epoch {p.epoch} at step {p.step + 1}, "
@@ -292,7 +319,11 @@ class RunState:
         else:
             where = f"after epoch {p.epoch - 1}" if p.step == 0 else f"in epoch {p.epoch} after step {p.step}"
         return RunInterrupted(f"{self.stop_signal} {where}; saved {self.run_dir / 'last.pt'}. "
-                              f"Continue with: finetune train --resume {self.run_dir}", exit_code=code)
+                              f"Continue with: {self._resume_command()}", exit_code=code)
+
+    def _resume_command(self) -> str:
+        world = self.dist.world
+        return f"finetune train --resume {self.run_dir}" + (f" --nproc {world}" if world > 1 else "")
 
 
 class _StopBeforeTraining(Exception):

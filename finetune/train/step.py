@@ -10,6 +10,7 @@ image that could not be read (data.images.missing_label): it is left out of the 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -48,26 +49,34 @@ class TrainStep:
         return self.ema_net if self.ema is not None else self.net
 
     def __call__(self, batches: list) -> tuple[float, int, int]:
-        """One optimizer step over `batches` (several with gradient accumulation): (mean loss, correct, images).
-        Each batch's loss is weighted by its share of the images, so the gradient is the mean over all of
+        """One optimizer step over `batches` (several with gradient accumulation): (mean loss, correct, images)
+        of this process's images. Each batch's loss is weighted by its share of all the step's images (on every
+        rank, when data-parallel: DDP averages the ranks' gradients), so the gradient is the mean over all of
         them. A loss that is not a finite number raises NonFiniteLoss before anything is updated."""
-        total = sum(int((b[1] >= 0).sum()) for b in batches)
+        dist = self.compute.dist
+        local = sum(int((b[1] >= 0).sum()) for b in batches)
+        total = int(dist.sum([local])[0]) if dist.enabled else local
         if not total:  # every image vanished: nothing to learn, the schedule still advances
             self.scheduler.step()
             return 0.0, 0, 0
         self.optimizer.zero_grad(set_to_none=True)
         losses, correct = [], 0
-        for batch in batches:
-            out = self._forward(self.net, *batch)
-            if out is None:
-                continue
-            loss, n, right = out
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLoss(value)
-            self.scaler.scale(loss * (n / total) if len(batches) > 1 else loss).backward()
-            losses.append((value, n))
-            correct += right
+        for i, batch in enumerate(batches):
+            # with DDP, gradients are synchronised once per step, in the last batch's backward
+            with self.net.no_sync() if hasattr(self.net, "no_sync") and i < len(batches) - 1 else nullcontext():
+                out = self._forward(self.net, *batch)
+                if out is None:  # only padding or vanished images here; DDP still needs this rank's backward
+                    if dist.enabled:
+                        (self.net(self.compute.to_device(batch[0])).float().sum() * 0).backward()
+                    continue
+                loss, n, right = out
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(value)
+                weight = n / total * dist.world
+                self.scaler.scale(loss * weight if len(batches) > 1 or dist.enabled else loss).backward()
+                losses.append((value, n))
+                correct += right
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip)
@@ -76,8 +85,9 @@ class TrainStep:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        mean = losses[0][0] if len(losses) == 1 else sum(v * n for v, n in losses) / total
-        return mean, correct, total
+        seen = sum(n for _, n in losses)
+        mean = losses[0][0] if len(losses) == 1 else sum(v * n for v, n in losses) / max(1, seen)
+        return mean, correct, seen
 
     def evaluate(self, net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
         """(mean loss, correct, images) of `net` on a batch, without a step (the caller holds no_grad and eval)."""
@@ -121,3 +131,14 @@ def compiled(net: nn.Module) -> nn.Module:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"train.compile: torch.compile is not supported here ({first}); set train.compile: "
                           "false") from None
+
+
+def data_parallel(net: nn.Module, compute: Compute) -> nn.Module:
+    """`net` under DistributedDataParallel when the run has several ranks (its trainable parameters at this
+    moment: after gradual unfreezing the caller wraps again); else `net` itself."""
+    if not compute.dist.enabled or not any(p.requires_grad for p in net.parameters()):
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [compute.device.index] if compute.device.type == "cuda" else None
+    return DistributedDataParallel(net, device_ids=ids)

@@ -1,0 +1,135 @@
+"""Data parallel on CPU with gloo and 2 processes: the same run as one process, one run folder written by
+rank 0, resumable after kill -9, and one-line errors for what a user can fix."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_folder, write_yaml
+
+REPO = Path(__file__).parents[2]
+TOLERANCE = 1e-6  # gloo sums the ranks' gradients in another order than one process: float32 rounding only
+
+# Every rank holds still after optimizer step PAUSE_AT (done, not yet recorded) until it is killed.
+PAUSED = '''
+import os, signal, sys
+from pathlib import Path
+from finetune.train import resume
+pause_at, marker = int(os.environ["PAUSE_AT"]), Path(os.environ["PAUSE_MARKER"] + os.environ["RANK"])
+original = resume.RunState.after_step
+def after_step(self):
+    if self.progress.global_step + 1 == pause_at:
+        marker.touch()
+        signal.pause()
+    original(self)
+resume.RunState.after_step = after_step
+from finetune.cli import app
+app(sys.argv[1:], prog_name="finetune")
+'''
+
+
+def tree(root: Path, name="test_efficientnet", strategy="feature-extract", **train) -> dict:
+    """18 train images in global batches of 8: two full ones and a last one of 2, which the ranks split."""
+    lr = {"head": 0.1} if strategy == "feature-extract" else {"head": 0.05, "last_stage": 0.02}
+    return {"model": {"source": "timm", "name": name, "weights": None},
+            "data": {"root": str(root), "image_size": 32, "augment": "flip", "workers": 0},
+            "strategy": {"name": strategy, "lr": lr}, "optim": {"name": "sgd", "momentum": 0.9},
+            "features": {"views": 2},
+            "train": {"epochs": 2, "batch_size": 8, "seed": 0, **train}}
+
+
+def finetune(*args, env=None, **kw):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "finetune", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300, **kw)
+
+
+def rows(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((run / "metrics.csv").open())]
+
+
+def assert_same(a: Path, b: Path, tolerance: float = TOLERANCE) -> None:
+    for name in ("best.pt", "last.pt"):
+        wa, wb = (torch.load(d / name, weights_only=True)["model"] for d in (a, b))
+        worst = max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa)
+        assert worst <= tolerance, f"{name}: max |difference| {worst:.3g}"
+    ra, rb = rows(a), rows(b)
+    assert len(ra) == len(rb) and all(x.keys() == y.keys() for x, y in zip(ra, rb))
+    for x, y in zip(ra, rb):
+        for k in x:
+            assert float(x[k]) == pytest.approx(float(y[k]), abs=1e-6), k
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("ddp") / "colors", {"train": 9, "val": 5})
+
+
+@pytest.mark.parametrize("model, strategy", [("test_efficientnet", "feature-extract"),
+                                             ("test_convnext", "last-stage")],
+                         ids=["feature-extract", "last-stage"])
+def test_two_processes_train_as_one_and_rank_0_writes_the_one_run_folder(data, tmp_path, model, strategy):
+    # last-stage on a model without BatchNorm: per-rank batch statistics would differ from one process's
+    recipe = write_yaml(tmp_path / "r.yaml", tree(data, model, strategy))
+    one = finetune("train", recipe, "--output", tmp_path / "one")
+    two = finetune("train", recipe, "--output", tmp_path / "two", "--nproc", "2")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert two.stdout.strip().splitlines() == [str(tmp_path / "two")]  # rank 0 prints the run folder, once
+    assert_same(tmp_path / "one", tmp_path / "two")
+    made = sorted(p.name for p in tmp_path.iterdir() if p.name != "feature-cache")
+    assert made == ["one", "r.yaml", "two"]  # no second run folder, nothing else
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert torch.load(tmp_path / "two" / "last.pt", weights_only=True)["resume"]["progress"]["world"] == 2
+
+
+def test_kill_9_of_the_launcher_mid_epoch_then_resume_on_as_many_processes_is_exact(data, tmp_path):
+    recipe = write_yaml(tmp_path / "r.yaml", tree(data, save_every=1))
+    reference = finetune("train", recipe, "--output", tmp_path / "reference", "--nproc", "2")
+    assert reference.returncode == 0, reference.stderr
+    driver, marker = tmp_path / "paused.py", tmp_path / "paused-rank"
+    driver.write_text(PAUSED)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PAUSE_AT": "5", "PAUSE_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(driver), "train", str(recipe), "--output", str(tmp_path / "killed")],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not all(Path(f"{marker}{r}").exists() for r in (0, 1)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the ranks never reached step 5: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # the launcher, mid-epoch 2: its ranks are told (SIGTERM) and stop
+    proc.wait()
+    lock = tmp_path / "killed" / ".lock"
+    while lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["resume"]["progress"]
+    assert (saved["epoch"], saved["step"], saved["world"]) == (2, 2, 2)  # the step in flight finished and saved
+    alone = finetune("train", "--resume", tmp_path / "killed")
+    assert alone.returncode == 1 and "resume it on 2 (torchrun --nproc_per_node=2)" in alone.stderr
+    resumed = finetune("train", "--resume", tmp_path / "killed", "--nproc", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming epoch 2 after step 2" in resumed.stderr
+    assert_same(tmp_path / "reference", tmp_path / "killed", tolerance=0.0)  # the same two processes: exact
+
+
+def test_what_a_user_can_fix_is_one_line(data, tmp_path):
+    recipe = write_yaml(tmp_path / "r.yaml", tree(data))
+    half = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}  # torchrun's variables, without the rendezvous
+    out = finetune("train", recipe, env=half)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "MASTER_ADDR, MASTER_PORT is not set: start distributed training with torchrun" in out.stderr
+    out = finetune("train", recipe, "--nproc", "2", "--set", "train.dist_backend=nccl")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "train.dist_backend nccl needs CUDA devices" in out.stderr
+    out = finetune("train", recipe, "--nproc", "3")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.count("train.batch_size 8 is the batch over all 3 processes") == 1  # said once, by rank 0
+    assert not (REPO / "runs").exists() or not any((REPO / "runs").glob("r*"))
