@@ -65,7 +65,9 @@ class Checkpoint:
             raise CheckpointError(f"{path} is not a finetune checkpoint (expected format {FORMAT})")
         try:
             return cls._from_payload(payload)
-        except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        except KeyError as exc:
+            raise CheckpointError(f"{path} is not a valid finetune checkpoint: it has no {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             raise CheckpointError(f"{path} is not a valid finetune checkpoint: {detail}") from None
 

@@ -170,6 +170,11 @@ class RunSpec(_Section):
     output: Optional[Path] = Field(None, description="exact run folder (--output); must be new or empty")
     exist_ok: bool = Field(False, description="reuse run.output or runs/NAME if it exists (--exist-ok), "
                            "overwriting its checkpoints, instead of making a new NAME-2")
+    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = Field(
+        default_factory=lambda: ["csv"], description="where the per-epoch scores go besides metrics.csv (always "
+        "written): tensorboard (RUN_DIR/tensorboard), mlflow (a local mlruns/ store, or run.mlflow_uri)")
+    mlflow_uri: Optional[str] = Field(
+        None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in ./mlruns)")
 
 
 class Recipe(_Section):

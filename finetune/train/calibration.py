@@ -77,8 +77,9 @@ def collect_logits(net, batches, compute: Compute, label: str, console=None) -> 
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=None) -> dict:
-    """Fit T on val for last.pt, then for best.pt, and rewrite each once with its T. Returns best.pt's summary.
+def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=None):
+    """Fit T on val for last.pt, then for best.pt, and rewrite each once with its T. Returns (best.pt's summary,
+    best.pt's val logits and labels, or None when both checkpoints already held a temperature).
 
     The scored model (the moving average when there is one) holds last.pt's weights on entry and best.pt's
     (kept in memory by the run) are loaded into it when they differ: no checkpoint is read back, except best.pt
@@ -86,18 +87,20 @@ def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=Non
     after the cached frozen prefix (so the backbone does not run over val again). A checkpoint that already
     holds a temperature keeps it.
     """
-    summary = run.last_calibration
+    summary, val = run.last_calibration, None
     if summary is None:
-        summary = calibration_summary(*collect_logits(net, val_batches, compute, "calibrate last.pt", console))
+        val = collect_logits(net, val_batches, compute, "calibrate last.pt", console)
+        summary = calibration_summary(*val)
         run.save(calibration=summary)
     dist = compute.dist
     best = run.best or dist.share(Checkpoint.load(run.run_dir / "best.pt") if dist.main else None)
     if best.calibration is not None:
-        return best.calibration
-    if best.metrics.get("epoch") != run.rows[-1]["epoch"]:
+        return best.calibration, None
+    if val is None or best.metrics.get("epoch") != run.rows[-1]["epoch"]:
         with torch.no_grad():
             run.step.scored.load_state_dict(best.state)
-        summary = calibration_summary(*collect_logits(net, val_batches, compute, "calibrate best.pt", console))
+        val = collect_logits(net, val_batches, compute, "calibrate best.pt", console)
+        summary = calibration_summary(*val)
     if dist.main:
         replace(best, calibration=summary).save(run.run_dir / "best.pt")
-    return summary
+    return summary, val

@@ -26,6 +26,7 @@ from ..data.sampling import EpochSampler, SeededDataset, Shard
 from ..data.transforms import draft_size, eval_transform, train_transform
 from ..errors import ConfigError
 from ..files import refuse_inside
+from ..metrics import confusion_matrix
 from ..models.registry import ModelInfo, create_model
 from ..preprocessing import Preprocessing
 from ..runtime.device import Compute, resolve_compute, seed_everything
@@ -34,6 +35,7 @@ from .calibration import calibrate_run
 from .curves import CurvesPlot, print_run_summary
 from .features import FeatureCache, frozen_batches
 from .freeze import FreezePlan, plan_freeze
+from .loggers import Loggers, check_loggers
 from .optim import build_optimizer, build_scheduler
 from .resume import RunState, Tally
 from .rundir import (
@@ -101,6 +103,7 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
     compute = resolve_compute(rank_device(dist, cfg.device), cfg.amp, dist)
     if cfg.sync_bn and dist.enabled and compute.device.type != "cuda":
         raise ConfigError("train.sync_bn needs CUDA: torch's SyncBatchNorm runs on GPUs only; set it to false")
+    check_loggers(recipe.run)
     seed_everything(cfg.seed)
     # data: the split, with unreadable files, label conflicts and train copies of val images left out
     splits = dist.on_main(lambda: resolve_splits(recipe.data.root, recipe.data.val_fraction, cfg.seed,
@@ -148,6 +151,8 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
                   f"{literal(recipe.model.name)}, strategy {recipe.strategy.name}, device {setup.compute.device}"
                   + run.resumed_at(), soft_wrap=True)
     curves, vanished = CurvesPlot(run_dir / "curves.png"), Vanished(setup.splits)
+    loggers = Loggers(recipe.run, run_dir, recipe.model_dump(mode="json"), recipe.data.root, run.epoch) \
+        if dist.main else None
     for epoch in range(run.epoch, cfg.epochs + 1):
         if stopped_early(run.rows, cfg.early_stop):  # a resumed run that had stopped early stays stopped
             break
@@ -174,6 +179,7 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
         if dist.main:
             write_metrics(run_dir / "metrics.csv", run.rows)
             curves.update(run.rows, final=epoch == cfg.epochs or stopped_early(run.rows, cfg.early_stop))
+            loggers.epoch(row)
         console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
                       f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
         if vanished.report(dist) and dist.main:  # deleted or emptied since the pre-scan: left out, in data.json
@@ -181,7 +187,11 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
         # checkpoint: best.pt (when best), then last.pt
         run.save_epoch(best)
     # calibrate (a temperature per checkpoint, fitted on val) and summarise
-    calibration = calibrate_run(run, step.scored_net, val_batches, setup.compute, console)
+    calibration, val = calibrate_run(run, step.scored_net, val_batches, setup.compute, console)
+    if loggers is not None:
+        k = len(setup.splits.class_names)
+        loggers.end(calibration, confusion_matrix(val[1], val[0].argmax(1), k) if val else None,
+                    setup.splits.class_names)
     early = stopped_early(run.rows, cfg.early_stop)
     print_run_summary(console, run.rows, calibration, run_dir,
                       f"val accuracy did not improve for {cfg.early_stop} epochs" if early else "")

@@ -123,7 +123,7 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "curves.png", "recipe.yaml", "environment.json", "data.json",
-             "crash.log")
+             "crash.log", "mlflow_run_id.txt")
 
 
 @contextmanager
@@ -169,3 +169,4 @@ def clear_previous_run(run_dir: Path) -> None:
     one run's best.pt beside another's last.pt or recipe.yaml."""
     for name in RUN_FILES:
         (Path(run_dir) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(run_dir) / "tensorboard", ignore_errors=True)
