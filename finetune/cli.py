@@ -203,7 +203,14 @@ def train(
     finally:
         shutdown(dist)
     if dist.main:
+        typer.echo(f"report: {_report(run_dir)}", err=True)
         typer.echo(str(run_dir))
+
+
+def _report(run_dir: Path, eval_dir: Path | None = None) -> Path:
+    from .deploy.report import write_report
+
+    return write_report(run_dir, eval_dir)
 
 
 def _torchrun(nproc: int) -> None:
@@ -378,6 +385,31 @@ def evaluate(
         from .deploy.plots import print_evaluation
 
         print_evaluation(Console(), report)
+    run_dir = Path(checkpoint).parent
+    if (run_dir / "recipe.yaml").is_file():  # the checkpoint of a run: its report now shows this evaluation
+        typer.echo(f"report: {_report(run_dir, Path(report['output']))}", err=True)
+
+
+@app.command()
+@command
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `finetune train`.")],
+    eval_dir: Annotated[Optional[Path], typer.Option(
+        "--eval", help="An evaluate output folder to include (default: the newest eval-* folder in RUN_DIR).")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Open the page in the default web browser.")] = False,
+):
+    """Write RUN_DIR/report.html: the recipe and the data, training curves, calibration and, once evaluated,
+    accuracy with its interval, per-class scores, the confusion matrix and the most confident mistakes.
+
+    One self-contained page (images inlined, no network), readable from a file:// URL and on a phone.
+    """
+    _tune(())
+    path = _report(run_dir, eval_dir)
+    if open_:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+    typer.echo(str(path))
 
 
 @app.command()

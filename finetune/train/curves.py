@@ -53,6 +53,31 @@ def plot_curves(path: Path, rows: list[dict]) -> Path:
     return save_png(fig, path)
 
 
+def plot_reliability(path: Path, logits, labels, temperature: float, bins: int = 10) -> Path:
+    """The reliability diagram of best.pt on val: accuracy against confidence per bin, before and after the
+    temperature (a calibrated model follows the diagonal)."""
+    import numpy as np
+
+    from ..metrics import softmax
+
+    fig = figure(5.2, 4.6)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
+    edges = np.linspace(0, 1, bins + 1)
+    for t, label, style in ((1.0, "raw softmax", "o-"), (temperature, f"calibrated (T = {temperature:.2f})", "s-")):
+        probs = softmax(logits, t)
+        confidence, correct = probs.max(1), probs.argmax(1) == labels
+        which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+        used = [b for b in range(bins) if (which == b).any()]
+        ax.plot([confidence[which == b].mean() for b in used], [correct[which == b].mean() for b in used], style,
+                label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top-1 probability)", ylabel="accuracy",
+           title=f"reliability on val ({len(labels)} images)")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    return save_png(fig, path)
+
+
 def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Path, stopped: str = "") -> None:
     """End of `finetune train`: best and last epoch, time, calibration, and where the files are. `stopped`:
     why training stopped before its last epoch (early stopping), if it did."""

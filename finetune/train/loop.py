@@ -32,7 +32,7 @@ from ..preprocessing import Preprocessing
 from ..runtime.device import Compute, resolve_compute, seed_everything
 from ..runtime.distributed import Dist, rank_device
 from .calibration import calibrate_run
-from .curves import CurvesPlot, print_run_summary
+from .curves import CurvesPlot, plot_reliability, print_run_summary
 from .features import FeatureCache, frozen_batches
 from .freeze import FreezePlan, plan_freeze
 from .loggers import Loggers, check_loggers
@@ -188,6 +188,8 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
         run.save_epoch(best)
     # calibrate (a temperature per checkpoint, fitted on val) and summarise
     calibration, val = calibrate_run(run, step.scored_net, val_batches, setup.compute, console)
+    if val is not None and dist.main:
+        plot_reliability(run_dir / "reliability.png", *val, calibration["temperature"])
     if loggers is not None:
         k = len(setup.splits.class_names)
         loggers.end(calibration, confusion_matrix(val[1], val[0].argmax(1), k) if val else None,
