@@ -25,9 +25,10 @@ from ..files import atomic_write, refuse_inside
 THUMB = 192  # pixels: the gallery's thumbnails
 
 
-def write_report(run_dir: Path, eval_dir: Path | None = None, cams: dict[str, bytes] | None = None) -> Path:
-    """RUN_DIR/report.html, from the run folder and (the newest eval-* folder in it, or) `eval_dir`. `cams`:
-    {image path: JPEG bytes} of Grad-CAM overlays for the gallery. Returns the page's path."""
+def write_report(run_dir: Path, eval_dir: Path | None = None, explain: bool = True) -> Path:
+    """RUN_DIR/report.html, from the run folder and (the newest eval-* folder in it, or) `eval_dir`. With
+    explain and the grad-cam package installed, each mistake in the gallery gets its Grad-CAM heatmap.
+    Returns the page's path."""
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file():
         raise DataError(f"{run_dir} is not a run folder (no recipe.yaml); report takes a folder written by "
@@ -36,8 +37,9 @@ def write_report(run_dir: Path, eval_dir: Path | None = None, cams: dict[str, by
     refuse_inside(run_dir / "report.html", (recipe.get("data") or {}).get("root"), "the report", DataError)
     eval_dir = Path(eval_dir) if eval_dir else _newest_eval(run_dir)
     evaluation = _read_json(eval_dir / "report.json") if eval_dir else None
+    cams = _cams(run_dir, evaluation) if explain and evaluation else {}
     sections = [_summary(run_dir, recipe), _data(run_dir, recipe), _training(run_dir), _calibration(run_dir)]
-    sections.append(_evaluation(eval_dir, evaluation, cams or {}) if evaluation else
+    sections.append(_evaluation(eval_dir, evaluation, cams) if evaluation else
                     '<section id="evaluation"><h2>Evaluation</h2><p>Not evaluated yet: run <code>finetune evaluate '
                     f'{_e(run_dir / "best.pt")} DATA</code>, then <code>finetune report {_e(run_dir)}</code>.</p>'
                     "</section>")
@@ -148,6 +150,27 @@ def _gallery(mistakes: list[dict], cams: dict[str, bytes]) -> str:
     note = " Beside each photo, Grad-CAM: where the model looked for the class it chose." if cams else ""
     return (f"<h3>Most confident mistakes</h3><p>Highest predicted-class probability first.{note}</p>"
             f'<div class="gallery">{"".join(cards)}</div>')
+
+
+def _cams(run_dir: Path, evaluation: dict) -> dict[str, bytes]:
+    """{path: Grad-CAM overlay} of the gallery's photos, for the class the model chose; {} without grad-cam."""
+    import importlib.util
+
+    mistakes = evaluation.get("most_confident_mistakes", [])
+    best = _best(run_dir)
+    if not mistakes or best is None or importlib.util.find_spec("pytorch_grad_cam") is None:
+        return {}
+    from .cam import Explainer
+
+    explainer = Explainer(best)
+    out = {}
+    for m in mistakes:
+        if m["predicted"] in best.class_names and Path(m["path"]).is_file():
+            try:
+                out[m["path"]] = explainer.overlay(Path(m["path"]), best.class_names.index(m["predicted"]))
+            except Exception:  # a photo that cannot be read now: shown without its heatmap
+                continue
+    return out
 
 
 # ---------------------------------------------------------------- pieces

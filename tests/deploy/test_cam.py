@@ -1,0 +1,59 @@
+"""Grad-CAM: on the last convolutional stage of each kind of model, a heatmap drawn over the crop the model saw."""
+
+import io
+
+import pytest
+import torch
+from conftest import make_image
+from PIL import Image
+
+from finetune.checkpoint import Checkpoint
+from finetune.config import ModelSpec
+from finetune.deploy.cam import Explainer, cam_layer
+from finetune.errors import ConfigError
+from finetune.models.registry import create_model
+from finetune.preprocessing import Preprocessing
+
+
+def checkpoint(source: str, name: str) -> Checkpoint:
+    spec = ModelSpec(source=source, name=name, weights=None)
+    torch.manual_seed(0)
+    model, info = create_model(spec, 2, 64)
+    return Checkpoint(spec, ["blue", "red"], info.preprocessing, info.head_name, "feature-extract",
+                      state=model.state_dict())
+
+
+@pytest.mark.parametrize("source, name, layer", [("scratch", "resnet18", "layer4"),
+                                                  ("torchvision", "resnet18", "layer4"),
+                                                  ("timm", "test_efficientnet", "bn2")])
+def test_the_explained_layer_is_the_last_spatial_stage(source, name, layer):
+    ckpt = checkpoint(source, name)
+    explainer = Explainer(ckpt)
+    chosen = cam_layer(explainer.model, ckpt)
+    assert chosen is explainer.model.get_submodule(layer)
+
+
+def test_an_overlay_is_the_crop_the_model_saw_with_a_heatmap(tmp_path):
+    ckpt = checkpoint("timm", "test_efficientnet")
+    photo = make_image(tmp_path / "red.png", (220, 40, 30), size=80)
+    jpeg = Explainer(ckpt).overlay(photo)
+    overlay = Image.open(io.BytesIO(jpeg))
+    assert overlay.format == "JPEG" and overlay.size == (ckpt.preprocessing.size,) * 2
+    flat = Image.open(photo).convert("RGB").resize(overlay.size)
+    assert any(abs(a - b) > 20 for a, b in zip(overlay.getpixel((30, 30)), flat.getpixel((30, 30))))  # coloured
+
+
+def test_without_grad_cam_installed_it_is_one_line(monkeypatch):
+    import finetune.deploy.cam as cam
+
+    monkeypatch.setattr(cam.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"Grad-CAM needs the grad-cam package.*pip install 'finetune\[explain\]'"):
+        Explainer(checkpoint("scratch", "resnet18"))
+
+
+def test_a_model_with_no_convolutional_stage_is_said_so():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    ckpt = Checkpoint(ModelSpec(source="timm", name="mlp", weights=None), ["a", "b"],
+                      Preprocessing(8, 8, "bilinear", (0.5,) * 3, (0.5,) * 3), "1", "full")
+    with pytest.raises(ConfigError, match="no convolutional stage"):
+        cam_layer(model, ckpt)
