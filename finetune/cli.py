@@ -24,7 +24,7 @@ from .errors import FinetuneError, RunInterrupted
 app = typer.Typer(
     help="Transfer learning for image classification: train on a folder of photos, then predict and export.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (Typer's, through click; no torch)
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",  # docstrings' line breaks are reflowed; a blank line starts a paragraph
 )
@@ -32,6 +32,9 @@ app = typer.Typer(
 BUG_EXIT = 70  # EX_SOFTWARE (sysexits.h): an internal error
 
 CheckpointArg = Annotated[Path, typer.Argument(help="A best.pt or last.pt written by `finetune train`.")]
+ModelArg = Annotated[Path, typer.Argument(
+    metavar="CHECKPOINT", help="A best.pt or last.pt written by `finetune train`, or an .onnx written by "
+                               "`finetune export --format onnx [--int8]` (run with onnxruntime).")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")]
 Tta = Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average the logits of each image and its "
@@ -44,6 +47,18 @@ class OutputFormat(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
+
+
+class Engine(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
+EngineOpt = Annotated[Engine, typer.Option(
+    "--engine", help="What runs the model: auto (onnxruntime for an .onnx file, torch for a checkpoint), torch, or "
+                     "onnxruntime (CPU; a checkpoint is exported to ONNX in memory first; or give an .onnx from "
+                     "`finetune export`, fp32 or --int8).")]
 
 
 class ReportFormat(str, Enum):
@@ -138,6 +153,20 @@ def _tune(imports: tuple[str, ...] = ("torch", "torchvision", "timm")) -> None:
     from .runtime.process import tune_process
 
     tune_process(imports)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"finetune {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version, help="Print finetune's version and exit.")] = False,
+):
+    """Transfer learning for image classification: train on a folder of photos, then predict and export."""
 
 
 @app.command()
@@ -279,8 +308,10 @@ def lr_find(
 @app.command()
 @command
 def predict(
-    checkpoint: CheckpointArg,
-    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
+    checkpoint: ModelArg,
+    paths: Annotated[list[str], typer.Argument(
+        help="Image files, folders (searched recursively), glob patterns, or @LIST: a .txt with one path per line "
+             "or a .csv with a path column (relative paths from the list's folder).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")] = 1,
     format: Annotated[OutputFormat, typer.Option(
         "--format", "-f", help="table for people, json or csv for programs.")] = OutputFormat.table,
@@ -288,6 +319,7 @@ def predict(
     device: Device = "auto",
     tta: Tta = False,
     raw: Raw = False,
+    engine: EngineOpt = Engine.auto,
 ):
     """Predict the class of each image with a trained checkpoint (temperature-calibrated probabilities)."""
     _tune(("torch", "torchvision"))
@@ -295,7 +327,7 @@ def predict(
     from .deploy.predict import predict as run_predict
 
     results = run_predict(checkpoint, expand_paths(paths), top_k=top_k, batch_size=batch_size, device=device,
-                          tta=tta, raw=raw)
+                          tta=tta, raw=raw, engine=engine.value)
     if format == OutputFormat.json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
     elif format == OutputFormat.csv:
@@ -352,9 +384,10 @@ def inspect_(
 @app.command()
 @command
 def evaluate(
-    checkpoint: CheckpointArg,
+    checkpoint: ModelArg,
     data: Annotated[Path, typer.Argument(
-        help="A folder of class folders (e.g. hymenoptera/val), or a root with train/ and val/ (val/ is used).")],
+        help="A folder of class folders (e.g. hymenoptera/val), a root with train/ and val/ (val/ is used), or "
+             "@LIST: a .csv with path and label columns, or a .txt of paths (the class is each image's folder).")],
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Folder for the CSV, PNG and JSON files (default: eval-CHECKPOINT-DATA next to "
                                "the checkpoint; never inside DATA).")] = None,
@@ -366,6 +399,7 @@ def evaluate(
         min=0, help="How many of the most confident mistakes to show in mistakes.png.")] = 16,
     batch_size: BatchSize = 32,
     device: Device = "auto",
+    engine: EngineOpt = Engine.auto,
 ):
     """Score a checkpoint on a labelled image folder: accuracy, per-class scores, confusion matrix, mistakes, ECE.
 
@@ -378,7 +412,7 @@ def evaluate(
     from .deploy.evaluate import evaluate as run_evaluate
 
     report = run_evaluate(checkpoint, data, output, tta=tta, raw=raw, batch_size=batch_size, device=device,
-                          mistakes=mistakes, console=Console(stderr=True))
+                          mistakes=mistakes, console=Console(stderr=True), engine=engine.value)
     if format == ReportFormat.json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -423,22 +457,54 @@ def export(
         "--output", "-o", help="File to write (default: next to the checkpoint, e.g. best.onnx).")] = None,
     tolerance: Annotated[float, typer.Option(
         min=0, help="Largest allowed |logit| difference between the export and the eager model.")] = 1e-3,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="ONNX only: static INT8 quantization (onnxruntime, QDQ), calibrated on the checkpoint's "
+                       "validation images; checked by top-1 agreement and accuracy against fp32, speed-up printed "
+                       "(default output: best.int8.onnx).")] = False,
+    calibration: Annotated[Optional[str], typer.Option(
+        "--calibration", metavar="DIR", help="With --int8: calibrate on these images instead (a folder, class "
+                                             "folders for an accuracy check, or @LIST).")] = None,
+    max_accuracy_drop: Annotated[float, typer.Option(
+        min=0, help="With --int8: most top-1 accuracy points INT8 may lose on labelled calibration images, else "
+                    "the export fails.")] = 1.5,
 ):
     """Export a checkpoint (onnx, torchscript, safetensors) for use without finetune, with a parity check.
 
     The exported model outputs LOGITS (probabilities = softmax(logits / temperature)); class names,
     preprocessing and the temperature travel in its metadata. After writing, the export is reloaded, run
     on a batch and compared with the eager model; it fails if they differ by more than --tolerance.
+    With --int8 the check is by accuracy instead, and the speed of INT8 and fp32 on this CPU is printed.
     """
     _tune(("torch", "torchvision"))
     from .deploy.export import export as run_export
 
-    result = run_export(checkpoint, format.value, output, tolerance)
+    result = run_export(checkpoint, format.value, output, tolerance, int8=int8, calibration=calibration,
+                        max_drop=max_accuracy_drop)
     for f in result.files[1:]:
         typer.echo(f"metadata: {f}", err=True)
     typer.echo(f"parity: max |logit difference| vs the eager model = {result.max_abs_diff:.3g} "
                f"(tolerance {result.tolerance:g}, batch of {result.batch}, run with {result.checked_with})", err=True)
+    if result.int8 is not None:
+        for line in _int8_lines(result.int8):
+            typer.echo(line, err=True)
     typer.echo(str(result.path))
+
+
+def _int8_lines(check) -> list[str]:
+    """What an INT8 export says about itself: agreement, accuracy before/after, speed here."""
+    skipped = f", {check.unreadable} unreadable left out" if check.unreadable else ""
+    lines = [f"int8: top-1 agreement with fp32 {check.agreement:.3f} on {check.images} images "
+             f"({check.source}{skipped})"]
+    if check.accuracy_fp32 is not None:
+        lines.append(f"int8: top-1 accuracy fp32 {check.accuracy_fp32:.3f} -> int8 {check.accuracy_int8:.3f} "
+                     f"({0.0 - check.drop:+.1f} points, {check.labelled} labelled images; measured on the calibration "
+                     "images, so optimistic)")
+    else:
+        lines.append("int8: no labels among the calibration images (no class folders), so accuracy was not checked")
+    lines.append(f"int8: speed on this CPU (onnxruntime, batch {check.batch}, median of {check.rounds} alternating "
+                 f"runs): fp32 {check.fp32_images_per_s:.1f} images/s, int8 {check.int8_images_per_s:.1f} images/s "
+                 f"({check.speedup:.2f}x)")
+    return lines
 
 
 def main() -> None:

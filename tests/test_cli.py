@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def test_every_option_and_argument_says_what_it_is_for():
 
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom finetune.cli import app\n"
-            "for args in [['--help']] + [[c, '--help'] for c in sys.argv[1:]]:\n"
+            "for args in [['--help'], ['--version']] + [[c, '--help'] for c in sys.argv[1:]]:\n"
             "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
             "heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'numpy', 'PIL') if m in sys.modules)\n"
             "print('HEAVY', heavy)")
@@ -51,6 +52,21 @@ def test_help_does_not_import_torch():
                          cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout, out.stdout[-300:]
+
+
+def test_version_and_shell_completion():
+    from finetune import __version__
+
+    out = finetune("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"finetune {__version__}"
+    out = finetune("--show-completion", "bash")
+    assert out.returncode == 0 and "_FINETUNE_COMPLETE=complete_bash" in out.stdout and "complete " in out.stdout
+    # what the installed script answers when bash asks for completions: commands, then an option's choices
+    for words, cword, expected in (("finetune pre", 1, {"predict"}),
+                                   ("finetune export best.pt --format ", 4, {"onnx", "torchscript", "safetensors"})):
+        env = {**os.environ, "_FINETUNE_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+        out = subprocess.run([sys.executable, "-m", "finetune"], capture_output=True, text=True, env=env)
+        assert out.returncode == 0 and set(out.stdout.split()) == expected, out.stdout + out.stderr
 
 
 def test_train_then_predict_round_trip(tiny_tree, image_folder, tmp_path):

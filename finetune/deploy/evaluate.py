@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import Checkpoint
 from ..data.folders import find_val_folder, scan_classes
+from ..data.lists import is_list_argument, read_path_list
 from ..errors import DataError
 from ..files import atomic_write, make_folder, refuse_inside
 from ..metrics import (
@@ -27,6 +27,7 @@ from ..metrics import (
     softmax,
     top_k_accuracy,
 )
+from .engines import load_source, resolve_engine
 from .plots import plot_confusion, plot_mistakes
 from .predict import predict
 
@@ -42,30 +43,50 @@ def resolve_data_folder(data: Path, class_names: list[str]) -> Path:
     return data
 
 
+def labelled_images(data: Path | str, class_names: list[str]) -> tuple[Path, dict[str, list[Path]], list[Path]]:
+    """(what was evaluated, {class: [paths]}, the folders no output may go into) for DATA: a folder of class
+    folders, a split root (its val/), or a list `@list.csv` / `@list.txt` whose `label` column, or else each
+    image's folder name, is the class."""
+    if is_list_argument(data):
+        found: dict[str, list[Path]] = {}
+        for listed in read_path_list(data):
+            found.setdefault(listed.label or listed.path.parent.name, []).append(listed.path)
+        parents = sorted({p.parent for paths in found.values() for p in paths})
+        return Path(str(data)[1:]).expanduser(), found, parents
+    folder = resolve_data_folder(data, class_names)
+    return folder, scan_classes(folder), [Path(data)]  # DATA as given: a split root's train/ too
+
+
 def default_output(checkpoint: Path, data: Path) -> Path:
     """Next to the checkpoint: runs/x/eval-best-val. Re-evaluating the same pair replaces its files."""
     return Path(checkpoint).resolve().parent / f"eval-{Path(checkpoint).stem}-{Path(data).resolve().name}"
 
 
 def evaluate(checkpoint: Path, data: Path, output: Path | None = None, tta: bool = False, raw: bool = False,
-             batch_size: int = 32, device: str = "auto", mistakes: int = 16, console=None) -> dict:
-    """Score the checkpoint on DATA, write CSV/PNG/JSON files into output, return the report dict."""
-    ckpt = Checkpoint.load(checkpoint)
+             batch_size: int = 32, device: str = "auto", mistakes: int = 16, console=None,
+             engine: str = "auto") -> dict:
+    """Score the checkpoint (or an .onnx exported by finetune) on DATA, write CSV/PNG/JSON files into output,
+    return the report dict. `engine`: auto, torch or onnxruntime (deploy.engines)."""
+    ckpt = load_source(checkpoint)
+    engine = resolve_engine(engine, ckpt, device)
     names = ckpt.class_names
-    folder = resolve_data_folder(data, names)
+    folder, found, image_folders = labelled_images(data, names)
     output = Path(output) if output is not None else default_output(checkpoint, folder)
-    refuse_inside(output, data, "the output folder", DataError)  # DATA as given: a split root's train/ too
-    found = scan_classes(folder)
+    for root in image_folders:
+        refuse_inside(output, root, "the output folder", DataError)
     unknown = {c: len(paths) for c, paths in found.items() if c not in names}
     samples = [(p, names.index(c)) for c, paths in found.items() if c in names for p in paths]
     if not samples:
         has = f"; it has {', '.join(unknown)}" if unknown else ""
+        if is_list_argument(data):
+            raise DataError(f"no images of the checkpoint's classes ({', '.join(names)}) in the list {folder}{has}. "
+                            "The class of a listed image is its 'label' column (CSV), else its folder's name")
         raise DataError(f"no images of the checkpoint's classes ({', '.join(names)}) under {folder}{has}. "
                         "DATA must hold one folder per class")
     make_folder(output, "the output folder", DataError)
 
     results = predict(ckpt, [p for p, _ in samples], top_k=1, batch_size=batch_size, device=device,
-                      tta=tta, raw=True, console=console)
+                      tta=tta, raw=True, console=console, engine=engine)
     scored = [(r, label) for r, (_, label) in zip(results, samples) if r.error is None]
     if not scored:
         raise DataError(f"none of the {len(samples)} images under {folder} could be read")
@@ -83,7 +104,7 @@ def evaluate(checkpoint: Path, data: Path, output: Path | None = None, tta: bool
               "prob": float(confidence[i])} for i in wrong]
     report = {
         "checkpoint": str(checkpoint), "data": str(folder), "output": str(output), "images": int(len(labels)),
-        "classes": names, "raw": raw, "tta": tta,
+        "classes": names, "raw": raw, "tta": tta, "engine": engine,
         "top1": top_k_accuracy(probs, labels, 1),
         "top5": top_k_accuracy(probs, labels, 5) if len(names) > 5 else None,
         "ece": expected_calibration_error(probs, labels),

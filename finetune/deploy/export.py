@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,11 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import Checkpoint
+from ..data.lists import is_list_argument
 from ..errors import ExportError
 from ..files import atomic_write, is_checkpoint_file, make_folder, refuse_inside
 from .loading import load_model
+from .quantize import MAX_DROP, Int8Check
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
@@ -51,11 +54,12 @@ class ExportResult:
     tolerance: float
     batch: int
     checked_with: str
+    int8: Int8Check | None = None  # INT8 exports: agreement, accuracy and speed against the fp32 export
 
     def to_dict(self) -> dict:
         return {"format": self.format, "path": str(self.path), "files": [str(f) for f in self.files],
                 "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "batch": self.batch,
-                "checked_with": self.checked_with}
+                "checked_with": self.checked_with, "int8": self.int8.to_dict() if self.int8 else None}
 
 
 def export_info(ckpt: Checkpoint) -> dict:
@@ -69,8 +73,8 @@ def export_info(ckpt: Checkpoint) -> dict:
             "architecture": {"source": spec.source, "name": spec.name, "plain_model": loader}}
 
 
-def default_output(checkpoint: Path, format: str) -> Path:
-    return Path(checkpoint).with_suffix(SUFFIXES[format])
+def default_output(checkpoint: Path, format: str, int8: bool = False) -> Path:
+    return Path(checkpoint).with_suffix((".int8" if int8 else "") + SUFFIXES[format])
 
 
 def check_output(path: Path, checkpoint: Path, ckpt: Checkpoint) -> None:
@@ -85,9 +89,18 @@ def check_output(path: Path, checkpoint: Path, ckpt: Checkpoint) -> None:
     refuse_inside(path, (ckpt.recipe.get("data") or {}).get("root"), "--output", ExportError)
 
 
-def export(checkpoint: Path, format: str, output: Path | None = None, tolerance: float = TOLERANCE) -> ExportResult:
+def export(checkpoint: Path, format: str, output: Path | None = None, tolerance: float = TOLERANCE,
+           int8: bool = False, calibration: Path | str | None = None, max_drop: float = MAX_DROP) -> ExportResult:
+    """Write `checkpoint` as `format` and check it against the eager model. int8 (ONNX only): quantize it
+    statically, calibrated on the checkpoint's validation images or `calibration` (deploy.quantize), and check
+    it by accuracy: more than `max_drop` points of top-1 lost fails the export."""
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if (int8 or calibration is not None) and format != "onnx":
+        raise ExportError(f"--int8 and --calibration quantize an ONNX export (onnxruntime); use --format onnx, "
+                          f"not {format}")
+    if calibration is not None and not int8:
+        raise ExportError("--calibration gives the images --int8 calibrates on; add --int8")
     if format == "onnx":
         missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
         if missing:
@@ -97,14 +110,25 @@ def export(checkpoint: Path, format: str, output: Path | None = None, tolerance:
     info = export_info(ckpt)
     if format == "safetensors":
         plain_state_dict(model.state_dict(), ckpt)  # refuse before writing anything
-    path = Path(output) if output is not None else default_output(checkpoint, format)
+    path = Path(output) if output is not None else default_output(checkpoint, format, int8)
     check_output(path, checkpoint, ckpt)
-    make_folder(path.parent, "the export's folder", ExportError)
+    if int8:
+        from .quantize import calibration_samples
 
-    size = ckpt.preprocessing.size
-    generator = torch.Generator().manual_seed(0)
-    example = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)
-    images = torch.randn(PARITY_BATCH, 3, size, size, generator=generator)  # ~ the statistics of normalised images
+        if calibration is not None and not is_list_argument(calibration):
+            refuse_inside(path, calibration, "--output", ExportError)  # that folder is a dataset too
+        calibration_source, samples = calibration_samples(ckpt, calibration)  # refuse before any work
+    make_folder(path.parent, "the export's folder", ExportError)
+    if not int8:
+        return _export_checked(model, ckpt, info, format, path, tolerance)
+    with tempfile.TemporaryDirectory(prefix="finetune-export-") as tmp:  # the fp32 model INT8 starts from
+        fp32 = _export_checked(model, ckpt, info, "onnx", Path(tmp) / "fp32.onnx", tolerance)
+        return _export_int8(fp32, path, info, ckpt, calibration_source, samples, max_drop)
+
+
+def _export_checked(model, ckpt: Checkpoint, info: dict, format: str, path: Path, tolerance: float) -> ExportResult:
+    """Write `model` to `path` as `format`, reload it the way a user would, and compare it with the eager model."""
+    example, images = parity_batches(ckpt.preprocessing.size)
     with torch.inference_mode():
         expected = model(images)
     write, run, checked_with = {"onnx": (_write_onnx, _run_onnx, "onnxruntime (CPUExecutionProvider)"),
@@ -125,24 +149,48 @@ def export(checkpoint: Path, format: str, output: Path | None = None, tolerance:
     return ExportResult(format, path, files, diff, tolerance, PARITY_BATCH, checked_with)
 
 
+def parity_batches(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the batch to trace with, the batch to compare on): seeded, ~ the statistics of normalised images."""
+    generator = torch.Generator().manual_seed(0)
+    return (torch.randn(TRACE_BATCH, 3, size, size, generator=generator),
+            torch.randn(PARITY_BATCH, 3, size, size, generator=generator))
+
+
 # ---------------------------------------------------------------- onnx
 
 
-def _write_onnx(model, path: Path, info: dict, example: torch.Tensor, ckpt: Checkpoint) -> list[Path]:
+def to_onnx(model, example: torch.Tensor, ckpt: Checkpoint, info: dict | None = None) -> bytes:
+    """The model as ONNX bytes: input `images`, output `logits`, a dynamic batch axis, and finetune's metadata."""
     import onnx
 
     buf = io.BytesIO()
-    # The TorchScript-based exporter: it needs only `onnx`, while the dynamo exporter also needs onnxscript.
-    torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+    with warnings.catch_warnings():  # the exporter's deprecation notices are not the user's concern
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        # The TorchScript-based exporter: it needs only `onnx`, while the dynamo exporter also needs onnxscript.
+        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
     proto = onnx.load_from_string(buf.getvalue())
+    set_metadata(proto, info or export_info(ckpt))
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def set_metadata(proto, info: dict) -> None:
+    """finetune's metadata on an ONNX ModelProto: all of it as JSON in `finetune`, the parts people read alone."""
+    import onnx
+
     props = {"finetune": json.dumps(info), "class_names": json.dumps(info["class_names"]),
              "preprocessing": json.dumps(info["preprocessing"]), "output": OUTPUT, "input": INPUT,
              "temperature": repr(info["temperature"])}
+    del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
-    proto.doc_string = f"finetune export of {info['architecture']['name']}; output = {OUTPUT}"
-    onnx.checker.check_model(proto)
-    atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+    kind = " (INT8, QDQ)" if info.get("quantization") else ""
+    proto.doc_string = f"finetune export of {info['architecture']['name']}{kind}; output = {OUTPUT}"
+
+
+def _write_onnx(model, path: Path, info: dict, example: torch.Tensor, ckpt: Checkpoint) -> list[Path]:
+    data = to_onnx(model, example, ckpt, info)
+    atomic_write(path, lambda f: f.write(data))
     return [path]
 
 
@@ -151,6 +199,29 @@ def _run_onnx(path: Path, images: torch.Tensor, ckpt: Checkpoint) -> torch.Tenso
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+
+
+def _export_int8(fp32: ExportResult, path: Path, info: dict, ckpt: Checkpoint, source: str, samples,
+                 max_drop: float) -> ExportResult:
+    import onnx
+
+    from .quantize import METHOD, check, load_images, quantize
+
+    images, labels, unreadable = load_images(ckpt, samples)
+    quantized = fp32.path.with_name("int8.onnx")
+    quantize(fp32.path, quantized, images)
+    result = check(fp32.path, quantized, images, labels, source, unreadable)
+    proto = onnx.load(str(quantized))
+    set_metadata(proto, {**info, "quantization": {**METHOD, "check": result.to_dict()}})
+    if result.drop is not None and not result.drop <= max_drop:
+        raise ExportError(f"the INT8 model's top-1 accuracy is {result.accuracy_int8:.3f} against "
+                          f"{result.accuracy_fp32:.3f} for fp32 on {result.labelled} labelled images "
+                          f"({result.drop:.1f} points lost, more than "
+                          f"--max-accuracy-drop {max_drop:g}); nothing was kept. Calibrate on more or more typical "
+                          "images (--calibration DIR), or ship the fp32 export")
+    atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+    return ExportResult("onnx", path, [path], fp32.max_abs_diff, fp32.tolerance, fp32.batch,
+                        f"{fp32.checked_with}; INT8 by accuracy", result)
 
 
 # ---------------------------------------------------------------- torchscript

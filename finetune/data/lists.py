@@ -1,0 +1,85 @@
+"""Lists of image paths people already have: `@list.txt` (one path per line) or `@list.csv` (a `path` column,
+and for evaluate an optional `label` column), given to predict and evaluate instead of folders.
+
+Paths are taken literally (no globbing: names may hold `*` or `[`), relative ones relative to the list
+file's folder. A listed file that does not exist is kept and reported by predict like any unreadable image,
+never dropped: a stale line in a list is something to see.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+
+LIST_PREFIX = "@"
+MAX_LIST_BYTES = 256 << 20  # ~2 million paths; more is not a list someone keeps by hand
+
+
+@dataclass(frozen=True)
+class ListedImage:
+    path: Path
+    label: str | None  # the CSV's `label` column, when it has one
+
+
+def is_list_argument(item: str | Path) -> bool:
+    """`@something`: a list file. A file whose name really starts with @ is given as ./@name."""
+    return str(item).startswith(LIST_PREFIX) and len(str(item)) > 1
+
+
+def read_path_list(item: str | Path) -> list[ListedImage]:
+    """The images of the list file `@PATH`: one path per line (blank lines and lines starting with # skipped),
+    or, for a .csv file, the `path` column (and `label`, if present) of a CSV with a header row."""
+    path = Path(str(item)[len(LIST_PREFIX):]).expanduser()
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise DataError(f"list {item}: {path} is not a file (a list is a .txt with one path per line, or a .csv "
+                            "with a path column)")
+        if size > MAX_LIST_BYTES:
+            raise DataError(f"list {item} is {size / 2**20:.0f} MiB; split it into lists of under "
+                            f"{MAX_LIST_BYTES >> 20} MiB")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"no such list file: {path} (from {item}; a list is a .txt with one path per line, "
+                        "or a .csv with a path column)") from None
+    except OSError as exc:
+        raise DataError(f"cannot read list {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"list {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                        "save it as UTF-8") from None
+    base = path.parent
+    if path.suffix.lower() == ".csv":
+        rows = _csv_rows(text, path)
+    else:
+        rows = [(line.strip(), None) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not rows:
+        raise DataError(f"list {path} names no images")
+    return [ListedImage(_resolve(p, base), label) for p, label in rows]
+
+
+def _csv_rows(text: str, path: Path) -> list[tuple[str, str | None]]:
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip() for f in (reader.fieldnames or [])]
+    if "path" not in fields:
+        raise DataError(f"list {path} is a CSV without a 'path' column (its header: {', '.join(fields) or 'empty'}); "
+                        "name the column of image paths 'path'")
+    reader.fieldnames = fields
+    rows = []
+    for number, row in enumerate(reader, 2):
+        value = (row.get("path") or "").strip()
+        if not value:
+            raise DataError(f"list {path} line {number}: the path is empty")
+        label = row.get("label")
+        rows.append((value, label.strip() if isinstance(label, str) and label.strip() else None))
+    return rows
+
+
+def _resolve(text: str, base: Path) -> Path:
+    p = Path(text).expanduser()
+    return p if p.is_absolute() else base / p
