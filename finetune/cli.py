@@ -320,14 +320,34 @@ def predict(
     tta: Tta = False,
     raw: Raw = False,
     engine: EngineOpt = Engine.auto,
+    cam: Annotated[Optional[Path], typer.Option(
+        "--cam", help="Also write a Grad-CAM heatmap of each photo into this folder (NNNN-PHOTO-LABEL.jpg: where the "
+                      "model looked for the class it chose). Needs a .pt checkpoint and finetune[explain]; never a "
+                      "folder inside the photos.")] = None,
 ):
     """Predict the class of each image with a trained checkpoint (temperature-calibrated probabilities)."""
     _tune(("torch", "torchvision"))
+    from .deploy.engines import load_source
     from .deploy.predict import expand_paths
     from .deploy.predict import predict as run_predict
 
-    results = run_predict(checkpoint, expand_paths(paths), top_k=top_k, batch_size=batch_size, device=device,
+    source = load_source(checkpoint)
+    if cam is not None:
+        from .checkpoint import Checkpoint
+        from .deploy.cam import check_cam_folder
+        from .errors import ConfigError
+
+        if not isinstance(source, Checkpoint):
+            raise ConfigError("--cam follows gradients through the torch model: give the .pt checkpoint, not an "
+                              ".onnx export")
+        check_cam_folder(cam, paths)
+    results = run_predict(source, expand_paths(paths), top_k=top_k, batch_size=batch_size, device=device,
                           tta=tta, raw=raw, engine=engine.value)
+    if cam is not None:
+        from .deploy.cam import write_cams
+
+        written = write_cams(source, results, cam)
+        typer.echo(f"Grad-CAM: {len(written)} heatmaps in {cam}", err=True)
     if format == OutputFormat.json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
     elif format == OutputFormat.csv:

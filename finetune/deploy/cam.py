@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint
+from ..console import progress, stderr_console
 from ..data.images import load_rgb
 from ..data.transforms import ResizeCrop, eval_transform
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from ..files import atomic_write, make_folder, refuse_inside
 from .loading import load_model
 
 
@@ -81,3 +83,37 @@ class Explainer:
         buf = io.BytesIO()
         Image.fromarray(out).save(buf, "JPEG", quality=88)
         return buf.getvalue()
+
+
+def check_cam_folder(folder: Path, inputs: list[str]) -> None:
+    """Before predicting: `predict --cam DIR` never writes inside a folder it reads photos from, and needs grad-cam."""
+    require()
+    for item in inputs:
+        if Path(item).expanduser().is_dir():
+            refuse_inside(folder, Path(item), "--cam", DataError)
+    make_folder(folder, "--cam", DataError)
+
+
+def write_cams(ckpt: Checkpoint, predictions, folder: Path, console=None) -> list[Path]:
+    """`predict --cam DIR`: one overlay per readable image, for the class predict put first, as
+    DIR/NNNN-STEM-LABEL.jpg (numbered in predict's order, so two photos with one name never collide); never
+    replaces a file already there."""
+    explainer = Explainer(ckpt)
+    written = []
+    readable = [p for p in predictions if p.top]
+    with progress(console or stderr_console()) as bar:
+        task = bar.add_task("grad-cam", total=len(readable))
+        for number, p in enumerate(readable, 1):
+            out = folder / f"{number:04d}-{_safe(Path(p.path).stem)}-{_safe(p.top[0]['label'])}.jpg"
+            if out.exists():
+                raise DataError(f"--cam {folder} already holds {out.name}: choose an empty folder")
+            jpeg = explainer.overlay(Path(p.path), p.top[0]["index"])
+            atomic_write(out, lambda f, data=jpeg: f.write(data))
+            written.append(out)
+            bar.advance(task)
+    return written
+
+
+def _safe(name: str) -> str:
+    """A file-name part from a photo's stem or a class name: letters, digits, '-', '_' and '.' kept, the rest '_'."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60] or "_"

@@ -57,3 +57,35 @@ def test_a_model_with_no_convolutional_stage_is_said_so():
                       Preprocessing(8, 8, "bilinear", (0.5,) * 3, (0.5,) * 3), "1", "full")
     with pytest.raises(ConfigError, match="no convolutional stage"):
         cam_layer(model, ckpt)
+
+
+def test_predict_cam_writes_one_heatmap_per_readable_photo_and_never_inside_the_photos(tmp_path, image_folder):
+    import json
+    import subprocess
+    import sys
+
+    ckpt = checkpoint("timm", "test_efficientnet")
+    pt = tmp_path / "model.pt"
+    ckpt.save(pt)
+    val = image_folder / "val"
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+
+    def predict(*args):
+        return subprocess.run([sys.executable, "-m", "finetune", "predict", str(pt), *args], capture_output=True,
+                              text=True)
+
+    before = sorted(p.name for p in val.rglob("*"))
+    inside = predict(str(val), "--cam", str(val / "red" / "cams"))
+    assert inside.returncode == 1 and "inside the dataset" in inside.stderr and "Traceback" not in inside.stderr
+    assert sorted(p.name for p in val.rglob("*")) == before
+
+    out = predict(str(val), str(tmp_path / "broken.png"), "--cam", str(tmp_path / "cams"), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    cams = sorted((tmp_path / "cams").iterdir())
+    assert len(cams) == len(list(val.rglob("*.png")))  # the unreadable file gets none
+    chosen = [r["top"][0]["label"] for r in json.loads(out.stdout) if r["top"]]
+    assert [c.stem.rsplit("-", 1)[1] for c in cams] == chosen  # numbered in predict's order, its first class
+    assert Image.open(cams[0]).size == (ckpt.preprocessing.size,) * 2
+
+    again = predict(str(val), "--cam", str(tmp_path / "cams"))
+    assert again.returncode == 1 and "already holds" in again.stderr  # never replaced
