@@ -147,6 +147,10 @@ def test_no_command_writes_inside_the_dataset(tiny_tree, image_folder, tmp_path,
     code, _, err = cli("evaluate", run / "best.pt", image_folder, "--output", image_folder / "eval")
     assert code == 1
     one_line_error(err, "inside the dataset")
+    # evaluate on its val/: the dataset is the root that holds train/ and val/, not only val/
+    code, _, err = cli("evaluate", run / "best.pt", image_folder / "val", "--output", image_folder / "eval")
+    assert code == 1
+    one_line_error(err, "inside the dataset")
     with pytest.raises(ExportError, match="inside the dataset"):
         from finetune.deploy.export import export
 

@@ -54,7 +54,10 @@ def labelled_images(data: Path | str, class_names: list[str]) -> tuple[Path, dic
         parents = sorted({p.parent for paths in found.values() for p in paths})
         return Path(str(data)[1:]).expanduser(), found, parents
     folder = resolve_data_folder(data, class_names)
-    return folder, scan_classes(folder), [Path(data)]  # DATA as given: a split root's train/ too
+    given = Path(data)
+    # DATA as given (a split root's train/ too); and for a split folder (hymenoptera/val), the dataset it belongs to
+    is_split = given.resolve().name in ("train", "val") and (given.resolve().parent / "train").is_dir()
+    return folder, scan_classes(folder), [given.resolve().parent if is_split else given]
 
 
 def default_output(checkpoint: Path, data: Path) -> Path:
