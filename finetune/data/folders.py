@@ -107,7 +107,7 @@ def _check(splits: Splits, root: Path) -> None:
                         "see data/README.md")
     empty = [n for n, c in splits.counts("train").items() if c == 0]
     if empty:
-        left_out = (f" ({len(splits.skipped)} unreadable file(s) left out; run `finetune inspect {root}`)"
+        left_out = (f" ({len(splits.skipped)} file(s) left out; run `finetune inspect {root}`)"
                     if splits.skipped else "")
         raise DataError(f"class folder(s) with no usable training images under {root}: {', '.join(empty)}{left_out}. "
                         "Add readable images or remove the folder")

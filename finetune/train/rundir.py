@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import tempfile
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -107,7 +108,9 @@ def write_run_files(run_dir: Path, recipe: Recipe, env: dict) -> None:
 def write_data_summary(path: Path, splits: Splits, balance, console) -> None:
     """data.json: images per class, the files left out and why, and the class balancing used."""
     if splits.skipped:
-        console.print(f"[yellow]left out {len(splits.skipped)} unreadable file(s)[/] (listed in {literal(path)})",
+        kinds = Counter(reason.split(":")[0] for _, reason in splits.skipped)
+        console.print(f"[yellow]left out {len(splits.skipped)} file(s)[/]: "
+                      f"{', '.join(f'{n} {kind}' for kind, n in kinds.most_common())} (listed in {literal(path)})",
                       highlight=False)
     summary = {"train": splits.counts("train"), "val": splits.counts("val"), **balance.to_dict(splits.class_names),
                "skipped": [{"path": str(p), "reason": reason} for p, reason in splits.skipped]}
