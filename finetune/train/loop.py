@@ -49,6 +49,7 @@ from .rundir import (
     write_metrics,
     write_run_files,
 )
+from .solved import solve_head
 from .step import TrainStep, compiled, data_parallel, moving_average
 
 
@@ -153,39 +154,47 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
     curves, vanished = CurvesPlot(run_dir / "curves.png"), Vanished(setup.splits)
     loggers = Loggers(recipe.run, run_dir, recipe.model_dump(mode="json"), recipe.data.root, run.epoch) \
         if dist.main else None
-    for epoch in range(run.epoch, cfg.epochs + 1):
-        if stopped_early(run.rows, cfg.early_stop):  # a resumed run that had stopped early stays stopped
-            break
-        setup.plan.apply(step.model, epoch)  # what trains this epoch (strategy.freeze_epochs)
-        if setup.plan.unfreezes(epoch):
-            console.print(f"epoch {epoch}: unfreezing {', '.join(setup.plan.unfreezes(epoch))}")
-        if setup.plan.trainable(epoch) != wrapped:
-            step.net, wrapped = trained_part(), setup.plan.trainable(epoch)
-        lrs, done = run.begin_epoch(epoch)
-        setup.loaders.sampler.set_epoch(epoch, skip=done * cfg.accumulate * cfg.batch_size)  # global positions
-        # train, then evaluate (the moving average and the raw weights, with EMA)
-        train_loss, train_acc = train_epoch(step, train_batches, run, vanished, console,
-                                            f"epoch {epoch}/{cfg.epochs} train")
-        val_loss, val_acc = evaluate(step, step.scored_net, val_batches, vanished, console,
-                                     f"epoch {epoch}/{cfg.epochs} val")
-        raw = {}
-        if step.ema is not None:
-            loss, acc = evaluate(step, step.net, val_batches, vanished, console, f"epoch {epoch} val (raw weights)")
-            raw = {"val_loss_raw": loss, "val_acc_raw": acc}
-        # log
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-               "val_acc": val_acc, **raw, **lrs, "seconds": run.epoch_seconds()}
-        best = run.end_epoch(row)
-        if dist.main:
-            write_metrics(run_dir / "metrics.csv", run.rows)
-            curves.update(run.rows, final=epoch == cfg.epochs or stopped_early(run.rows, cfg.early_stop))
-            loggers.epoch(row)
-        console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
-                      f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
-        if vanished.report(dist) and dist.main:  # deleted or emptied since the pre-scan: left out, in data.json
-            write_data_summary(run_dir / "data.json", setup.splits, setup.balance, console)
-        # checkpoint: best.pt (when best), then last.pt
-        run.save_epoch(best)
+    if recipe.strategy.head_solver == "lbfgs":  # the head solved on the frozen features: no epochs (solved.py)
+        if run.epoch == 1:  # a resumed run that has its solved head keeps it
+            row = solve_head(run, step, tail_of(step.model), train_batches, val_batches,
+                             len(setup.splits.class_names), cfg.seed, console)
+            if dist.main:
+                write_metrics(run_dir / "metrics.csv", run.rows)
+                loggers.epoch(row)
+    else:
+        for epoch in range(run.epoch, cfg.epochs + 1):
+            if stopped_early(run.rows, cfg.early_stop):  # a resumed run that had stopped early stays stopped
+                break
+            setup.plan.apply(step.model, epoch)  # what trains this epoch (strategy.freeze_epochs)
+            if setup.plan.unfreezes(epoch):
+                console.print(f"epoch {epoch}: unfreezing {', '.join(setup.plan.unfreezes(epoch))}")
+            if setup.plan.trainable(epoch) != wrapped:
+                step.net, wrapped = trained_part(), setup.plan.trainable(epoch)
+            lrs, done = run.begin_epoch(epoch)
+            setup.loaders.sampler.set_epoch(epoch, skip=done * cfg.accumulate * cfg.batch_size)  # global positions
+            # train, then evaluate (the moving average and the raw weights, with EMA)
+            train_loss, train_acc = train_epoch(step, train_batches, run, vanished, console,
+                                                f"epoch {epoch}/{cfg.epochs} train")
+            val_loss, val_acc = evaluate(step, step.scored_net, val_batches, vanished, console,
+                                         f"epoch {epoch}/{cfg.epochs} val")
+            raw = {}
+            if step.ema is not None:
+                loss, acc = evaluate(step, step.net, val_batches, vanished, console, f"epoch {epoch} val (raw weights)")
+                raw = {"val_loss_raw": loss, "val_acc_raw": acc}
+            # log
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                   "val_acc": val_acc, **raw, **lrs, "seconds": run.epoch_seconds()}
+            best = run.end_epoch(row)
+            if dist.main:
+                write_metrics(run_dir / "metrics.csv", run.rows)
+                curves.update(run.rows, final=epoch == cfg.epochs or stopped_early(run.rows, cfg.early_stop))
+                loggers.epoch(row)
+            console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
+                          f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
+            if vanished.report(dist) and dist.main:  # deleted or emptied since the pre-scan: left out, in data.json
+                write_data_summary(run_dir / "data.json", setup.splits, setup.balance, console)
+            # checkpoint: best.pt (when best), then last.pt
+            run.save_epoch(best)
     # calibrate (a temperature per checkpoint, fitted on val) and summarise
     calibration, val = calibrate_run(run, step.scored_net, val_batches, setup.compute, console)
     if val is not None and dist.main:
