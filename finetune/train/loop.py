@@ -33,7 +33,8 @@ from ..runtime.device import Compute, resolve_compute, seed_everything
 from ..runtime.distributed import Dist, rank_device
 from .calibration import calibrate_run
 from .curves import CurvesPlot, plot_reliability, print_run_summary
-from .features import FeatureCache, frozen_batches
+from .estimate import Workload, estimate_line, seconds_per_image
+from .features import FeatureCache, frozen_batches, image_dataset
 from .freeze import FreezePlan, plan_freeze
 from .loggers import Loggers, check_loggers
 from .optim import build_optimizer, build_scheduler
@@ -138,6 +139,10 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
 def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
     """The frozen features, then the epochs (train, evaluate, log, checkpoint), then calibration."""
     step, cfg, run_dir = setup.step, recipe.train, run.run_dir
+    # how long the run will take here, from a few val images timed, before the feature pass or the first epoch
+    if setup.compute.dist.main:
+        console.print(estimate_line(workload(setup, recipe), *seconds_per_image(
+            step.model, image_dataset(setup.loaders.val), setup.compute)), style="dim", soft_wrap=True)
     # the frozen prefix runs once per image where it can (cached); each step trains the rest alone
     tail_of, train_batches, val_batches = frozen_batches(step.model, setup.plan, setup.loaders, setup.cache,
                                                          setup.compute, console)
@@ -206,6 +211,16 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
     early = stopped_early(run.rows, cfg.early_stop)
     print_run_summary(console, run.rows, calibration, run_dir,
                       f"val accuracy did not improve for {cfg.early_stop} epochs" if early else "")
+
+
+def workload(setup: Setup, recipe: Recipe) -> Workload:
+    """What estimate.py prices: the run's passes over its images."""
+    random = recipe.data.augment != "none"
+    cached = setup.cache.enabled and recipe.strategy.name == "feature-extract" and \
+        (not random or recipe.features.views > 0)
+    return Workload(len(setup.splits.train), len(setup.splits.val), recipe.train.epochs, recipe.strategy.name,
+                    cached, recipe.features.views if random else 1, setup.info.preprocessing.size,
+                    setup.compute.device.type)
 
 
 def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, console,
