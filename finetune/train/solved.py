@@ -13,13 +13,15 @@ from __future__ import annotations
 import csv
 import io
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..console import progress
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..files import atomic_write
 from ..plotting import figure, save_png
 from .calibration import collect_logits
@@ -45,10 +47,13 @@ def solve_head(run: RunState, step: TrainStep, head: nn.Module, train_batches, v
     if train_x.ndim != 2:
         raise ConfigError(f"strategy.head_solver lbfgs fits a head on pooled features; the head's input here has "
                           f"shape {tuple(train_x.shape[1:])}; set strategy.head_solver sgd")
+    if not (np.isfinite(train_x).all() and np.isfinite(val_x).all()):
+        raise TrainingDiverged("the frozen features hold NaN or inf, so no head can be fitted on them (damaged "
+                               "weights, or activations beyond float16 with train.amp): nothing was saved")
     criterion = step.criterion
     weights = criterion.weight.cpu() if criterion.weight is not None else None
     fits = len(COARSE_GRID) + len(FINE_STEPS)
-    with progress(console) as bar:
+    with progress(console) as bar, _diverged():
         task = bar.add_task("head: L-BFGS over the L2 grid", total=fits)
         sweep = sweep_l2(torch.from_numpy(train_x), torch.from_numpy(train_y).long(), torch.from_numpy(val_x),
                          torch.from_numpy(val_y).long(), num_classes, weights, criterion.label_smoothing,
@@ -68,6 +73,15 @@ def solve_head(run: RunState, step: TrainStep, head: nn.Module, train_batches, v
                   f"acc {train_acc:.3f} | val loss {val_loss:.4f} acc {val_acc:.3f}", soft_wrap=True)
     run.save_epoch(best)  # refuses non-finite weights; best.pt, then last.pt
     return row
+
+
+@contextmanager
+def _diverged():
+    try:
+        yield
+    except FloatingPointError as exc:
+        raise TrainingDiverged(f"{exc}: nothing was saved; set strategy.head_solver sgd to train it by epochs") \
+            from None
 
 
 def _scores(head: nn.Module, criterion: nn.Module, x, y, device) -> tuple[float, float]:

@@ -1,13 +1,14 @@
 """strategy.head_solver lbfgs in fit(): the solved head lands in an ordinary checkpoint, with its sweep."""
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
 
 from finetune.checkpoint import Checkpoint
 from finetune.config import build_recipe
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, TrainingDiverged
 from finetune.train.loop import fit
 
 
@@ -55,3 +56,20 @@ def test_fit_solves_the_head_writes_the_sweep_and_an_ordinary_checkpoint(tiny_tr
     fit(build_recipe(lbfgs_tree(tiny_tree)), resume_dir=run)
     assert (run / "metrics.csv").read_text() == before
     assert torch.equal(Checkpoint.load(run / "best.pt").state["classifier.weight"], best.state["classifier.weight"])
+
+
+def test_non_finite_features_stop_the_run_before_anything_is_saved(tiny_tree, monkeypatch):
+    import finetune.train.solved as solved
+
+    real = solved.collect_logits
+
+    def poisoned(*args, **kw):
+        features, labels = real(*args, **kw)
+        features[0, 0] = float("nan")
+        return features, labels
+
+    monkeypatch.setattr(solved, "collect_logits", poisoned)
+    tiny_tree["run"] = {"output": str(tiny_tree["run"]["dir"]) + "/nan"}
+    with pytest.raises(TrainingDiverged, match="features hold NaN or inf.*nothing was saved"):
+        fit(build_recipe(lbfgs_tree(tiny_tree)))
+    assert not list((Path(tiny_tree["run"]["output"])).glob("*.pt"))
