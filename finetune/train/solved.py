@@ -24,6 +24,7 @@ from ..console import progress
 from ..errors import ConfigError, TrainingDiverged
 from ..files import atomic_write
 from ..plotting import figure, save_png
+from ..runtime.threads import one_thread
 from .calibration import collect_logits
 from .head_solver import COARSE_GRID, FINE_STEPS, HeadSweep, sweep_l2
 from .resume import RunState
@@ -53,7 +54,8 @@ def solve_head(run: RunState, step: TrainStep, head: nn.Module, train_batches, v
     criterion = step.criterion
     weights = criterion.weight.cpu() if criterion.weight is not None else None
     fits = len(COARSE_GRID) + len(FINE_STEPS)
-    with progress(console) as bar, _diverged():
+    # tiny matmuls: one thread (runtime.threads; 10 s against 40 s for this sweep on hymenoptera, busy 2 cores)
+    with progress(console) as bar, _diverged(), one_thread():
         task = bar.add_task("head: L-BFGS over the L2 grid", total=fits)
         sweep = sweep_l2(torch.from_numpy(train_x), torch.from_numpy(train_y).long(), torch.from_numpy(val_x),
                          torch.from_numpy(val_y).long(), num_classes, weights, criterion.label_smoothing,
