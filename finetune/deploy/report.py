@@ -94,7 +94,10 @@ def _findings(recipe: dict) -> str:
 
 
 def _training(run_dir: Path) -> str:
-    body = _image(run_dir / "curves.png", "loss, accuracy and each group's learning rate per epoch")
+    if (run_dir / "head_sweep.png").is_file() and not (run_dir / "curves.png").is_file():  # head_solver lbfgs
+        body = _image(run_dir / "head_sweep.png", "the L-BFGS head's loss and accuracy against the L2 strength")
+    else:
+        body = _image(run_dir / "curves.png", "loss, accuracy and each group's learning rate per epoch")
     rows = _metrics(run_dir)
     if rows:
         keys = [k for k in rows[0] if k != "seconds"]

@@ -51,6 +51,11 @@ def test_fit_solves_the_head_writes_the_sweep_and_an_ordinary_checkpoint(tiny_tr
     err = capsys.readouterr().err
     assert "head: L-BFGS, l2" in err and "chosen by val loss" in err
 
+    from finetune.deploy.report import write_report
+
+    page = write_report(run).read_text()  # the report shows the sweep where an SGD run shows its curves
+    assert "against the L2 strength" in page and "curves.png is not there" not in page
+
     # resuming the finished run changes nothing: the solved head is kept, not solved again
     before = (run / "metrics.csv").read_text()
     fit(build_recipe(lbfgs_tree(tiny_tree)), resume_dir=run)
