@@ -159,8 +159,10 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
     curves, vanished = CurvesPlot(run_dir / "curves.png"), Vanished(setup.splits)
     loggers = Loggers(recipe.run, run_dir, recipe.model_dump(mode="json"), recipe.data.root, run.epoch) \
         if dist.main else None
-    if recipe.strategy.head_solver == "lbfgs":  # the head solved on the frozen features: no epochs (solved.py)
-        if run.epoch == 1:  # a resumed run that has its solved head keeps it
+    # the head solved on the frozen features, no epochs (solved.py); a run resumed after SGD steps (one started
+    # before head_solver existed, whose recipe.yaml now reads as lbfgs) goes on by epochs
+    if recipe.strategy.head_solver == "lbfgs" and run.progress.global_step == 0:
+        if not run.rows:  # a resumed run that has its solved head keeps it
             row = solve_head(run, step, tail_of(step.model), train_batches, val_batches,
                              len(setup.splits.class_names), cfg.seed, console)
             if dist.main:
