@@ -78,3 +78,32 @@ def test_non_finite_features_stop_the_run_before_anything_is_saved(tiny_tree, mo
     with pytest.raises(TrainingDiverged, match="features hold NaN or inf.*nothing was saved"):
         fit(build_recipe(lbfgs_tree(tiny_tree)))
     assert not list((Path(tiny_tree["run"]["output"])).glob("*.pt"))
+
+
+def test_a_run_trained_by_sgd_before_head_solver_existed_resumes_by_epochs(tiny_tree, monkeypatch):
+    from finetune.train.resume import RunState, load_run_recipe
+
+    class Stop(Exception):
+        pass
+
+    real = RunState.save_epoch
+
+    def stop_after_epoch_1(self, best):
+        real(self, best)
+        raise Stop
+
+    monkeypatch.setattr(RunState, "save_epoch", stop_after_epoch_1)
+    with pytest.raises(Stop):
+        fit(build_recipe(tiny_tree))  # sgd, 2 epochs: stopped after the first
+    monkeypatch.setattr(RunState, "save_epoch", real)
+    run = Path(tiny_tree["run"]["dir"]) / "t"
+    recipe_yaml = run / "recipe.yaml"
+    recipe_yaml.write_text("".join(line for line in recipe_yaml.read_text().splitlines(True)
+                                   if "head_solver" not in line))  # as written before the key existed
+    last = Checkpoint.load(run / "last.pt")
+    del last.recipe["strategy"]["head_solver"]
+    last.save(run / "last.pt")
+    assert load_run_recipe(run).strategy.head_solver == "lbfgs"  # what the default now says
+    fit(load_run_recipe(run), resume_dir=run)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and "head_l2" not in rows[0]
