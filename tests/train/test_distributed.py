@@ -39,7 +39,7 @@ def tree(root: Path, name="test_efficientnet", strategy="feature-extract", **tra
     lr = {"head": 0.1} if strategy == "feature-extract" else {"head": 0.05, "last_stage": 0.02}
     return {"model": {"source": "timm", "name": name, "weights": None},
             "data": {"root": str(root), "image_size": 32, "augment": "flip", "workers": 0},
-            "strategy": {"name": strategy, "lr": lr}, "optim": {"name": "sgd", "momentum": 0.9},
+            "strategy": {"name": strategy, "lr": lr, "head_solver": "sgd"}, "optim": {"name": "sgd", "momentum": 0.9},
             "features": {"views": 2},
             "train": {"epochs": 2, "batch_size": 8, "seed": 0, **train}}
 
