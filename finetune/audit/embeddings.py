@@ -7,6 +7,7 @@ trains on. The audit always looks at the eval transform (no augmentation) and th
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +74,11 @@ def load_embeddings(recipe: Recipe, console) -> Embeddings:
         kept = np.asarray(cached.labels) >= 0  # an image that vanished since the scan keeps a negative label
         features.append(np.asarray(cached.features[0], dtype=np.float32)[kept])
         labels.append(np.asarray(cached.labels)[kept])
-        paths += [str(p) for (p, _), k in zip(samples, kept) if k]
+        paths += [os.path.abspath(p) for (p, _), k in zip(samples, kept) if k]
         split.append(np.full(int(kept.sum()), i, dtype=np.int64))
     out = Embeddings(np.concatenate(features), np.concatenate(labels), paths, np.concatenate(split),
-                     list(splits.class_names), [(str(p), why) for p, why in splits.skipped], setup.info.head_name)
+                     list(splits.class_names), [(os.path.abspath(p), why) for p, why in splits.skipped],
+                     setup.info.head_name)
     if len(out) < 2:
         raise DataError("the audit needs at least two readable images")
     return out

@@ -38,7 +38,7 @@ def run_audit(recipe: Recipe, threshold: float = THRESHOLD, folds: int = FOLDS, 
     from .report import write_outputs
 
     console = console or stderr_console()
-    root = Path(recipe.data.root).expanduser() if recipe.data.root else None
+    root = Path(recipe.data.root).expanduser().absolute() if recipe.data.root else None
     out = recipe.run.output
     refuse_inside(out or recipe.run.dir, root, "the audit folder")
     seconds = {}
