@@ -403,7 +403,8 @@ def audit(
         "--set", help="Override a recipe key, e.g. --set model.weights=PATH (repeatable).")] = None,
     threshold: Annotated[Optional[float], typer.Option(
         min=0.0, max=1.0, help="Cosine similarity of two photos' embeddings at or above which they are "
-                               "near-duplicates (default 0.92, measured for ImageNet weights: docs/audit.md).")] = None,
+                               "near-duplicates (default 0.82, measured with ImageNet weights; docs/audit.md).")
+    ] = None,
     folds: Annotated[int, typer.Option(min=2, help="k of the stratified k-fold out-of-fold heads.")] = 5,
     repeats: Annotated[int, typer.Option(
         min=1, help="Repeat the k-fold with this many seeded shuffles (the accuracy's spread; probabilities "

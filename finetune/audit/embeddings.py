@@ -36,9 +36,12 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def normalised(self) -> torch.Tensor:
-        """L2-normalised rows, float32: a dot product of two is their cosine similarity."""
+    def normalised(self, centred: bool = False) -> torch.Tensor:
+        """L2-normalised rows, float32: a dot product of two is their cosine similarity. centred: the mean
+        embedding subtracted first."""
         x = torch.from_numpy(np.ascontiguousarray(self.features, dtype=np.float32))
+        if centred:
+            x = x - x.mean(0, keepdim=True)
         return torch.nn.functional.normalize(x, dim=1)
 
 
