@@ -31,7 +31,6 @@ class Embeddings:
     split: np.ndarray
     class_names: list[str]
     skipped: list[tuple[str, str]]  # files the pre-training screen leaves out, with why (finetune inspect's kinds)
-    head_name: str
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -80,8 +79,7 @@ def load_embeddings(recipe: Recipe, console) -> Embeddings:
         paths += [os.path.abspath(p) for (p, _), k in zip(samples, kept) if k]
         split.append(np.full(int(kept.sum()), i, dtype=np.int64))
     out = Embeddings(np.concatenate(features), np.concatenate(labels), paths, np.concatenate(split),
-                     list(splits.class_names), [(os.path.abspath(p), why) for p, why in splits.skipped],
-                     setup.info.head_name)
+                     list(splits.class_names), [(os.path.abspath(p), why) for p, why in splits.skipped])
     if len(out) < 2:
         raise DataError("the audit needs at least two readable images")
     return out

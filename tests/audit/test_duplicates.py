@@ -32,7 +32,7 @@ def test_each_pair_has_its_kind_and_exact_copies_are_left_to_inspect():
     split, labels = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     split[40] = 1  # 0 in train, 40 in val
     labels[6] = 1  # 5 and 6 in one split, two classes
-    emb = Embeddings(x, labels, [f"p{i}" for i in range(n)], split, ["a", "b"], [], "head")
+    emb = Embeddings(x, labels, [f"p{i}" for i in range(n)], split, ["a", "b"], [])
     kinds = {(p.first, p.second): p.kind for p in find_duplicates(emb, 0.9)}
     assert kinds == {(0, 40): "leakage", (5, 6): "conflicting-labels", (17, 52): "near-duplicate"}
     digests = [str(i) for i in range(n)]
