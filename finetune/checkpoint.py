@@ -7,6 +7,7 @@ atomically (a crash leaves the previous file) and read without unpickling code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,6 +39,13 @@ class Checkpoint:
     def temperature(self) -> float:
         """Divides the logits before the softmax; 1 when the checkpoint was never calibrated."""
         return float((self.calibration or {}).get("temperature", 1.0))
+
+    @property
+    def reject_threshold(self) -> float | None:
+        """`predict --reject auto`: the calibrated top-1 probability below which an image is `unknown`, chosen on
+        val at the end of training (calibration.rejection_threshold); None for checkpoints from before it."""
+        reject = (self.calibration or {}).get("reject")
+        return float(reject["threshold"]) if reject else None
 
     def with_state(self, state: dict[str, torch.Tensor], **changes) -> Checkpoint:
         """This checkpoint holding `state` (copied to the CPU), with other fields replaced as given."""
@@ -82,8 +90,25 @@ class Checkpoint:
         bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
         if bad is not None:
             raise ValueError(f"the weight {bad} holds NaN or inf (a damaged file, or a run that diverged)")
+        _check_calibration(meta.get("calibration"))
         return cls(model=ModelSpec.model_validate({**meta["model"], "weights": None}), class_names=names,
                    preprocessing=Preprocessing.from_dict(meta["preprocessing"]), head_name=str(meta["head_name"]),
                    strategy=str(meta["strategy"]), state=state, metrics=dict(meta.get("metrics") or {}),
                    calibration=meta.get("calibration"), recipe=meta.get("recipe") or {},
                    environment=meta.get("environment") or {}, resume=payload.get("resume"))
+
+
+def _check_calibration(calibration) -> None:
+    """A stored temperature and rejection threshold are numbers predict can use (a damaged file is refused here)."""
+    if calibration is None:
+        return
+    if not isinstance(calibration, dict):
+        raise ValueError("calibration must be a dict")
+    t = calibration.get("temperature", 1.0)
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise ValueError(f"the calibration temperature {t!r} is not a positive number")
+    reject = calibration.get("reject")
+    if reject is not None:
+        threshold = reject.get("threshold") if isinstance(reject, dict) else None
+        if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
+            raise ValueError(f"the rejection threshold {threshold!r} is not a probability")

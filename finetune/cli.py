@@ -320,6 +320,10 @@ def predict(
     tta: Tta = False,
     raw: Raw = False,
     engine: EngineOpt = Engine.auto,
+    reject: Annotated[Optional[str], typer.Option(
+        "--reject", help="None of these: label an image `unknown` when its calibrated top-1 probability is below "
+                         "a threshold: auto (the one chosen at the end of training, rejecting 5% of the correctly "
+                         "classified val images) or a probability P, e.g. 0.6.")] = None,
 ):
     """Predict the class of each image with a trained checkpoint (temperature-calibrated probabilities)."""
     _tune(("torch", "torchvision"))
@@ -327,7 +331,7 @@ def predict(
     from .deploy.predict import predict as run_predict
 
     results = run_predict(checkpoint, expand_paths(paths), top_k=top_k, batch_size=batch_size, device=device,
-                          tta=tta, raw=raw, engine=engine.value)
+                          tta=tta, raw=raw, engine=engine.value, reject=reject)
     if format == OutputFormat.json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
     elif format == OutputFormat.csv:
@@ -335,12 +339,14 @@ def predict(
         import sys
 
         writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "rank", "label", "index", "prob", "error"])
+        said = [] if reject is None else ["prediction"]  # with --reject: the top label, or unknown
+        writer.writerow(["path", *said, "rank", "label", "index", "prob", "error"])
         for r in results:
+            said = [] if reject is None else [r.label or ""]
             for rank, t in enumerate(r.top, 1):
-                writer.writerow([r.path, rank, t["label"], t["index"], t["prob"], ""])
+                writer.writerow([r.path, *said, rank, t["label"], t["index"], t["prob"], ""])
             if r.error:
-                writer.writerow([r.path, "", "", "", "", r.error])
+                writer.writerow([r.path, *said, "", "", "", "", r.error])
     else:
         from rich.console import Console
         from rich.table import Table
@@ -351,6 +357,10 @@ def predict(
         for r in results:
             if r.error:
                 table.add_row(literal(r.path), "[red]unreadable[/]", literal(r.error))
+            elif r.rejected:  # --reject: below the threshold, the classes it was closest to stay visible
+                closest = literal("\n".join(f"({t['label']})" for t in r.top))
+                table.add_row(literal(r.path), f"[yellow]unknown[/]\n{closest}",
+                              "\n" + "\n".join(f"{t['prob']:.3f}" for t in r.top))
             else:
                 table.add_row(literal(r.path), literal("\n".join(t["label"] for t in r.top)),
                               "\n".join(f"{t['prob']:.3f}" for t in r.top))

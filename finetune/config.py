@@ -99,6 +99,11 @@ class StrategySpec(_Section):
     frozen_bn: Literal["eval", "train"] = Field(
         "eval", description="BatchNorm in frozen parts: eval keeps its running statistics; train lets them adapt "
         "to the new data (fastai's train_bn; the frozen features are then not cached)")
+    head_solver: Optional[Literal["lbfgs", "sgd"]] = Field(
+        None, description="feature-extract only: lbfgs fits the linear head on the cached features as L2-regularised "
+        "logistic regression (L-BFGS, L2 chosen by a sweep on val; train.epochs, optim and schedule unused); sgd "
+        "trains it for train.epochs with optim. Default: lbfgs when the features can be cached (feature-extract, "
+        "linear head without dropout, no random augmentation or features.views > 0, no mixup/cutmix/EMA), else sgd")
 
     @field_validator("lr")
     @classmethod
@@ -197,10 +202,31 @@ class Recipe(_Section):
         if self.strategy.freeze_epochs and self.strategy.name == "feature-extract":
             raise ValueError("strategy.freeze_epochs needs strategy.name last-stage or full (feature-extract "
                              "freezes everything but the head for the whole run)")
+        self._resolve_head_solver()
         if self.strategy.freeze_epochs >= self.train.epochs:
             raise ValueError(f"strategy.freeze_epochs ({self.strategy.freeze_epochs}) must be less than "
                              f"train.epochs ({self.train.epochs}), or the backbone never trains")
         return self
+
+    def _resolve_head_solver(self) -> None:
+        """strategy.head_solver: lbfgs needs a fixed set of features to fit on; say what stands in its way."""
+        blockers = [why for why, blocks in (
+            (f"strategy.name {self.strategy.name} (only feature-extract keeps the features fixed)",
+             self.strategy.name != "feature-extract"),
+            ("model.head.type mlp (L-BFGS fits a linear head)", self.model.head.type != "linear"),
+            ("model.head.dropout (L2 regularises the solved head instead)", self.model.head.dropout > 0),
+            ("features.cache off", self.features.cache == "off"),
+            ("strategy.frozen_bn train (the features change every step)", self.strategy.frozen_bn == "train"),
+            (f"data.augment {self.data.augment} with features.views 0 (fresh features every epoch)",
+             self.data.augment != "none" and self.features.views == 0),
+            ("data.mixup/data.cutmix", bool(self.data.mixup or self.data.cutmix)),
+            ("train.ema", bool(self.train.ema)),
+        ) if blocks]
+        if self.strategy.head_solver is None:
+            self.strategy.head_solver = "sgd" if blockers else "lbfgs"
+        elif self.strategy.head_solver == "lbfgs" and blockers:
+            raise ValueError(f"strategy.head_solver lbfgs cannot run with {'; '.join(blockers)}: "
+                             "set strategy.head_solver sgd, or change those settings")
 
 
 # ---------------------------------------------------------------- load / override / dump

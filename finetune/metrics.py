@@ -84,6 +84,22 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval for a rate (successes out of n); z = 1.96 is the two-sided 95% interval.
+
+    Unlike the textbook p +- z*sqrt(p(1-p)/n) it stays inside [0, 1] and keeps close to its stated coverage
+    for small n and rates near 0 or 1 (Brown, Cai & DasGupta 2001, "Interval Estimation for a Binomial
+    Proportion"): 50 of 50 right gives 0.929-1.000, not 1.000-1.000. n = 0 gives (0, 1): nothing is known.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def epoch_rank(row: dict) -> tuple:
     """How epochs compare for best.pt: val accuracy first, a tie goes to the lower val loss."""
     return row["val_acc"], -row["val_loss"]

@@ -53,7 +53,8 @@ def tiny_tree(image_folder, tmp_path) -> dict:
     return {
         "model": {"source": "timm", "name": "test_efficientnet", "weights": None},
         "data": {"root": str(image_folder), "image_size": 32, "augment": "none", "workers": 0},
-        "strategy": {"name": "feature-extract", "lr": {"head": 0.1}},
+        # sgd: these fixtures test the epoch loop; the solved head's tests (test_solved.py) set lbfgs
+        "strategy": {"name": "feature-extract", "lr": {"head": 0.1}, "head_solver": "sgd"},
         "train": {"epochs": 2, "batch_size": 8, "seed": 0},
         "run": {"dir": str(tmp_path / "runs"), "name": "t"},
     }

@@ -368,7 +368,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_saves_no_nan(tin
         trained(tiny_tree)
     for name in ("best.pt", "last.pt"):
         assert not (tmp_path / "runs" / "t" / name).exists()
-    tiny_tree["strategy"] = {"name": "feature-extract", "lr": {"head": 0.1}}
+    tiny_tree["strategy"] = {"name": "feature-extract", "lr": {"head": 0.1}, "head_solver": "sgd"}
 
     # diverging later: the checkpoints of the last good epoch stay, finite, and predict works on them
     import finetune.train.step as step

@@ -13,6 +13,7 @@ from finetune.metrics import (
     per_class_scores,
     softmax,
     top_k_accuracy,
+    wilson_interval,
 )
 
 # 10 images, 3 classes. Confidence 0.95 for images 0-4, 0.55 for 5-9; `second` is the runner-up class.
@@ -84,3 +85,20 @@ def test_nll_and_softmax_by_hand():
     assert nll(logits, np.array([0])) == pytest.approx(math.log(4))
     # p = (1/3, 2/3)
     assert nll(logits, np.array([1]), temperature=math.log(3) / math.log(2)) == pytest.approx(math.log(1.5))
+
+
+def test_wilson_interval_by_hand_and_at_the_edges():
+    lo, hi = wilson_interval(8, 10)  # the textbook example: 0.490-0.943
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert wilson_interval(50, 50)[0] == pytest.approx(0.9287, abs=1e-4) and wilson_interval(50, 50)[1] == 1.0
+    assert wilson_interval(0, 20)[0] == 0.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_wilson_interval_covers_the_true_rate_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    draws = 2000
+    for rate, n in ((0.9, 60), (0.5, 25), (0.97, 200)):
+        hits = rng.binomial(n, rate, size=draws)
+        covered = sum(lo <= rate <= hi for lo, hi in (wilson_interval(int(k), n) for k in hits))
+        assert 0.93 <= covered / draws <= 0.97, (rate, n, covered / draws)

@@ -62,6 +62,12 @@ class OnnxModel:
                                   "--format onnx") from None
         return cls(path, names, pre, temperature, info.get("quantization"), info, session)
 
+    @property
+    def reject_threshold(self) -> float | None:
+        """The checkpoint's rejection threshold, carried in the metadata (None: exported before it existed)."""
+        threshold = self.info.get("reject_threshold")
+        return float(threshold) if isinstance(threshold, (int, float)) and 0 <= threshold <= 1 else None
+
 
 def load_source(checkpoint: Path | Checkpoint | OnnxModel) -> Checkpoint | OnnxModel:
     """A Checkpoint or OnnxModel as given, else read from its path: `.onnx` is an export, anything else a checkpoint."""

@@ -26,6 +26,7 @@ from ..metrics import (
     per_class_scores,
     softmax,
     top_k_accuracy,
+    wilson_interval,
 )
 from .engines import load_source, resolve_engine
 from .plots import plot_confusion, plot_mistakes
@@ -106,12 +107,15 @@ def evaluate(checkpoint: Path, data: Path, output: Path | None = None, tta: bool
         "checkpoint": str(checkpoint), "data": str(folder), "output": str(output), "images": int(len(labels)),
         "classes": names, "raw": raw, "tta": tta, "engine": engine,
         "top1": top_k_accuracy(probs, labels, 1),
+        # 95% Wilson intervals: what the accuracy could be on more images like these (metrics.wilson_interval)
+        "top1_interval": list(wilson_interval(int((predicted == labels).sum()), len(labels))),
         "top5": top_k_accuracy(probs, labels, 5) if len(names) > 5 else None,
         "ece": expected_calibration_error(probs, labels),
         "calibration": {"temperature": t, "ece_raw": expected_calibration_error(softmax(logits), labels),
                         "ece_calibrated": expected_calibration_error(softmax(logits, t), labels),
                         "nll_raw": nll(logits, labels), "nll_calibrated": nll(logits, labels, t)},
         "per_class": [{"class": n, **{k: float(scores[k][i]) for k in ("precision", "recall", "f1")},
+                       "recall_interval": list(wilson_interval(int(cm[i, i]), int(scores["support"][i]))),
                        "support": int(scores["support"][i])} for i, n in enumerate(names)],
         **averaged_scores(cm),
         "confusion_matrix": cm.tolist(),
@@ -127,10 +131,17 @@ def _write_files(output: Path, report: dict, scored, probs: np.ndarray, image_si
     names = report["classes"]
     files = {"confusion_csv": output / "confusion_matrix.csv", "confusion_png": output / "confusion_matrix.png",
              "confusion_normalized_png": output / "confusion_matrix_normalized.png",
-             "predictions_csv": output / "predictions.csv", "mistakes_png": output / "mistakes.png",
+             "predictions_csv": output / "predictions.csv", "per_class_csv": output / "per_class.csv",
+             "mistakes_png": output / "mistakes.png",
              "report_json": output / "report.json"}
     _write_csv(files["confusion_csv"], [["true \\ predicted", *names],
                                         *([n, *row] for n, row in zip(names, report["confusion_matrix"]))])
+    lo, hi = report["top1_interval"]
+    _write_csv(files["per_class_csv"], [
+        ["class", "precision", "recall", "recall_low95", "recall_high95", "f1", "support"],
+        *([c["class"], f"{c['precision']:.6f}", f"{c['recall']:.6f}", f"{c['recall_interval'][0]:.6f}",
+           f"{c['recall_interval'][1]:.6f}", f"{c['f1']:.6f}", c["support"]] for c in report["per_class"]),
+        ["(all: top-1 accuracy)", "", f"{report['top1']:.6f}", f"{lo:.6f}", f"{hi:.6f}", "", report["images"]]])
     rows = ([r.path, names[y], names[p.argmax()], f"{p.max():.6f}", int(p.argmax() == y)]
             for (r, y), p in zip(scored, probs))
     _write_csv(files["predictions_csv"], [["path", "true", "predicted", "prob", "correct"], *rows])

@@ -69,7 +69,7 @@ def export_info(ckpt: Checkpoint) -> dict:
               else f"torchvision.models.get_model({spec.name!r}, num_classes={k})")
     return {"format": "finetune-export/1", "class_names": ckpt.class_names,
             "preprocessing": ckpt.preprocessing.to_dict(), "input": INPUT, "output": OUTPUT,
-            "temperature": ckpt.temperature,
+            "temperature": ckpt.temperature, "reject_threshold": ckpt.reject_threshold,
             "architecture": {"source": spec.source, "name": spec.name, "plain_model": loader}}
 
 

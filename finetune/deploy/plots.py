@@ -76,7 +76,8 @@ def print_evaluation(console, report: dict) -> None:
     head.add_column(style="bold")
     head.add_column()
     head.add_row("images", f"{r['images']} scored")
-    head.add_row("top-1 accuracy", f"{r['top1']:.4f}")
+    lo, hi = r["top1_interval"]
+    head.add_row("top-1 accuracy", f"{r['top1']:.4f} (95% interval {lo:.3f}-{hi:.3f}, Wilson, {r['images']} images)")
     if r["top5"] is not None:
         head.add_row("top-5 accuracy", f"{r['top5']:.4f}")
     c = r["calibration"]
@@ -91,9 +92,11 @@ def print_evaluation(console, report: dict) -> None:
         head.add_row("[yellow]unreadable[/]", f"{len(r['unreadable'])} file(s), listed in the JSON output")
     console.print(head)
 
-    per = Table("class", "precision", "recall", "F1", "support", title="per class", title_justify="left")
+    per = Table("class", "precision", "recall", "recall 95%", "F1", "support", title="per class",
+                title_justify="left")
     def scores(s: dict) -> list[str]:
-        return [f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", str(s["support"])]
+        interval = f"{s['recall_interval'][0]:.3f}-{s['recall_interval'][1]:.3f}" if "recall_interval" in s else ""
+        return [f"{s['precision']:.4f}", f"{s['recall']:.4f}", interval, f"{s['f1']:.4f}", str(s["support"])]
 
     for row in r["per_class"]:
         per.add_row(literal(row["class"]), *scores(row))

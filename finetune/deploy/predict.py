@@ -15,7 +15,7 @@ from ..data.images import load_rgb
 from ..data.lists import is_list_argument, read_path_list
 from ..data.loading import prefetched, resolve_workers
 from ..data.transforms import eval_transform
-from ..errors import DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models.folding import fold_checked
 from ..runtime.device import resolve_device
 from ..runtime.threads import tuned_threads
@@ -29,12 +29,44 @@ class Prediction:
     top: list[dict] = field(default_factory=list)  # [{"label", "index", "prob"}], most likely first
     error: str | None = None  # set when the file could not be read; top is then empty
     logits: list[float] | None = None  # raw logits of every class (for evaluate; not in to_dict)
+    rejected: bool | None = None  # with --reject: its calibrated confidence is below the threshold
+
+    @property
+    def label(self) -> str | None:
+        """What the image is said to be: the top class, `unknown` when rejected, None when unreadable."""
+        if self.error or not self.top:
+            return None
+        return UNKNOWN if self.rejected else self.top[0]["label"]
 
     def to_dict(self) -> dict:
         d = {"path": self.path, "top": self.top}
+        if self.rejected is not None and not self.error:
+            d.update(label=self.label, rejected=self.rejected)
         if self.error:
             d["error"] = self.error
         return d
+
+
+UNKNOWN = "unknown"  # the label of a rejected image ("none of these")
+
+
+def resolve_reject(reject: str | float | None, source) -> float | None:
+    """--reject: auto -> the threshold stored at the end of training; a number P in [0, 1] -> P; None -> off."""
+    if reject is None:
+        return None
+    if isinstance(reject, str) and reject.strip().lower() == "auto":
+        threshold = source.reject_threshold
+        if threshold is None:
+            raise CheckpointError("--reject auto: this model stores no rejection threshold (trained or exported before "
+                            "finetune chose one); give one, e.g. --reject 0.6, or train it again")
+        return threshold
+    try:
+        value = float(reject)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--reject takes auto or a probability from 0 to 1, got {reject!r}") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"--reject takes auto or a probability from 0 to 1, got {value:g}")
+    return value
 
 
 def expand_paths(items: list[str]) -> list[Path]:
@@ -104,12 +136,16 @@ def torch_runner(ckpt: Checkpoint, dev: torch.device):
 
 def predict(checkpoint: Path | Checkpoint | OnnxModel, paths: list[Path], top_k: int = 5, batch_size: int = 32,
             device: str = "auto", workers: int | None = None, tta: bool = False, raw: bool = False,
-            console=None, engine: str = "auto") -> list[Prediction]:
+            console=None, engine: str = "auto", reject: str | float | None = None) -> list[Prediction]:
     """Top-k classes per image. Probabilities are temperature-calibrated (the checkpoint's temperature) unless raw.
+    `reject` ("none of these"): auto or a probability P; an image whose calibrated top-1 probability is below the
+    threshold (the stored one for auto) is marked rejected and labelled `unknown` (raw or not: the threshold is
+    on the calibrated probability).
     `checkpoint`: a path (a checkpoint, or an .onnx exported by finetune), or a Checkpoint / OnnxModel already
     read (evaluate hands over its own). `engine` (deploy.engines): auto, torch or onnxruntime."""
     ckpt = load_source(checkpoint)
     engine = resolve_engine(engine, ckpt, device)
+    threshold = resolve_reject(reject, ckpt)
     temperature = 1.0 if raw else ckpt.temperature
     dev = resolve_device(device) if engine == "torch" else torch.device("cpu")
     names, pre = ckpt.class_names, ckpt.preprocessing
@@ -133,8 +169,11 @@ def predict(checkpoint: Path | Checkpoint | OnnxModel, paths: list[Path], top_k:
                 batch = images.to(dev, memory_format=torch.channels_last) if engine == "torch" else images
                 logits = forward(model, batch, tta).cpu()
                 top_p, top_i = (logits / temperature).softmax(1).topk(k, dim=1)
+                confidence = (logits / ckpt.temperature).softmax(1).amax(1)
                 for row, i in enumerate(idx):
                     results[i].logits = logits[row].tolist()
+                    if threshold is not None:
+                        results[i].rejected = bool(confidence[row] < threshold)
                     results[i].top = [{"label": names[j], "index": int(j), "prob": round(float(p), 6)}
                                       for p, j in zip(top_p[row].tolist(), top_i[row].tolist())]
             bar.advance(task, len(idx) + len(errors))

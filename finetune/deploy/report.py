@@ -124,9 +124,9 @@ def _evaluation(eval_dir: Path, r: dict, cams: dict[str, bytes]) -> str:
     if r.get("top5") is not None:
         items.append(("top-5 accuracy", f"{r['top5']:.4f}"))
     items.append(("ECE", f"{r.get('ece', 0):.4f}"))
-    per_class = _table(["class", "precision", "recall", "F1", "support"],
-                       [(p["class"], _fmt(p["precision"]), _fmt(p["recall"]), _fmt(p["f1"]), p["support"])
-                        for p in r.get("per_class", [])])
+    per_class = _table(["class", "precision", "recall", "recall 95% interval", "F1", "support"],
+                       [(p["class"], _fmt(p["precision"]), _fmt(p["recall"]), _interval(p.get("recall_interval")),
+                         _fmt(p["f1"]), p["support"]) for p in r.get("per_class", [])])
     cm = _image(eval_dir / "confusion_matrix_normalized.png", "confusion matrix, rows normalised", "square")
     return _section("evaluation", "Evaluation", _table(["", ""], items, header=False) + "<h3>Per class</h3>"
                     + per_class + "<h3>Confusion matrix</h3>" + cm + _gallery(r.get("most_confident_mistakes", []),
@@ -150,6 +150,10 @@ def _gallery(mistakes: list[dict], cams: dict[str, bytes]) -> str:
     note = " Beside each photo, Grad-CAM: where the model looked for the class it chose." if cams else ""
     return (f"<h3>Most confident mistakes</h3><p>Highest predicted-class probability first.{note}</p>"
             f'<div class="gallery">{"".join(cards)}</div>')
+
+
+def _interval(interval) -> str:
+    return f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
 
 
 def _cams(run_dir: Path, evaluation: dict) -> dict[str, bytes]:

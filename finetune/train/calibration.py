@@ -23,6 +23,8 @@ from .resume import RunState
 # the data gives no finite answer, so T stays 1 rather than making every later prediction absurdly
 # sharp. An optimum on a bound is treated the same way.
 T_MIN, T_MAX = 0.05, 20.0
+# predict --reject auto: the threshold rejects this share of the correctly classified val images (its price)
+FALSE_REJECTION = 0.05
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, bool]:
@@ -53,10 +55,31 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, bool
     return t, True
 
 
+def rejection_threshold(logits: np.ndarray, labels: np.ndarray, temperature: float,
+                        false_rejection: float = FALSE_REJECTION) -> dict | None:
+    """The calibrated top-1 probability below which `predict --reject auto` says `unknown`: the largest threshold
+    that rejects at most `false_rejection` of the val images the model gets right (a photo of something else
+    usually gets a lower confidence than those). With its measured rates on val; None without a correct val image.
+    """
+    probs = softmax(logits, temperature)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(labels)
+    if not correct.any():
+        return None
+    ranked = np.sort(confidence[correct])
+    threshold = float(ranked[int(np.floor(false_rejection * len(ranked)))])
+    return {"threshold": threshold, "false_rejection": false_rejection, "score": "calibrated top-1 probability",
+            "correct_images": int(correct.sum()),
+            "rejected_correct": float(np.mean(confidence[correct] < threshold)),
+            "rejected_wrong": float(np.mean(confidence[~correct] < threshold)) if (~correct).any() else None}
+
+
 def calibration_summary(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """Fit T and measure NLL and ECE before and after: the dict stored as meta["calibration"]."""
+    """Fit T, measure NLL and ECE before and after, and choose the rejection threshold: the dict stored as
+    meta["calibration"]."""
     t, fitted = fit_temperature(logits, labels)
     return {"temperature": t, "fitted": fitted, "images": int(len(labels)),
+            "reject": rejection_threshold(logits, labels, t),
             "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t),
             "ece_before": expected_calibration_error(softmax(logits), labels),
             "ece_after": expected_calibration_error(softmax(logits, t), labels)}

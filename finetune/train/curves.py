@@ -91,7 +91,11 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
     table.add_row("best.pt", f"epoch {best['epoch']}: val acc {best['val_acc']:.4f}, val loss {best['val_loss']:.4f}")
     table.add_row("last.pt", f"epoch {last['epoch']}: val acc {last['val_acc']:.4f}, val loss {last['val_loss']:.4f}, "
                              f"train acc {last['train_acc']:.4f}")
-    table.add_row("time", f"{sum(r['seconds'] for r in rows):.1f}s for {len(rows)} epoch(s)")
+    if "head_l2" in last:  # strategy.head_solver lbfgs: one solve, no epochs
+        table.add_row("head", f"L-BFGS, l2 {last['head_l2']:.3g} chosen on the sweep (head_sweep.csv, head_sweep.png)")
+        table.add_row("time", f"{last['seconds']:.1f}s to read the features and solve the head")
+    else:
+        table.add_row("time", f"{sum(r['seconds'] for r in rows):.1f}s for {len(rows)} epoch(s)")
     if stopped:
         table.add_row("stopped early", f"after epoch {last['epoch']}: {stopped}")
     c = calibration
@@ -103,5 +107,11 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
                                      "(e.g. every val image is classified right)")
     table.add_row("ECE on val", f"{c['ece_before']:.4f} raw -> {c['ece_after']:.4f} calibrated "
                                 f"(NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}; same images T was fitted on)")
-    table.add_row("files", "best.pt, last.pt, metrics.csv, curves.png, recipe.yaml")
+    plots = "head_sweep.csv, head_sweep.png" if "head_l2" in last else "curves.png"
+    if c.get("reject"):
+        r = c["reject"]
+        table.add_row("predict --reject auto", f"unknown below a calibrated confidence of {r['threshold']:.3f}: "
+                      f"rejects {r['rejected_correct']:.1%} of the {r['correct_images']} correctly classified val "
+                      f"images (target {r['false_rejection']:.0%})")
+    table.add_row("files", f"best.pt, last.pt, metrics.csv, {plots}, recipe.yaml")
     console.print(table)

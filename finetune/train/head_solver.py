@@ -24,7 +24,7 @@ import torch.nn.functional as F
 # The coarse grid: one strength per decade over Kornblith's range; then quarter decades around the best.
 COARSE_GRID = tuple(10.0 ** e for e in range(-6, 6))
 FINE_STEPS = (-0.75, -0.5, -0.25, 0.25, 0.5, 0.75)
-MAX_ITER = 500  # L-BFGS iterations per fit; strong-Wolfe steps converge far sooner on these problems
+MAX_ITER = 100  # per fit: converged (loss change < 1e-10) from l2 1e-3 up on 244 x 1280 features; weaker ones stop here
 FOLDS = 5  # k-fold on train when there is no validation set
 
 
@@ -95,7 +95,7 @@ def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: i
         w = torch.zeros(num_classes, d, dtype=torch.float64, device=x.device, requires_grad=True)
         b = torch.zeros(num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-9, tolerance_change=1e-12)
+                                  tolerance_grad=1e-7, tolerance_change=1e-10)
 
     def closure():
         optimizer.zero_grad()

@@ -33,7 +33,8 @@ from ..runtime.device import Compute, resolve_compute, seed_everything
 from ..runtime.distributed import Dist, rank_device
 from .calibration import calibrate_run
 from .curves import CurvesPlot, plot_reliability, print_run_summary
-from .features import FeatureCache, frozen_batches
+from .estimate import Workload, estimate_line, seconds_per_image
+from .features import FeatureCache, frozen_batches, image_dataset
 from .freeze import FreezePlan, plan_freeze
 from .loggers import Loggers, check_loggers
 from .optim import build_optimizer, build_scheduler
@@ -49,6 +50,7 @@ from .rundir import (
     write_metrics,
     write_run_files,
 )
+from .solved import solve_head
 from .step import TrainStep, compiled, data_parallel, moving_average
 
 
@@ -137,6 +139,10 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
 def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
     """The frozen features, then the epochs (train, evaluate, log, checkpoint), then calibration."""
     step, cfg, run_dir = setup.step, recipe.train, run.run_dir
+    # how long the run will take here, from a few val images timed, before the feature pass or the first epoch
+    if setup.compute.dist.main:
+        console.print(estimate_line(workload(setup, recipe), *seconds_per_image(
+            step.model, image_dataset(setup.loaders.val), setup.compute)), style="dim", soft_wrap=True)
     # the frozen prefix runs once per image where it can (cached); each step trains the rest alone
     tail_of, train_batches, val_batches = frozen_batches(step.model, setup.plan, setup.loaders, setup.cache,
                                                          setup.compute, console)
@@ -153,39 +159,47 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
     curves, vanished = CurvesPlot(run_dir / "curves.png"), Vanished(setup.splits)
     loggers = Loggers(recipe.run, run_dir, recipe.model_dump(mode="json"), recipe.data.root, run.epoch) \
         if dist.main else None
-    for epoch in range(run.epoch, cfg.epochs + 1):
-        if stopped_early(run.rows, cfg.early_stop):  # a resumed run that had stopped early stays stopped
-            break
-        setup.plan.apply(step.model, epoch)  # what trains this epoch (strategy.freeze_epochs)
-        if setup.plan.unfreezes(epoch):
-            console.print(f"epoch {epoch}: unfreezing {', '.join(setup.plan.unfreezes(epoch))}")
-        if setup.plan.trainable(epoch) != wrapped:
-            step.net, wrapped = trained_part(), setup.plan.trainable(epoch)
-        lrs, done = run.begin_epoch(epoch)
-        setup.loaders.sampler.set_epoch(epoch, skip=done * cfg.accumulate * cfg.batch_size)  # global positions
-        # train, then evaluate (the moving average and the raw weights, with EMA)
-        train_loss, train_acc = train_epoch(step, train_batches, run, vanished, console,
-                                            f"epoch {epoch}/{cfg.epochs} train")
-        val_loss, val_acc = evaluate(step, step.scored_net, val_batches, vanished, console,
-                                     f"epoch {epoch}/{cfg.epochs} val")
-        raw = {}
-        if step.ema is not None:
-            loss, acc = evaluate(step, step.net, val_batches, vanished, console, f"epoch {epoch} val (raw weights)")
-            raw = {"val_loss_raw": loss, "val_acc_raw": acc}
-        # log
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-               "val_acc": val_acc, **raw, **lrs, "seconds": run.epoch_seconds()}
-        best = run.end_epoch(row)
-        if dist.main:
-            write_metrics(run_dir / "metrics.csv", run.rows)
-            curves.update(run.rows, final=epoch == cfg.epochs or stopped_early(run.rows, cfg.early_stop))
-            loggers.epoch(row)
-        console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
-                      f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
-        if vanished.report(dist) and dist.main:  # deleted or emptied since the pre-scan: left out, in data.json
-            write_data_summary(run_dir / "data.json", setup.splits, setup.balance, console)
-        # checkpoint: best.pt (when best), then last.pt
-        run.save_epoch(best)
+    if recipe.strategy.head_solver == "lbfgs":  # the head solved on the frozen features: no epochs (solved.py)
+        if run.epoch == 1:  # a resumed run that has its solved head keeps it
+            row = solve_head(run, step, tail_of(step.model), train_batches, val_batches,
+                             len(setup.splits.class_names), cfg.seed, console)
+            if dist.main:
+                write_metrics(run_dir / "metrics.csv", run.rows)
+                loggers.epoch(row)
+    else:
+        for epoch in range(run.epoch, cfg.epochs + 1):
+            if stopped_early(run.rows, cfg.early_stop):  # a resumed run that had stopped early stays stopped
+                break
+            setup.plan.apply(step.model, epoch)  # what trains this epoch (strategy.freeze_epochs)
+            if setup.plan.unfreezes(epoch):
+                console.print(f"epoch {epoch}: unfreezing {', '.join(setup.plan.unfreezes(epoch))}")
+            if setup.plan.trainable(epoch) != wrapped:
+                step.net, wrapped = trained_part(), setup.plan.trainable(epoch)
+            lrs, done = run.begin_epoch(epoch)
+            setup.loaders.sampler.set_epoch(epoch, skip=done * cfg.accumulate * cfg.batch_size)  # global positions
+            # train, then evaluate (the moving average and the raw weights, with EMA)
+            train_loss, train_acc = train_epoch(step, train_batches, run, vanished, console,
+                                                f"epoch {epoch}/{cfg.epochs} train")
+            val_loss, val_acc = evaluate(step, step.scored_net, val_batches, vanished, console,
+                                         f"epoch {epoch}/{cfg.epochs} val")
+            raw = {}
+            if step.ema is not None:
+                loss, acc = evaluate(step, step.net, val_batches, vanished, console, f"epoch {epoch} val (raw weights)")
+                raw = {"val_loss_raw": loss, "val_acc_raw": acc}
+            # log
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                   "val_acc": val_acc, **raw, **lrs, "seconds": run.epoch_seconds()}
+            best = run.end_epoch(row)
+            if dist.main:
+                write_metrics(run_dir / "metrics.csv", run.rows)
+                curves.update(run.rows, final=epoch == cfg.epochs or stopped_early(run.rows, cfg.early_stop))
+                loggers.epoch(row)
+            console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
+                          f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
+            if vanished.report(dist) and dist.main:  # deleted or emptied since the pre-scan: left out, in data.json
+                write_data_summary(run_dir / "data.json", setup.splits, setup.balance, console)
+            # checkpoint: best.pt (when best), then last.pt
+            run.save_epoch(best)
     # calibrate (a temperature per checkpoint, fitted on val) and summarise
     calibration, val = calibrate_run(run, step.scored_net, val_batches, setup.compute, console)
     if val is not None and dist.main:
@@ -197,6 +211,16 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
     early = stopped_early(run.rows, cfg.early_stop)
     print_run_summary(console, run.rows, calibration, run_dir,
                       f"val accuracy did not improve for {cfg.early_stop} epochs" if early else "")
+
+
+def workload(setup: Setup, recipe: Recipe) -> Workload:
+    """What estimate.py prices: the run's passes over its images."""
+    random = recipe.data.augment != "none"
+    cached = setup.cache.enabled and recipe.strategy.name == "feature-extract" and \
+        (not random or recipe.features.views > 0)
+    return Workload(len(setup.splits.train), len(setup.splits.val), recipe.train.epochs, recipe.strategy.name,
+                    cached, recipe.features.views if random else 1, setup.info.preprocessing.size,
+                    setup.compute.device.type)
 
 
 def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, console,

@@ -123,7 +123,7 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "curves.png", "recipe.yaml", "environment.json", "data.json",
-             "crash.log", "mlflow_run_id.txt", "reliability.png", "report.html")
+             "crash.log", "mlflow_run_id.txt", "reliability.png", "report.html", "head_sweep.csv", "head_sweep.png")
 
 
 @contextmanager

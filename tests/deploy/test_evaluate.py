@@ -67,6 +67,16 @@ def test_evaluate_reports_metrics_files_and_unknown_classes(trained, image_folde
     assert len(list(csv.DictReader((out / "predictions.csv").open()))) == 8
     assert json.loads((out / "report.json").read_text())["confusion_matrix"] == report["confusion_matrix"]
 
+    # honest accuracy: a 95% Wilson interval around the accuracy and each class's recall, in every output
+    lo, hi = report["top1_interval"]
+    assert lo <= report["top1"] <= hi and hi - lo > 0.2  # 8 images cannot pin it down
+    assert json.loads((out / "report.json").read_text())["top1_interval"] == [lo, hi]
+    for row in report["per_class"]:
+        assert row["recall_interval"][0] <= row["recall"] <= row["recall_interval"][1]
+    per_class = list(csv.DictReader((out / "per_class.csv").open()))
+    assert [r["class"] for r in per_class[:2]] == ["blue", "red"]
+    assert float(per_class[-1]["recall_low95"]) == pytest.approx(lo, abs=1e-6)
+
 
 def test_mistakes_grid_and_json_from_the_cli(trained, image_folder, tmp_path):
     # swap the folder names: now every image is a confident mistake
@@ -89,6 +99,7 @@ def test_mistakes_grid_and_json_from_the_cli(trained, image_folder, tmp_path):
 
     table = CliRunner().invoke(app, ["evaluate", str(trained), str(swapped), "--output", str(tmp_path / "ev2")])
     assert table.exit_code == 0 and "top-1 accuracy" in table.stdout and "macro avg" in table.stdout
+    assert "95% interval 0.000-0.3" in table.stdout and "recall 95%" in table.stdout  # 0 of 8 right
 
 
 def test_evaluate_refuses_to_write_into_the_dataset_and_unknown_only_data(trained, image_folder, tmp_path):
