@@ -3,9 +3,9 @@ resized + re-encoded copies of val photos in train (leakage), exact copies. Reca
 the injected truth.
 
 Embeddings of a tiny random net say little, so the recipe's model is a fixed feature function registered with
-timm in the subprocess (4x4 average-pooled pixels, a "pixels" backbone in front of a linear head): the command
-path, the feature cache, the folds and cleanlab are the real ones. The photos are random 4x4 colour blocks
-with a class tint, so distinct photos are far apart (cosine ~0.4) and a resized copy stays close (~0.99).
+timm in the subprocess (8x8 average-pooled pixels, a "pixels" backbone in front of a linear head): the command
+path, the feature cache, the folds and cleanlab are the real ones. The photos are random 8x8 colour blocks
+with a class tint, so distinct photos are far apart and a resized copy stays close.
 """
 
 import hashlib
@@ -31,8 +31,8 @@ from torch import nn
 class PixelNet(nn.Module):
     def __init__(self, num_classes=2):
         super().__init__()
-        self.pool, self.flatten = nn.AdaptiveAvgPool2d(4), nn.Flatten()
-        self.head = nn.Linear(48, num_classes)
+        self.pool, self.flatten = nn.AdaptiveAvgPool2d(8), nn.Flatten()
+        self.head = nn.Linear(192, num_classes)
         self.pretrained_cfg = {"classifier": "head", "input_size": (3, 32, 32), "crop_pct": 1.0,
                                "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25),
                                "crop_mode": "center"}
@@ -46,15 +46,15 @@ def audit_pixelnet(pretrained=False, **kwargs):
     return PixelNet(kwargs.get("num_classes", 2))
 '''
 
-TINTS = {"ant": (90, -90, -90), "bee": (-90, 90, -90), "wasp": (-90, -90, 90)}
+TINTS = {"ant": (60, -60, -60), "bee": (-60, 60, -60), "wasp": (-60, -60, 60)}
 
 
 def photo(cls: str, seed: int, size: int = 32) -> Image.Image:
-    """4x4 blocks of random colour, tinted by class."""
+    """8x8 blocks of random colour, tinted by class."""
     rng = random.Random(seed)
-    small = Image.new("RGB", (4, 4))
-    for x in range(4):
-        for y in range(4):
+    small = Image.new("RGB", (8, 8))
+    for x in range(8):
+        for y in range(8):
             small.putpixel((x, y), tuple(max(0, min(255, rng.randrange(256) + t)) for t in TINTS[cls]))
     return small.resize((size, size), Image.NEAREST)
 
