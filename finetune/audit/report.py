@@ -14,6 +14,7 @@ from .duplicates import KINDS
 from .embeddings import relative
 
 LABEL_ISSUE = "the held-out heads prefer another class: check the photo, fix its folder if the label is wrong"
+TABLE_ROWS = 50  # findings in the console table
 SHOWN = 60  # findings of each kind on the page (all of them are in the JSON and CSV)
 
 
@@ -122,7 +123,7 @@ def print_audit(report: dict, console) -> None:
     table = Table("kind", "score", title=f"audit findings (paths under {literal(root)})")
     table.add_column("file", overflow="fold", ratio=2)
     table.add_column("detail", overflow="fold", ratio=2)
-    for f in report["findings"]:
+    for f in report["findings"][:TABLE_ROWS]:
         if f["kind"] == "label-issue":
             detail = f"labelled {f['label']} ({f['given_label_prob']:.2f}), suggested {f['suggested']}"
         else:
@@ -130,6 +131,8 @@ def print_audit(report: dict, console) -> None:
         table.add_row(f["kind"], f"{f['score']:.3f}", literal(relative(f["path"], root)), literal(detail))
     if report["findings"]:
         console.print(table)
+    if len(report["findings"]) > TABLE_ROWS:
+        console.print(f"... and {len(report['findings']) - TABLE_ROWS} more in audit.csv", highlight=False)
     acc = report["accuracy"]
     console.print(f"{report['images']} images ({report['train']} train, {report['val']} val): "
                   + ", ".join(f"{n} {kind}" for kind, n in report["counts"].items()), highlight=False)
