@@ -3,6 +3,7 @@ and the head's accuracy with its spread, written as audit.json, audit.csv and au
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ def run_audit(recipe: Recipe, threshold: float = THRESHOLD, folds: int = FOLDS, 
     from .report import write_outputs
 
     console = console or stderr_console()
-    root = Path(recipe.data.root).expanduser().absolute() if recipe.data.root else None
+    root = Path(os.path.abspath(Path(recipe.data.root).expanduser())) if recipe.data.root else None
     out = recipe.run.output
     refuse_inside(out or recipe.run.dir, root, "the audit folder")
     seconds = {}
