@@ -411,6 +411,64 @@ def inspect_(
         raise typer.Exit(1)
 
 
+class AuditFormat(str, Enum):
+    table = "table"
+    json = "json"
+    html = "html"
+
+
+@app.command()
+@command
+def audit(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (see recipes/): its model, weights and data.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="ImageFolder root; overrides data.root.")] = None,
+    format: Annotated[AuditFormat, typer.Option(
+        "--format", "-f", help="What to print: table for people, json (every finding) for programs, html (the "
+                               "page's path). audit.json, audit.csv and audit.html are written in every case.")
+    ] = AuditFormat.table,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Folder to write into, new or empty (default: a new runs/audit-NAME; never inside "
+                               "the dataset).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a recipe key, e.g. --set model.weights=PATH (repeatable).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Cosine similarity of two photos' embeddings at or above which they are "
+                               "near-duplicates (default 0.82, measured with ImageNet weights; docs/audit.md).")
+    ] = None,
+    folds: Annotated[int, typer.Option(min=2, help="k of the stratified k-fold out-of-fold heads.")] = 5,
+    repeats: Annotated[int, typer.Option(
+        min=1, help="Repeat the k-fold with this many seeded shuffles (the accuracy's spread; probabilities "
+                    "averaged).")] = 3,
+):
+    """Audit a dataset with the recipe's model: near-duplicate photos and train/val leakage, probably wrong labels,
+    and the head's accuracy with its spread.
+
+    Every image's pooled embedding (the feature-extract cache) is compared with every other's; labels are judged by
+    linear heads that never saw the image (k-fold), ranked by confident learning (cleanlab). Reads the dataset,
+    never changes it. Exact byte copies: `finetune inspect`.
+    """
+    from .config import load_recipe
+
+    config = load_recipe(recipe, set_ or [], data=data, output=output)
+    _tune()
+    from .audit.duplicates import THRESHOLD
+    from .audit.labels import require_cleanlab
+    from .audit.report import print_audit, to_dict
+    from .audit.run import run_audit
+
+    require_cleanlab()  # before the feature pass, not after it
+    result = run_audit(config, THRESHOLD if threshold is None else threshold, folds, repeats)
+    report = to_dict(result)
+    if format == AuditFormat.json:
+        typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    elif format == AuditFormat.html:
+        typer.echo(str(result.folder / "audit.html"))
+    else:
+        from rich.console import Console
+
+        print_audit(report, Console())
+
+
 @app.command()
 @command
 def evaluate(

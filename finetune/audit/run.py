@@ -1,0 +1,70 @@
+"""run_audit(recipe): embeddings (from the feature cache), near-duplicates and leakage, out-of-fold label issues
+and the head's accuracy with its spread, written as audit.json, audit.csv and audit.html into a new folder."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Recipe, RunSpec
+from ..console import literal, progress, stderr_console
+from ..data.filecheck import check_files
+from ..files import refuse_inside
+from ..train.rundir import create_run_dir
+from .duplicates import THRESHOLD, Pair, find_duplicates
+from .embeddings import Embeddings, load_embeddings
+from .folds import FOLDS, REPEATS, Accuracy, out_of_fold
+from .labels import LabelIssue, find_label_issues
+
+
+@dataclass
+class Audit:
+    folder: Path
+    root: Path
+    embeddings: Embeddings
+    threshold: float
+    pairs: list[Pair]
+    issues: list[LabelIssue]
+    probs: object  # N x C out-of-fold probabilities (numpy)
+    accuracy: Accuracy
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_audit(recipe: Recipe, threshold: float = THRESHOLD, folds: int = FOLDS, repeats: int = REPEATS,
+              console=None) -> Audit:
+    """Audit the recipe's dataset; the files land in run.output, else a new RUN_DIR/audit-NAME (never in the
+    dataset). The dataset is only read."""
+    from .report import write_outputs
+
+    console = console or stderr_console()
+    root = Path(os.path.abspath(Path(recipe.data.root).expanduser())) if recipe.data.root else None
+    out = recipe.run.output
+    refuse_inside(out or recipe.run.dir, root, "the audit folder")
+    seconds = {}
+    start = time.perf_counter()
+    emb = load_embeddings(recipe, console)
+    seconds["embeddings"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    checks = check_files([Path(p) for p in emb.paths], root=root)  # cached by the screen training runs first
+    digests = [checks[Path(p)].digest for p in emb.paths]
+    pairs = find_duplicates(emb, threshold, digests)
+    seconds["near_duplicates"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with progress(console) as bar:
+        task = bar.add_task("out-of-fold heads", total=None)
+        probs, accuracy = out_of_fold(emb.features, emb.labels, emb.class_names, folds, repeats,
+                                      recipe.train.seed, progress=lambda: bar.advance(task))
+    issues = find_label_issues(emb.labels, probs)
+    seconds["label_issues"] = time.perf_counter() - start
+
+    folder = create_run_dir(RunSpec(dir=recipe.run.dir, name=f"audit-{recipe.run.name or 'recipe'}", output=out,
+                                    exist_ok=recipe.run.exist_ok))
+    audit = Audit(folder, root, emb, threshold, pairs, issues, probs, accuracy, seconds)
+    write_outputs(audit)
+    console.print(f"audit: {len(emb)} images, {len(pairs)} near-duplicate pair(s), {len(issues)} label issue(s); "
+                  f"written to {literal(folder)}", soft_wrap=True)
+    return audit
