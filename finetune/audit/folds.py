@@ -23,8 +23,7 @@ import torch
 
 from ..errors import DataError
 from ..runtime.threads import one_thread
-from ..train.head_solver import COARSE_GRID, fit_linear_head, sweep_l2
-from ..train.head_solver import _folds as stratified_folds
+from ..train.head_solver import COARSE_GRID, fit_linear_head, stratified_folds, sweep_l2
 
 FOLDS = 5
 REPEATS = 3

@@ -132,7 +132,7 @@ def sweep_l2(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: t
     start = time.perf_counter()
     has_val = val_feats is not None and val_labels is not None and len(val_labels) > 0
     splits = [(torch.arange(len(train_labels)), None)] if has_val else \
-        _folds(train_labels, min(folds, _smallest_class(train_labels, num_classes)), seed)
+        stratified_folds(train_labels, min(folds, _smallest_class(train_labels, num_classes)), seed)
     if not has_val and len(splits) < 2:
         raise ValueError("no validation images and a class with fewer than 2 training images: "
                          "the L2 sweep has nothing to score on")
@@ -187,7 +187,7 @@ def _smallest_class(labels: torch.Tensor, num_classes: int) -> int:
     return int(present.min()) if len(present) else 0
 
 
-def _folds(labels: torch.Tensor, k: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """k (fit, held-out) index pairs; each class's images dealt round-robin to the folds after a seeded shuffle."""
     if k < 2:
         return []
