@@ -31,7 +31,7 @@ class LrFind:
     lrs: list[float]  # the head's lr at each step
     losses: list[float]
     smoothed: list[float]
-    suggestion: float  # for the head: where the smoothed loss falls fastest
+    suggestion: float  # for the head: a tenth of the lr at the smoothed loss's minimum
     group_lrs: dict[str, float]  # the suggestion for every group, at the recipe's ratios
 
     @property
@@ -105,14 +105,14 @@ def _batches(train_batches, loaders, accumulate: int, steps: int):
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> float:
-    """The lr where the smoothed loss falls fastest (steepest descent in log lr) before its minimum, past the
-    first few steps, where the average has not settled yet."""
+    """A tenth of the lr at the smoothed loss's minimum, past the first few steps, where the average has not settled
+    (Smith 2017, fastai's `lr_min`). The steepest point, which we suggested first, sits right before the minimum on a
+    noisy sweep: on hymenoptera it said 0.0097 for EfficientNet-Lite0's head, which trained to 0.915 against 0.961
+    at the recipe's 0.001; a tenth of the minimum says 0.0011."""
     skip = max(3, len(lrs) // 20)
     if len(lrs) < skip + 3:
         return lrs[len(lrs) // 2] if lrs else float("nan")
-    low = max(int(np.argmin(smoothed)), skip + 2)
-    slope = np.gradient(np.asarray(smoothed[skip:low + 1]), np.log(np.asarray(lrs[skip:low + 1])))
-    return float(lrs[skip + int(np.argmin(slope))])
+    return float(lrs[skip + int(np.argmin(smoothed[skip:]))]) / 10
 
 
 def _write(result: LrFind) -> None:
