@@ -82,3 +82,28 @@ def checkpoint_of(state: dict, class_names=("blue", "red"), **fields):
     pre = Preprocessing(32, 36, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     return Checkpoint(ModelSpec(source="timm", name="test_efficientnet", weights=None), list(class_names), pre,
                       "classifier", "feature-extract", state=state, **fields)
+
+
+def train_tiny(root: Path) -> tuple[Path, Path]:
+    """(best.pt, data) of a tiny feature-extract run under `root`, for module-scoped fixtures: the per-test cache
+    variable is not set yet, so its feature cache lives under `root` too."""
+    from finetune.config import build_recipe
+    from finetune.train.loop import fit
+
+    data = make_folder(root / "colors", {"train": 8, "val": 4})
+    tree = {"model": {"source": "timm", "name": "test_efficientnet", "weights": None},
+            "data": {"root": str(data), "image_size": 32, "augment": "none", "workers": 0},
+            "strategy": {"name": "feature-extract", "lr": {"head": 0.1}},
+            "train": {"epochs": 2, "batch_size": 8, "seed": 0}, "run": {"output": str(root / "run")},
+            "features": {"dir": str(root / "features")}}
+    return fit(build_recipe(tree)) / "best.pt", data
+
+
+def invoke(*args) -> tuple[int, str, str]:
+    """The finetune command in this process: (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr

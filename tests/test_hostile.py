@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import checkpoint_of, make_folder, make_image, write_yaml
-from typer.testing import CliRunner
+from conftest import invoke as cli
 
 from finetune.checkpoint import Checkpoint
 from finetune.config import build_recipe, load_recipe
@@ -37,13 +37,6 @@ def _untuned(monkeypatch):
     import finetune.cli
 
     monkeypatch.setattr(finetune.cli, "_tune", lambda imports=(): None)
-
-
-def cli(*args):
-    from finetune.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def one_line_error(stderr: str, *words: str) -> str:

@@ -6,13 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import make_folder
-from typer.testing import CliRunner
+from conftest import invoke as cli
+from conftest import train_tiny
 
-from finetune.config import build_recipe
 from finetune.data.lists import read_path_list
 from finetune.errors import DataError
-from finetune.train.loop import fit
 
 
 @pytest.fixture(autouse=True)
@@ -24,21 +22,7 @@ def _untuned(monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lists")
-    data = make_folder(root / "colors", {"train": 8, "val": 4})
-    tree = {"model": {"source": "timm", "name": "test_efficientnet", "weights": None},
-            "data": {"root": str(data), "image_size": 32, "augment": "none", "workers": 0},
-            "strategy": {"name": "feature-extract", "lr": {"head": 0.1}},
-            "train": {"epochs": 2, "batch_size": 8, "seed": 0}, "run": {"output": str(root / "run")},
-            "features": {"dir": str(root / "features")}}  # module-scoped: the per-test cache variable is not set yet
-    return fit(build_recipe(tree)) / "best.pt", data
-
-
-def cli(*args):
-    from finetune.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
+    return train_tiny(tmp_path_factory.mktemp("lists"))
 
 
 def test_txt_and_csv_lists_resolve_relative_to_the_list_and_keep_every_line(tmp_path):

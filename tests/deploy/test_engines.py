@@ -8,16 +8,14 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import make_folder
-from typer.testing import CliRunner
+from conftest import invoke as cli
+from conftest import train_tiny
 
 from finetune.checkpoint import Checkpoint
-from finetune.config import build_recipe
 from finetune.deploy.evaluate import evaluate
 from finetune.deploy.export import export
 from finetune.deploy.predict import predict
 from finetune.errors import CheckpointError, ConfigError
-from finetune.train.loop import fit
 
 TEMPERATURE = 2.5
 
@@ -34,26 +32,13 @@ def model(tmp_path_factory):
     """A tiny trained checkpoint with a temperature that changes every probability, its fp32 ONNX export, and
     images to predict (with one unreadable file among them)."""
     root = tmp_path_factory.mktemp("engines")
-    data = make_folder(root / "colors", {"train": 8, "val": 4})
-    tree = {"model": {"source": "timm", "name": "test_efficientnet", "weights": None},
-            "data": {"root": str(data), "image_size": 32, "augment": "none", "workers": 0},
-            "strategy": {"name": "feature-extract", "lr": {"head": 0.1}},
-            "train": {"epochs": 2, "batch_size": 8, "seed": 0}, "run": {"output": str(root / "run")},
-            "features": {"dir": str(root / "features")}}  # module-scoped: the per-test cache variable is not set yet
-    best = fit(build_recipe(tree)) / "best.pt"
+    best, data = train_tiny(root)
     ckpt = Checkpoint.load(best)
     calibrated = root / "calibrated.pt"
     replace(ckpt, calibration={"temperature": TEMPERATURE}).save(calibrated)
     onnx = export(calibrated, "onnx").path
     (data / "val" / "red" / "broken.png").write_bytes(b"not a png")
     return {"pt": calibrated, "onnx": onnx, "images": data / "val"}
-
-
-def cli(*args):
-    from finetune.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_onnxruntime_predicts_what_torch_predicts_with_the_temperature_and_tta(model, monkeypatch):

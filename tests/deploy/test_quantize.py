@@ -8,14 +8,12 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from conftest import make_folder, make_image
-from typer.testing import CliRunner
+from conftest import invoke as cli
+from conftest import make_image, train_tiny
 
-from finetune.config import build_recipe
 from finetune.deploy.export import export
 from finetune.deploy.predict import predict
 from finetune.errors import ExportError
-from finetune.train.loop import fit
 
 
 @pytest.fixture(autouse=True)
@@ -27,21 +25,7 @@ def _untuned(monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("int8")
-    data = make_folder(root / "colors", {"train": 8, "val": 4})
-    tree = {"model": {"source": "timm", "name": "test_efficientnet", "weights": None},
-            "data": {"root": str(data), "image_size": 32, "augment": "none", "workers": 0},
-            "strategy": {"name": "feature-extract", "lr": {"head": 0.1}},
-            "train": {"epochs": 2, "batch_size": 8, "seed": 0}, "run": {"output": str(root / "run")},
-            "features": {"dir": str(root / "features")}}  # module-scoped: the per-test cache variable is not set yet
-    return fit(build_recipe(tree)) / "best.pt", data
-
-
-def cli(*args):
-    from finetune.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
+    return train_tiny(tmp_path_factory.mktemp("int8"))
 
 
 def test_int8_export_is_quantized_loads_in_onnxruntime_and_says_agreement_accuracy_and_speed(trained):
