@@ -556,5 +556,27 @@ def ablate(
     typer.echo(str(result.output))
 
 
+@app.command()
+@command
+def cifar10(
+    out_dir: Annotated[Path, typer.Argument(
+        help="New folder for the ImageFolder (train/<class>/, val/<class>/ of 32x32 PNGs), e.g. data/cifar10.")],
+    download_dir: Annotated[Optional[Path], typer.Option(
+        help="Where torchvision keeps the 163 MB download (default: $TORCH_HOME/datasets); reused when present.")
+    ] = None,
+):
+    """Write CIFAR-10 as an ImageFolder for recipes/resnet18-cifar-scratch.yaml, from torchvision's download.
+
+    The 10,000 test images become val/. Then: `finetune train recipes/resnet18-cifar-scratch.yaml --data OUT_DIR`.
+    """
+    _tune(("torch", "torchvision"))
+    from .console import stderr_console
+    from .data.cifar import write_cifar10
+
+    counts = write_cifar10(out_dir, download_dir, console=stderr_console())
+    typer.echo(f"{counts['train']} train and {counts['val']} val images", err=True)
+    typer.echo(str(out_dir))
+
+
 def main() -> None:
     app()
