@@ -515,11 +515,11 @@ def ablate(
                        "data/sample textures at 32 px.")] = None,
     depths: Annotated[str, typer.Option(
         help="Comma-separated depths 6n+2; a plain net and its residual twin train at each.")] = "20,56",
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs for every net (the same schedule for all).")] = 5,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs for every net (the same schedule for all).")] = 4,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Folder to create for the results (default: a new runs/ablate, runs/ablate-2, ...).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=2, help="Images per SGD step.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=2, help="Images per SGD step.")] = 16,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate of the cosine schedule (He et al.: 0.1).")
                   ] = 0.1,
     image_size: Annotated[int, typer.Option(min=8, help="Images are resized to SIZE x SIZE pixels.")] = 32,

@@ -35,8 +35,8 @@ class AblationSpec:
     data: Path
     output: Path | None = None  # None: a new runs/ablate, runs/ablate-2, ...
     depths: tuple[int, ...] = (20, 56)
-    epochs: int = 5
-    batch_size: int = 32
+    epochs: int = 4
+    batch_size: int = 16
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
