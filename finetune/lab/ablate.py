@@ -11,6 +11,7 @@ layer on one fixed batch at initialisation and after the first epoch, the "why" 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -86,10 +87,15 @@ def run_ablation(spec: AblationSpec, console=None) -> AblationResult:
     depths = check_depths(spec.depths)
     out = _output_folder(spec)
     compute = resolve_compute(spec.device, amp=spec.amp)
-    data = load_tensors(spec.data, spec.image_size, spec.seed, console=console)
-    if len(data.train_y) < 2 or len(data.val_y) == 0:
-        raise ConfigError(f"{spec.data} has too few images for an ablation (train {len(data.train_y)}, "
-                          f"val {len(data.val_y)})")
+    try:
+        data = load_tensors(spec.data, spec.image_size, spec.seed, console=console)
+        if len(data.train_y) < 2 or len(data.val_y) == 0:
+            raise ConfigError(f"{spec.data} has too few images for an ablation (train {len(data.train_y)}, "
+                              f"val {len(data.val_y)})")
+    except BaseException:
+        with contextlib.suppress(OSError):  # leave no empty results folder behind a data mistake
+            out.rmdir()
+        raise
     start = time.perf_counter()
     rows, grad_rows = [], []
     with progress(console) as bar:

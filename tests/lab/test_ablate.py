@@ -9,7 +9,7 @@ import torch
 from conftest import make_folder
 from PIL import Image
 
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, DataError
 from finetune.lab.ablate import AblationSpec, _output_folder, run_ablation
 from finetune.lab.tensors import augment, load_tensors
 
@@ -62,6 +62,9 @@ def test_never_overwrites_and_never_writes_into_the_dataset(tiny, tmp_path):
         run_ablation(AblationSpec(tiny, output=tmp_path / "taken", depths=(8,), epochs=1))
     with pytest.raises(ConfigError, match="inside the dataset"):
         run_ablation(AblationSpec(tiny, output=tiny / "results", depths=(8,), epochs=1))
+    with pytest.raises(DataError, match="not a folder"):
+        run_ablation(AblationSpec(tmp_path / "nowhere", output=tmp_path / "fresh", depths=(8,), epochs=1))
+    assert not (tmp_path / "fresh").exists()
     with pytest.raises(ConfigError, match="6n\\+2"):
         run_ablation(AblationSpec(tiny, output=tmp_path / "new", depths=(10,), epochs=1))
 
