@@ -103,7 +103,7 @@ def run_ablation(spec: AblationSpec, console=None) -> AblationResult:
             for residual in (False, True):
                 torch.manual_seed(spec.seed)  # the twins start from the same weights
                 net = CifarNet(depth, residual, num_classes=len(data.class_names))
-                net_rows, net_grads = _train(net, data, spec, compute, bar)
+                net_rows, net_grads = _train(net, data, spec, compute, bar, console)
                 rows += net_rows
                 grad_rows += net_grads
     seconds = time.perf_counter() - start
@@ -130,7 +130,8 @@ def _output_folder(spec: AblationSpec) -> Path:
     raise ConfigError(f"too many ablate runs in {spec.runs_dir}; choose --output")
 
 
-def _train(net: CifarNet, data: TensorSplits, spec: AblationSpec, compute: Compute, bar) -> tuple[list, list]:
+def _train(net: CifarNet, data: TensorSplits, spec: AblationSpec, compute: Compute, bar,
+           console=None) -> tuple[list, list]:
     net = net.to(compute.device)
     n = len(data.train_y)
     batch = min(spec.batch_size, n)
@@ -177,6 +178,10 @@ def _train(net: CifarNet, data: TensorSplits, spec: AblationSpec, compute: Compu
                      "epoch": epoch, "train_error": wrong / seen, "val_error": val_error,
                      "train_loss": loss_sum / seen, "val_loss": val_loss,
                      "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - began, 2)})
+        if console is not None:  # one line per epoch, also in logs where the bar does not show
+            r = rows[-1]
+            console.print(f"{net.name} epoch {epoch}: train error {100 * r['train_error']:.1f}%, val error "
+                          f"{100 * r['val_error']:.1f}% ({r['seconds']:.0f} s)", highlight=False)
     bar.remove_task(task)
     return rows, grads
 

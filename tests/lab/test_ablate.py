@@ -74,7 +74,7 @@ def test_command_line_defaults_to_a_new_folder_under_runs(tiny, tmp_path):
             "--batch-size", "4", "--image-size", "16"]
     first = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().endswith("ablate") and "plain-8" in first.stderr
+    assert first.stdout.strip().endswith("ablate") and "resnet-8 epoch 1: train error" in first.stderr
     assert (tmp_path / "runs" / "ablate" / "errors.png").is_file()
     # the next run gets a new folder beside it, never the same one
     assert _output_folder(AblationSpec(tiny, runs_dir=tmp_path / "runs")) == tmp_path / "runs" / "ablate-2"
