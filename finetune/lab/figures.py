@@ -58,9 +58,12 @@ def _errors_png(path: Path, rows: list[dict]) -> Path:
                      marker="o", ms=3, label=net)
         axes[0].plot(epochs, [100 * r["train_error"] for r in series], **style)
         axes[1].plot(epochs, [100 * r["val_error"] for r in series], **style)
+    from matplotlib.ticker import MaxNLocator
+
     for ax, title in zip(axes, ("training error", "validation error")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("error (%)")
     axes[1].legend(title="dashed: plain, solid: residual", fontsize=8, title_fontsize=8)
