@@ -515,7 +515,7 @@ def ablate(
                        "data/sample textures at 32 px.")] = None,
     depths: Annotated[str, typer.Option(
         help="Comma-separated depths 6n+2; a plain net and its residual twin train at each.")] = "20,56",
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs for every net (the same schedule for all).")] = 20,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs for every net (the same schedule for all).")] = 8,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Folder to create for the results (default: a new runs/ablate, runs/ablate-2, ...).")
     ] = None,

@@ -36,7 +36,7 @@ class AblationSpec:
     data: Path
     output: Path | None = None  # None: a new runs/ablate, runs/ablate-2, ...
     depths: tuple[int, ...] = (20, 56)
-    epochs: int = 20
+    epochs: int = 8
     batch_size: int = 16
     lr: float = 0.1
     momentum: float = 0.9
