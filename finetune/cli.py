@@ -595,5 +595,76 @@ def _int8_lines(check) -> list[str]:
     return lines
 
 
+@app.command()
+@command
+def ablate(
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="ImageFolder root (train/ and val/, or class folders split 80/20); default: the shipped "
+                       "data/sample textures at 32 px.")] = None,
+    depths: Annotated[str, typer.Option(
+        help="Comma-separated depths 6n+2; a plain net and its residual twin train at each.")] = "20,56",
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs for every net (the same schedule for all).")] = 8,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Folder to create for the results (default: a new runs/ablate, runs/ablate-2, ...).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=2, help="Images per SGD step.")] = 16,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate of the cosine schedule (He et al.: 0.1).")
+                  ] = 0.1,
+    image_size: Annotated[int, typer.Option(min=8, help="Images are resized to SIZE x SIZE pixels.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seeds the init, the data order and the split.")] = 0,
+    device: Device = "auto",
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (ignored on the CPU).")] = True,
+):
+    """The degradation experiment of He et al. 2015: plain CIFAR nets and their residual twins, side by side.
+
+    Trains, from random init and on the same data in the same order, a plain net (no shortcuts) and a ResNet of
+    each depth with SGD (lr 0.1, momentum 0.9, weight decay 1e-4, cosine). Writes ablation.csv (train and
+    validation error per epoch and net), gradflow.csv, errors.png (training and validation error curves) and
+    gradflow.png (gradient norm per layer at init and after epoch 1).
+    """
+    from .errors import ConfigError
+
+    try:
+        depth_list = tuple(int(d) for d in depths.split(",") if d.strip())
+    except ValueError:
+        raise ConfigError(f"--depths {depths!r}: give comma-separated integers such as 20,56") from None
+    _tune(("torch",))
+    from .console import stderr_console
+    from .lab.ablate import AblationSpec, check_depths, default_data, run_ablation
+
+    check_depths(depth_list)
+    spec = AblationSpec(data if data is not None else default_data(), output=output, depths=depth_list,
+                        epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
+                        device=device, amp=amp)
+    result = run_ablation(spec, console=stderr_console())
+    for row in result.final():
+        typer.echo(f"{row['net']:>10}: train error {100 * row['train_error']:5.1f}%  val error "
+                   f"{100 * row['val_error']:5.1f}%  ({row['seconds']:.0f} s)", err=True)
+    typer.echo(f"{len(result.rows)} epochs of {len(result.final())} nets in {result.seconds:.0f} s", err=True)
+    typer.echo(str(result.output))
+
+
+@app.command()
+@command
+def cifar10(
+    out_dir: Annotated[Path, typer.Argument(
+        help="New folder for the ImageFolder (train/<class>/, val/<class>/ of 32x32 PNGs), e.g. data/cifar10.")],
+    download_dir: Annotated[Optional[Path], typer.Option(
+        help="Where torchvision keeps the 163 MB download (default: $TORCH_HOME/datasets); reused when present.")
+    ] = None,
+):
+    """Write CIFAR-10 as an ImageFolder for recipes/resnet18-cifar-scratch.yaml, from torchvision's download.
+
+    The 10,000 test images become val/. Then: `finetune train recipes/resnet18-cifar-scratch.yaml --data OUT_DIR`.
+    """
+    _tune(("torch", "torchvision"))
+    from .console import stderr_console
+    from .data.cifar import write_cifar10
+
+    counts = write_cifar10(out_dir, download_dir, console=stderr_console())
+    typer.echo(f"{counts['train']} train and {counts['val']} val images", err=True)
+    typer.echo(str(out_dir))
+
+
 def main() -> None:
     app()

@@ -24,6 +24,7 @@ from ..checkpoint import Checkpoint
 from ..data.lists import is_list_argument
 from ..errors import ExportError
 from ..files import atomic_write, is_checkpoint_file, make_folder, refuse_inside
+from ..models.registry import TORCHVISION_RESNETS
 from .loading import load_model
 from .quantize import MAX_DROP, Int8Check
 
@@ -250,6 +251,9 @@ def plain_state_dict(state: dict, ckpt: Checkpoint) -> dict:
     models have a bare Linear (fc.*), and dropout does nothing at inference, so the keys map 1:1.
     """
     spec, name = ckpt.model, ckpt.head_name
+    if spec.source == "scratch" and spec.name not in TORCHVISION_RESNETS:
+        raise ExportError(f"{spec.name} is one of our variants that torchvision does not have, so no plain model can "
+                          "load its state dict; export onnx or torchscript instead")
     if spec.source == "scratch" and spec.cifar_stem:
         raise ExportError("this model has the CIFAR stem (3x3 conv, no max-pool), which plain torchvision ResNets "
                           "lack, so no plain model can load it; export onnx or torchscript instead")

@@ -15,9 +15,14 @@ from ..errors import CheckpointError, ConfigError
 from ..preprocessing import Preprocessing
 from .packaged import packaged_weights
 from .resnet import ARCHS, resnet
+from .variants import NAMES as VARIANT_NAMES
+from .variants import WIDE_CIFAR, last_stage, variant
 from .weights import download_state_dict, is_weights_name, load_weights, read_state_dict, torchvision_weights
 
-TORCHVISION_RESNETS = tuple(ARCHS)
+TORCHVISION_RESNETS = tuple(ARCHS)  # ResNets, ResNeXts, Wide ResNets: torchvision's names and weights
+SCRATCH = (*ARCHS, *VARIANT_NAMES)
+# What a scratch model without torchvision weights preprocesses like: ImageNet's statistics at 224 px
+IMAGENET = Preprocessing(224, 256, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 # ResNets' blocks for layer-wise lr decay: the stem, then each layerN.M (timm's group_matcher for its ResNets)
@@ -91,13 +96,22 @@ def _torchvision(spec: ModelSpec):
 
 
 def _scratch(spec: ModelSpec):
-    if spec.name not in ARCHS:
-        raise ConfigError(f"unknown scratch model {spec.name!r}; try one of {', '.join(ARCHS)}")
-    model = resnet(spec.name, cifar_stem=spec.cifar_stem)
-    pre = _load_resnet_weights(model, spec)
-    if spec.cifar_stem:  # CIFAR-like data: the image is the crop, no resize margin
+    if spec.name not in SCRATCH:
+        raise ConfigError(f"unknown scratch model {spec.name!r}; try one of {', '.join(SCRATCH)}")
+    if spec.name in ARCHS:  # torchvision's architectures: its weights by name load into ours
+        model, stage = resnet(spec.name, cifar_stem=spec.cifar_stem), ["layer4"]
+        pre = _load_resnet_weights(model, spec)
+    else:
+        model, stage = variant(spec.name, cifar_stem=spec.cifar_stem), last_stage(spec.name)
+        if is_weights_name(spec.weights):
+            raise ConfigError(f"{spec.name} has no pretrained weights by name; set model.weights to a local "
+                              "state-dict file, or null for random init")
+        if spec.weights is not None:
+            load_weights(model, read_state_dict(spec.weights), spec.weights)
+        pre = IMAGENET
+    if spec.cifar_stem or spec.name in WIDE_CIFAR:  # CIFAR-like data: the image is the crop, no resize margin
         pre = Preprocessing(32, 32, pre.interpolation, pre.mean, pre.std)
-    return model, "fc", ["layer4"], pre
+    return model, "fc", stage, pre
 
 
 def _timm(spec: ModelSpec):

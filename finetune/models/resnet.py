@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -21,8 +21,11 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 groups: int = 1, base_width: int = 64):
         super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock supports only groups=1 and base_width=64")
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -38,16 +41,20 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    # Stride sits on the 3x3 conv (ResNet v1.5), as in torchvision's weights.
+    # Stride sits on the 3x3 conv (ResNet v1.5), as in torchvision's weights. `groups` and `base_width` make
+    # ResNeXt (Xie et al. 2017: 32 groups of 4 channels at the first stage) and Wide ResNet-50/101 (Zagoruyko &
+    # Komodakis 2016: the 3x3 twice as wide) from the same block, with torchvision's width formula.
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 groups: int = 1, base_width: int = 64):
         super().__init__()
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -61,10 +68,11 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = 1000,
-                 cifar_stem: bool = False):
+    def __init__(self, block: type[nn.Module], layers: list[int], num_classes: int = 1000,
+                 cifar_stem: bool = False, groups: int = 1, width_per_group: int = 64):
         super().__init__()
         self.inplanes = 64
+        self.groups, self.base_width = groups, width_per_group
         if cifar_stem:  # small images: keep resolution, a 3x3 stride-1 stem and no max-pool
             self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         else:
@@ -89,12 +97,15 @@ class ResNet(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             # 1x1 projection shortcut when the shape changes (option B of the paper)
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample)]
+            downsample = self._shortcut(self.inplanes, planes * block.expansion, stride)
+        widths = {"groups": self.groups, "base_width": self.base_width}
+        layers = [block(self.inplanes, planes, stride, downsample, **widths)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, **widths) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
+
+    def _shortcut(self, inplanes: int, outplanes: int, stride: int) -> nn.Module:
+        return nn.Sequential(conv1x1(inplanes, outplanes, stride), nn.BatchNorm2d(outplanes))
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -105,15 +116,20 @@ class ResNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
+# name: (block, blocks per stage, extra ResNet arguments); torchvision's names, and its weights load into them
 ARCHS = {
-    "resnet18": (BasicBlock, [2, 2, 2, 2]),
-    "resnet34": (BasicBlock, [3, 4, 6, 3]),
-    "resnet50": (Bottleneck, [3, 4, 6, 3]),
-    "resnet101": (Bottleneck, [3, 4, 23, 3]),
-    "resnet152": (Bottleneck, [3, 8, 36, 3]),
+    "resnet18": (BasicBlock, [2, 2, 2, 2], {}),
+    "resnet34": (BasicBlock, [3, 4, 6, 3], {}),
+    "resnet50": (Bottleneck, [3, 4, 6, 3], {}),
+    "resnet101": (Bottleneck, [3, 4, 23, 3], {}),
+    "resnet152": (Bottleneck, [3, 8, 36, 3], {}),
+    "resnext50_32x4d": (Bottleneck, [3, 4, 6, 3], {"groups": 32, "width_per_group": 4}),
+    "resnext101_32x8d": (Bottleneck, [3, 4, 23, 3], {"groups": 32, "width_per_group": 8}),
+    "wide_resnet50_2": (Bottleneck, [3, 4, 6, 3], {"width_per_group": 128}),
+    "wide_resnet101_2": (Bottleneck, [3, 4, 23, 3], {"width_per_group": 128}),
 }
 
 
 def resnet(name: str, num_classes: int = 1000, cifar_stem: bool = False) -> ResNet:
-    block, layers = ARCHS[name]
-    return ResNet(block, layers, num_classes=num_classes, cifar_stem=cifar_stem)
+    block, layers, extra = ARCHS[name]
+    return ResNet(block, layers, num_classes=num_classes, cifar_stem=cifar_stem, **extra)

@@ -130,6 +130,10 @@ def test_safetensors_refuses_what_plain_models_cannot_hold(tmp_path):
     cifar = make_checkpoint(tmp_path / "cifar.pt", source="scratch", name="resnet18", cifar_stem=True)
     with pytest.raises(ExportError, match="CIFAR stem"):
         export(cifar, "safetensors")
+    preact = make_checkpoint(tmp_path / "preact.pt", source="scratch", name="preact_resnet18")
+    with pytest.raises(ExportError, match="torchvision does not have"):
+        export(preact, "safetensors")
+    assert export(preact, "onnx").max_abs_diff <= TOLERANCE  # our variants travel whole in ONNX
 
 
 def test_missing_onnx_packages_and_failed_parity_are_clear_errors(tmp_path, monkeypatch):
