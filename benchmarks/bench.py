@@ -68,7 +68,8 @@ def write_recipe(args, path: Path, data: Path, out: Path) -> Path:
         "model": {"source": args.source, "name": args.name, "weights": args.weights},
         "data": {"root": str(data), "augment": args.augment, "image_size": args.image_size,
                  **({"workers": args.workers} if args.workers is not None else {})},
-        "strategy": {"name": args.strategy, "lr": lr},
+        # the same epochs as the hand-written loop; the L-BFGS head (the feature-extract default) does other work
+        "strategy": {"name": args.strategy, "lr": lr, "head_solver": "sgd"},
         "features": {"dir": str(out / "cache")},  # a cold cache: computing the features is part of the time
         "optim": {"name": "adam"}, "schedule": {"name": "constant"},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": 0, "device": args.device, "amp": True},
