@@ -107,3 +107,18 @@ def invoke(*args) -> tuple[int, str, str]:
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     return result.exit_code, result.stdout, result.stderr
+
+
+def offline_torchvision_weights(tmp_path: Path, monkeypatch, weights, reference):
+    """An offline stand-in for torchvision's download: `reference` filled with random values, its state dict saved
+    under the weights entry's own file name in $TORCH_HOME's hub cache. Returns `reference`."""
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.normal_()
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(reference.state_dict(), cache / Path(weights.url).name)
+    return reference

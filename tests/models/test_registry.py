@@ -1,8 +1,8 @@
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from conftest import offline_torchvision_weights
 
 from finetune.config import HeadSpec, ModelSpec
 from finetune.errors import CheckpointError, ConfigError
@@ -12,16 +12,8 @@ from finetune.models.registry import create_model
 @pytest.mark.parametrize("entry, resize", [("IMAGENET1K_V1", 256), ("IMAGENET1K_V2", 232)])
 def test_torchvision_weights_load_through_the_torch_hub_cache_with_their_own_preprocessing(tmp_path, monkeypatch,
                                                                                           entry, resize):
-    # Offline stand-in for the download: a state dict under torchvision's own file name in the cache.
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     weights = torchvision.models.ResNet50_Weights[entry]
-    reference = torchvision.models.resnet50()
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.normal_()
-    cache = tmp_path / "torch" / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
-    torch.save(reference.state_dict(), cache / Path(weights.url).name)
+    reference = offline_torchvision_weights(tmp_path, monkeypatch, weights, torchvision.models.resnet50())
 
     for source in ("torchvision", "scratch"):
         model, info = create_model(ModelSpec(source=source, name="resnet50", weights=entry), num_classes=3)

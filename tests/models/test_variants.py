@@ -1,11 +1,11 @@
 """The seed's ResNet variants: torchvision's ResNeXt / Wide ResNet parameter for parameter, PreAct's clean
 identity path, SE's channel re-weighting, the CIFAR Wide ResNets' published sizes, and the registry."""
 
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from conftest import offline_torchvision_weights
 
 from finetune.config import ModelSpec
 from finetune.errors import ConfigError
@@ -34,16 +34,8 @@ def test_matches_torchvision(name):
 
 
 def test_imagenet_weights_by_name_load_into_our_resnext(tmp_path, monkeypatch):
-    # Offline stand-in for the download: a state dict under torchvision's own file name in the hub cache.
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     weights = torchvision.models.ResNeXt50_32X4D_Weights.IMAGENET1K_V2
-    reference = torchvision.models.resnext50_32x4d()
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.normal_()
-    cache = tmp_path / "torch" / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
-    torch.save(reference.state_dict(), cache / Path(weights.url).name)
+    reference = offline_torchvision_weights(tmp_path, monkeypatch, weights, torchvision.models.resnext50_32x4d())
     model, info = create_model(ModelSpec(source="scratch", name="resnext50_32x4d", weights="IMAGENET1K_V2"), 3)
     assert torch.equal(model.layer4[2].conv2.weight, reference.layer4[2].conv2.weight)
     assert model.layer4[2].conv2.groups == 32
