@@ -63,7 +63,7 @@ def _summary(run_dir: Path, recipe: dict) -> str:
         items.append(("classes", ", ".join(best.class_names)))
     if rows:
         items.append(("time", f"{sum(float(r['seconds']) for r in rows):.1f} s of training"))
-    return _section("summary", f"Run {run_dir.name}", _table(["", ""], items, header=False))
+    return _section("summary", "The run", _table(["", ""], items, header=False))
 
 
 def _data(run_dir: Path, recipe: dict) -> str:
