@@ -6,6 +6,7 @@ A leaf: it imports nothing from the package but `errors` (and nothing heavy at i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -249,3 +250,12 @@ def is_checkpoint_file(path: Path) -> bool:
             return pickle is not None and b"finetune/" in archive.read(pickle)
     except (zipfile.BadZipFile, OSError, KeyError):
         return False
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks (a weights file can be hundreds of MiB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

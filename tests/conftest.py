@@ -122,3 +122,23 @@ def offline_torchvision_weights(tmp_path: Path, monkeypatch, weights, reference)
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(reference.state_dict(), cache / Path(weights.url).name)
     return reference
+
+
+# A finetune command that holds still after optimizer step $PAUSE_AT (done, not yet recorded) until a signal
+# arrives, touching $PAUSE_MARKER (+ $RANK under torchrun) when it gets there: SIGKILL ends it at that step;
+# SIGINT/SIGTERM run finetune's own handler, which finishes the step.
+PAUSED_CLI = '''
+import os, signal, sys
+from pathlib import Path
+from finetune.train import resume
+pause_at, marker = int(os.environ["PAUSE_AT"]), Path(os.environ["PAUSE_MARKER"] + os.environ.get("RANK", ""))
+original = resume.RunState.after_step
+def after_step(self):
+    if self.progress.global_step + 1 == pause_at:
+        marker.touch()
+        signal.pause()
+    original(self)
+resume.RunState.after_step = after_step
+from finetune.cli import app
+app(sys.argv[1:], prog_name="finetune")
+'''

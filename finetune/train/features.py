@@ -33,7 +33,7 @@ from ..console import literal, progress
 from ..data.images import PAD, PAD_LABEL
 from ..data.loading import Loaders, prefetched
 from ..errors import ConfigError
-from ..files import pid_alive
+from ..files import file_sha256, pid_alive
 from ..models.registry import ModelInfo
 from ..runtime.device import Compute
 from ..runtime.threads import one_thread, tuned_threads
@@ -66,7 +66,7 @@ class FeatureCache:
         views = 0 if data.mixup or data.cutmix else recipe.features.views if random else 1
         weights = spec.weights
         if enabled and weights is not None and Path(weights).expanduser().is_file():
-            weights = file_digest(Path(weights).expanduser())
+            weights = file_sha256(Path(weights).expanduser())
         material = {"format": FORMAT, "source": spec.source, "name": spec.name, "weights": weights,
                     "cifar_stem": spec.cifar_stem, "preprocessing": info.preprocessing.to_dict(),
                     "torch": torch.version.__version__}
@@ -210,14 +210,6 @@ def cache_root(features_dir: Path | None, data_root: Path) -> Path:
         raise ConfigError(f"features.dir {root} is inside the dataset {data}; finetune never writes there. "
                           "Choose a folder outside it")
     return root
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- compute / store / load

@@ -11,28 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_folder, write_yaml
+from conftest import PAUSED_CLI, make_folder, write_yaml
 
 REPO = Path(__file__).parents[2]
 TOLERANCE = 1e-6  # gloo sums the ranks' gradients in another order than one process: float32 rounding only
-
-# Every rank holds still after optimizer step PAUSE_AT (done, not yet recorded) until it is killed.
-PAUSED = '''
-import os, signal, sys
-from pathlib import Path
-from finetune.train import resume
-pause_at, marker = int(os.environ["PAUSE_AT"]), Path(os.environ["PAUSE_MARKER"] + os.environ["RANK"])
-original = resume.RunState.after_step
-def after_step(self):
-    if self.progress.global_step + 1 == pause_at:
-        marker.touch()
-        signal.pause()
-    original(self)
-resume.RunState.after_step = after_step
-from finetune.cli import app
-app(sys.argv[1:], prog_name="finetune")
-'''
-
 
 def tree(root: Path, name="test_efficientnet", strategy="feature-extract", **train) -> dict:
     """18 train images in global batches of 8: two full ones and a last one of 2, which the ranks split."""
@@ -93,7 +75,7 @@ def test_kill_9_of_the_launcher_mid_epoch_then_resume_on_as_many_processes_is_ex
     reference = finetune("train", recipe, "--output", tmp_path / "reference", "--nproc", "2")
     assert reference.returncode == 0, reference.stderr
     driver, marker = tmp_path / "paused.py", tmp_path / "paused-rank"
-    driver.write_text(PAUSED)
+    driver.write_text(PAUSED_CLI)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PAUSE_AT": "5", "PAUSE_MARKER": str(marker)}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(driver), "train", str(recipe), "--output", str(tmp_path / "killed")],

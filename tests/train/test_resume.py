@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_folder, write_yaml
+from conftest import PAUSED_CLI, make_folder, write_yaml
 
 from finetune.config import build_recipe
 from finetune.data.sampling import EpochSampler
@@ -20,25 +20,6 @@ from finetune.train.loop import fit
 from finetune.train.resume import load_run_recipe
 
 REPO = Path(__file__).parents[2]
-
-# Holds the CLI still after optimizer step PAUSE_AT (done, not yet recorded) until a signal arrives:
-# SIGKILL ends it there; SIGINT/SIGTERM run finetune's own handler, which then finishes the step.
-DRIVER = '''
-import os, signal, sys
-from pathlib import Path
-from finetune.train import resume
-pause_at, marker = int(os.environ["PAUSE_AT"]), Path(os.environ["PAUSE_MARKER"])
-original = resume.RunState.after_step
-def after_step(self):
-    if self.progress.global_step + 1 == pause_at:
-        marker.touch()
-        signal.pause()
-    original(self)
-resume.RunState.after_step = after_step
-from finetune.cli import app
-app(sys.argv[1:], prog_name="finetune")
-'''
-
 
 def tiny_resume_tree(root: Path, runs: Path) -> dict:
     """16 train images, batch 4: 4 steps per epoch; random crops, flips and dropout so RNG state matters."""
@@ -59,7 +40,7 @@ def finetune(*args, env=None, **kw):
 
 def start_paused(tmp: Path, pause_at: int, *args) -> tuple[subprocess.Popen, Path]:
     driver, marker = tmp / "driver.py", tmp / f"paused-{pause_at}"
-    driver.write_text(DRIVER)
+    driver.write_text(PAUSED_CLI)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PAUSE_AT": str(pause_at), "PAUSE_MARKER": str(marker)}
     proc = subprocess.Popen([sys.executable, str(driver), *map(str, args)], env=env, cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
