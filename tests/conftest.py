@@ -128,7 +128,7 @@ def offline_torchvision_weights(tmp_path: Path, monkeypatch, weights, reference)
 # arrives, touching $PAUSE_MARKER (+ $RANK under torchrun) when it gets there: SIGKILL ends it at that step;
 # SIGINT/SIGTERM run finetune's own handler, which finishes the step.
 PAUSED_CLI = '''
-import os, signal, sys
+import os, sys, time
 from pathlib import Path
 from finetune.train import resume
 pause_at, marker = int(os.environ["PAUSE_AT"]), Path(os.environ["PAUSE_MARKER"] + os.environ.get("RANK", ""))
@@ -136,7 +136,8 @@ original = resume.RunState.after_step
 def after_step(self):
     if self.progress.global_step + 1 == pause_at:
         marker.touch()
-        signal.pause()
+        while self.stop_signal is None:  # not signal.pause(): a signal may come before it would wait
+            time.sleep(0.01)
     original(self)
 resume.RunState.after_step = after_step
 from finetune.cli import app

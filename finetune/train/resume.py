@@ -258,9 +258,11 @@ class RunState:
         Out of memory: say what to lower; last.pt keeps the last completed save."""
         def on_signal(signum, frame):
             name = signal.Signals(signum).name
-            if self.stop_signal:  # asked twice: stop now, last.pt stays as it was
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                raise KeyboardInterrupt
+            if self.stop_signal:
+                if signum != signal.SIGINT:  # SIGTERM again: already stopping (a launcher that dies tells its
+                    return  # ranks once for each of its threads as they end)
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C twice: stop now, last.pt
+                raise KeyboardInterrupt  # stays as it was
             self.stop_signal = name
             if not self.training:  # computing features: nothing to finish, stop now
                 raise _StopBeforeTraining

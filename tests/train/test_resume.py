@@ -14,10 +14,11 @@ import torch
 from conftest import PAUSED_CLI, make_folder, write_yaml
 
 from finetune.config import build_recipe
+from finetune.console import quiet_console
 from finetune.data.sampling import EpochSampler
-from finetune.errors import ConfigError, ResourceError
+from finetune.errors import ConfigError, ResourceError, RunInterrupted
 from finetune.train.loop import fit
-from finetune.train.resume import load_run_recipe
+from finetune.train.resume import RunState, load_run_recipe
 
 REPO = Path(__file__).parents[2]
 
@@ -143,6 +144,19 @@ def test_signal_finishes_the_step_saves_last_pt_and_resumes(reference, tmp_path,
         out = finetune("train", "--resume", run)
         assert out.returncode == 0, out.stderr
         assert_same_run(ref, run)
+
+
+def test_sigterm_again_is_the_same_stop_and_ctrl_c_again_stops_at_once(tmp_path):
+    # kill -9 of torchrun: each rank gets SIGTERM once for each launcher thread that ends, ms apart
+    run = RunState(tmp_path, None, None, None)
+    run.training = True
+    with run.guard(quiet_console(), 8, 32):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert run.stop_signal == "SIGTERM"  # still finishing the step: the loop saves and stops after it
+    with pytest.raises(RunInterrupted, match="a second Ctrl-C, so at once"), run.guard(quiet_console(), 8, 32):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the guard put pytest's handler back
 
 
 def test_resume_of_a_finished_run_changes_nothing(reference, tmp_path):
