@@ -111,7 +111,8 @@ def _calibration(run_dir: Path) -> str:
     c = (best.calibration if best else None) or {}
     if not c:
         return _section("calibration", "Calibration", "<p>best.pt holds no calibration.</p>")
-    items = [("temperature", f"{c.get('temperature', 1):.3f}" + ("" if c.get("fitted") else " (kept at 1)")),
+    kept = "" if c.get("fitted") else f" (kept at 1: {c.get('kept_because') or 'no temperature lowers the NLL'})"
+    items = [("temperature", f"{c.get('temperature', 1):.3f}{kept}"),
              ("ECE on val", f"{c.get('ece_before', 0):.4f} raw, {c.get('ece_after', 0):.4f} calibrated"),
              ("NLL on val", f"{c.get('nll_before', 0):.4f} raw, {c.get('nll_after', 0):.4f} calibrated")]
     note = ("<p>Measured on the images the temperature was fitted on, so optimistic: <code>finetune evaluate</code> "

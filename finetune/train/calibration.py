@@ -27,15 +27,15 @@ T_MIN, T_MAX = 0.05, 20.0
 FALSE_REJECTION = 0.05
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, bool]:
-    """(T minimising NLL of softmax(logits / T), fitted). fitted is False when T stays 1.
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, str | None]:
+    """(T minimising NLL of softmax(logits / T), None), or (1, why T stays 1).
 
     NLL is convex in beta = 1/T, hence unimodal in log T, so a golden-section search on log T
     finds the global minimum without step sizes or gradients.
     """
     labels = np.asarray(labels)
     if len(labels) == 0 or (np.asarray(logits).argmax(axis=1) == labels).all():
-        return 1.0, False
+        return 1.0, "every val image is classified right: a sharper softmax always lowers the NLL"
     lo, hi = math.log(T_MIN), math.log(T_MAX)
     golden = (math.sqrt(5) - 1) / 2
     a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
@@ -50,9 +50,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, bool
             b = lo + golden * (hi - lo)
             fb = nll(logits, labels, math.exp(b))
     t = math.exp((lo + hi) / 2)
-    if t < T_MIN * 1.01 or t > T_MAX / 1.01 or nll(logits, labels, t) >= nll(logits, labels, 1.0):
-        return 1.0, False
-    return t, True
+    if t < T_MIN * 1.01 or t > T_MAX / 1.01:
+        return 1.0, (f"the NLL is lowest at a temperature beyond {T_MIN:g}-{T_MAX:g}: the val predictions carry "
+                     "next to no information (e.g. one class for every image)")
+    if nll(logits, labels, t) >= nll(logits, labels, 1.0):
+        return 1.0, "no temperature lowers the validation NLL"
+    return t, None
 
 
 def rejection_threshold(logits: np.ndarray, labels: np.ndarray, temperature: float,
@@ -77,8 +80,8 @@ def rejection_threshold(logits: np.ndarray, labels: np.ndarray, temperature: flo
 def calibration_summary(logits: np.ndarray, labels: np.ndarray) -> dict:
     """Fit T, measure NLL and ECE before and after, and choose the rejection threshold: the dict stored as
     meta["calibration"]."""
-    t, fitted = fit_temperature(logits, labels)
-    return {"temperature": t, "fitted": fitted, "images": int(len(labels)),
+    t, kept = fit_temperature(logits, labels)
+    return {"temperature": t, "fitted": kept is None, "kept_because": kept, "images": int(len(labels)),
             "reject": rejection_threshold(logits, labels, t),
             "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t),
             "ece_before": expected_calibration_error(softmax(logits), labels),

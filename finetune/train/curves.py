@@ -103,8 +103,8 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
         table.add_row("calibration",
                       f"temperature {c['temperature']:.3f} (best.pt, fitted on {c['images']} val images)")
     else:
-        table.add_row("calibration", "temperature kept at 1: no temperature in 0.05-20 lowers the validation NLL "
-                                     "(e.g. every val image is classified right)")
+        why = c.get("kept_because") or "no temperature lowers the NLL"
+        table.add_row("calibration", f"temperature kept at 1: {why}")
     table.add_row("ECE on val", f"{c['ece_before']:.4f} raw -> {c['ece_after']:.4f} calibrated "
                                 f"(NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}; same images T was fitted on)")
     plots = "head_sweep.csv, head_sweep.png" if "head_l2" in last else "curves.png"

@@ -26,17 +26,21 @@ def synthetic(scale: float, n: int = 3000, k: int = 4, seed: int = 0):
 @pytest.mark.parametrize("scale", [3.0, 0.4])  # overconfident, underconfident
 def test_temperature_undoes_a_known_miscalibration(scale):
     logits, labels = synthetic(scale)
-    t, fitted = fit_temperature(logits, labels)
-    assert fitted and t == pytest.approx(scale, rel=0.1)
+    t, kept = fit_temperature(logits, labels)
+    assert kept is None and t == pytest.approx(scale, rel=0.1)
     assert nll(logits, labels, t) < nll(logits, labels) - 0.02
     s = calibration_summary(logits, labels)
     assert s["nll_after"] < s["nll_before"] and s["ece_after"] < s["ece_before"] / 2
     assert (softmax(logits, t).argmax(1) == logits.argmax(1)).all()  # accuracy unchanged
 
 
-def test_no_finite_optimum_keeps_temperature_one():
+def test_no_finite_optimum_keeps_temperature_one_and_says_why():
     logits = np.array([[5.0, 0.0], [0.0, 5.0], [6.0, 1.0]])  # every image right by a wide margin
-    assert fit_temperature(logits, np.array([0, 1, 0])) == (1.0, False)
+    assert fit_temperature(logits, np.array([0, 1, 0])) == (1.0, "every val image is classified right: a sharper "
+                                                                  "softmax always lowers the NLL")
+    logits = np.array([[2.0, 0.0]] * 4)  # one class for every image, half of them wrong: uniform is best
+    t, kept = fit_temperature(logits, np.array([0, 1, 0, 1]))
+    assert t == 1.0 and kept.startswith("the NLL is lowest at a temperature beyond 0.05-20")
 
 
 def test_fit_stores_temperature_and_curves_and_predict_applies_it(tiny_tree, image_folder):
