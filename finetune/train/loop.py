@@ -168,6 +168,7 @@ def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
             if dist.main:
                 write_metrics(run_dir / "metrics.csv", run.rows)
                 loggers.epoch(row)
+            run.save_epoch(True)  # the one row is the best; a signal during the solve stops here, all written
     else:
         for epoch in range(run.epoch, cfg.epochs + 1):
             if stopped_early(run.rows, cfg.early_stop):  # a resumed run that had stopped early stays stopped

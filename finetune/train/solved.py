@@ -36,7 +36,8 @@ SWEEP_FILES = ("head_sweep.csv", "head_sweep.png")
 def solve_head(run: RunState, step: TrainStep, head: nn.Module, train_batches, val_batches, num_classes: int,
                seed: int, console) -> dict:
     """Fit the head by the L2 sweep, write it into `head` (the model's head module: every batch's inputs are its
-    inputs), save best.pt and last.pt as an epoch would; returns the metrics row."""
+    inputs) and record it as the run's one epoch; returns the metrics row. The caller writes metrics.csv, then
+    saves best.pt and last.pt with `run.save_epoch(True)`, where a signal during the solve stops the run."""
     if not isinstance(head, nn.Linear):
         raise ConfigError("strategy.head_solver lbfgs needs the frozen features at the head's input, but the whole "
                           "model runs every step here (see the features: line above); set strategy.head_solver sgd")
@@ -67,13 +68,12 @@ def solve_head(run: RunState, step: TrainStep, head: nn.Module, train_batches, v
     val_loss, val_acc = _scores(head, criterion, val_x, val_y, compute.device)
     row = {"epoch": 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
            "head_l2": sweep.chosen, "seconds": run.epoch_seconds()}
-    best = run.end_epoch(row)  # a non-finite loss stops here (TrainingDiverged), before anything is saved
+    run.end_epoch(row)  # a non-finite loss stops here (TrainingDiverged), before anything is saved
     if run.dist.main:
         write_sweep(run.run_dir, sweep)
     console.print(f"head: L-BFGS, l2 {sweep.chosen:.3g} chosen by {sweep.selected_by} loss from "
                   f"{len(sweep.points)} strengths (1e-6..1e5) in {sweep.seconds:.1f}s | train loss {train_loss:.4f} "
                   f"acc {train_acc:.3f} | val loss {val_loss:.4f} acc {val_acc:.3f}", soft_wrap=True)
-    run.save_epoch(best)  # refuses non-finite weights; best.pt, then last.pt
     return row
 
 

@@ -8,7 +8,7 @@ import torch
 
 from finetune.checkpoint import Checkpoint
 from finetune.config import build_recipe
-from finetune.errors import ConfigError, TrainingDiverged
+from finetune.errors import ConfigError, RunInterrupted, TrainingDiverged
 from finetune.train.loop import fit
 
 
@@ -78,6 +78,30 @@ def test_non_finite_features_stop_the_run_before_anything_is_saved(tiny_tree, mo
     with pytest.raises(TrainingDiverged, match="features hold NaN or inf.*nothing was saved"):
         fit(build_recipe(lbfgs_tree(tiny_tree)))
     assert not list((Path(tiny_tree["run"]["output"])).glob("*.pt"))
+
+
+def test_sigterm_during_the_solve_stops_with_metrics_csv_written_and_resume_keeps_it(tiny_tree, monkeypatch):
+    import os
+    import signal
+
+    import finetune.train.solved as solved
+
+    real = solved.sweep_l2
+
+    def interrupted(*args, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)  # as if sent while the head is being solved
+        return real(*args, **kw)
+
+    monkeypatch.setattr(solved, "sweep_l2", interrupted)
+    tiny_tree["run"] = {"output": str(tiny_tree["run"]["dir"]) + "/stopped"}
+    with pytest.raises(RunInterrupted, match="SIGTERM"):
+        fit(build_recipe(lbfgs_tree(tiny_tree)))
+    run = Path(tiny_tree["run"]["output"])
+    written = (run / "metrics.csv").read_text()
+    assert len(list(csv.DictReader(written.splitlines()))) == 1 and (run / "best.pt").exists()
+    monkeypatch.setattr(solved, "sweep_l2", real)
+    fit(build_recipe(lbfgs_tree(tiny_tree)), resume_dir=run)
+    assert (run / "metrics.csv").read_text() == written
 
 
 def test_a_run_trained_by_sgd_before_head_solver_existed_resumes_by_epochs(tiny_tree, monkeypatch):
