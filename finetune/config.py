@@ -126,6 +126,11 @@ class FeaturesSpec(_Section):
         None, description="where cached features live (default: $FINETUNE_CACHE_DIR, else $XDG_CACHE_HOME/finetune/"
         "features or ~/.cache/finetune/features); never inside the dataset")
 
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):  # YAML reads a bare `off` (and `no`, `false`) as false
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
 
 class OptimSpec(_Section):
     name: Literal["sgd", "adam", "adamw"] = Field("adam", description="optimizer")

@@ -69,3 +69,11 @@ def test_dump_round_trips(tmp_path):
     path = tmp_path / "dumped.yaml"
     path.write_text(dump_recipe(r))
     assert load_recipe(path).model_dump(exclude={"run"}) == r.model_dump(exclude={"run"})
+
+
+def test_features_cache_off_as_yaml_writes_it(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("features:\n  cache: off\n")  # YAML 1.1 reads a bare off as false
+    assert load_recipe(path).features.cache == "off"
+    assert load_recipe(path, ["features.cache=auto"]).features.cache == "auto"
+    assert load_recipe(tmp_path / "r.yaml", ["features.cache=off"]).features.cache == "off"
