@@ -255,7 +255,7 @@ def check_files(paths: list[Path], console=None, label: str = "checking images",
     """check_file for every path, from the cache where the file is unchanged, the rest in parallel threads
     (hashing and decoding release the GIL). A progress bar on `console` while uncached files are read.
     `root`: the dataset the paths are in; a cache folder inside it is not used."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from ..console import progress
 
     cache, results, todo = _Cache(root), {}, []
     try:
@@ -269,8 +269,7 @@ def check_files(paths: list[Path], console=None, label: str = "checking images",
             results[p] = cache.get(key, st)
             if results[p] is None:
                 todo.append((p, key, st))
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console, transient=True, disable=console is None or not todo) as bar, \
+        with progress(console if todo else None) as bar, \
                 ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             task = bar.add_task(label, total=len(todo))
             for (p, _, _), check in zip(todo, pool.map(lambda t: check_file(t[0]), todo)):

@@ -159,10 +159,14 @@ def test_train_and_predict_survive_the_corpus_and_never_touch_it(corpus, tiny_tr
 
 
 def test_second_scan_reads_nothing_and_changed_files_are_rechecked(image_folder, monkeypatch, tmp_path):
+    from rich.console import Console
+
     import finetune.data.filecheck as filecheck
 
     paths = sorted(image_folder.rglob("*.png"))
-    first = check_files(paths)
+    log = io.StringIO()
+    first = check_files(paths, Console(file=log))
+    assert log.getvalue() == ""  # no progress bar, not even its blank line, where stderr is not a terminal
     cache_files = list(filecheck.cache_dir().iterdir())
     assert cache_files and not any(image_folder in p.parents for p in cache_files)
     calls = []
