@@ -15,7 +15,7 @@ import torch
 
 from .config import ModelSpec
 from .errors import CheckpointError
-from .files import atomic_write, safe_torch_load
+from .files import atomic_write, safe_torch_load, unreadable_file
 from .preprocessing import Preprocessing
 
 FORMAT = "finetune/1"
@@ -66,8 +66,8 @@ class Checkpoint:
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
+        if why := unreadable_file(path, "checkpoint"):
+            raise CheckpointError(why)
         payload = safe_torch_load(path, "checkpoint")
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a finetune checkpoint (expected format {FORMAT})")

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .files import read_yaml_file
+from .files import read_yaml_file, unreadable_file
 
 # Which parameter groups each strategy trains: the one table (train.freeze builds the freeze plan from it).
 TRAINED_GROUPS = {"feature-extract": ("head",), "last-stage": ("head", "last_stage"),
@@ -300,8 +300,8 @@ def _apply(tree: dict, path: list[str], value: Any) -> None:
 def read_yaml(path: Path) -> dict:
     """A recipe file as a dict: safe, bounded YAML (files.read_yaml_file); python tags are refused, not run."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
+    if why := unreadable_file(path, "recipe file"):
+        raise ConfigError(why)
     data = read_yaml_file(path, "recipe")
     if data is None:
         return {}

@@ -236,8 +236,21 @@ def make_folder(path: Path, what: str, error=ConfigError) -> Path:
         with tempfile.TemporaryFile(dir=path):  # writable: fail now, not after the work
             pass
     except OSError as exc:
-        raise error(f"cannot write {what} {path}: {exc.strerror or exc}; choose another --output") from None
+        blocking = next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or exc
+        raise error(f"cannot write {what} {path}: {why}; choose another --output") from None
     return Path(path)
+
+
+def unreadable_file(path: Path, what: str) -> str | None:
+    """Why `path` cannot be read as a `what`, in words, or None when it is a regular file."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if not path.exists():
+        return f"{what} not found: {path}"
+    kind = "a folder" if path.is_dir() else "a device, a pipe or a socket"
+    return f"{what} {path} is {kind}, not a file"
 
 
 def is_checkpoint_file(path: Path) -> bool:

@@ -199,7 +199,13 @@ def test_export_never_overwrites_a_checkpoint_and_says_why_it_cannot_write(tiny_
     (tmp_path / "a-file").write_text("in the way")
     code, _, err = cli("export", run / "best.pt", "--format", "torchscript", "--output", tmp_path / "a-file" / "m.pt")
     assert code == 1
-    one_line_error(err, "cannot write the export's folder")
+    one_line_error(err, "cannot write the export's folder", "a-file is a file, not a folder")
+    fifo = tmp_path / "best.pt"
+    os.mkfifo(fifo)
+    for command in (["predict", fifo, tmp_path], ["train", "/dev/null"]):  # no hang, and not "not found"
+        code, _, err = cli(*command)
+        assert code == 1
+        one_line_error(err, "is a device, a pipe or a socket, not a file")
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

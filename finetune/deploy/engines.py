@@ -19,6 +19,7 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointError, ConfigError
+from ..files import unreadable_file
 from ..preprocessing import Preprocessing
 
 ENGINES = ("auto", "torch", "onnxruntime")
@@ -39,8 +40,8 @@ class OnnxModel:
     @classmethod
     def load(cls, path: Path) -> OnnxModel:
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"ONNX file not found: {path}")
+        if why := unreadable_file(path, "ONNX file"):
+            raise CheckpointError(why)
         _require_onnxruntime("reading an .onnx file")
         try:
             session = _session(str(path))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..files import safe_torch_load
+from ..files import safe_torch_load, unreadable_file
 
 
 def is_weights_name(weights: str | None) -> bool:
@@ -47,8 +47,8 @@ def download_state_dict(weights) -> dict:
 def read_state_dict(path: str | Path) -> dict:
     """A local weights file, loaded without executing code (weights_only)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
+    if why := unreadable_file(path, "weights file"):
+        raise CheckpointError(why)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
