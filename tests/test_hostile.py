@@ -281,7 +281,7 @@ def test_an_unwritable_cache_means_training_without_it(tiny_tree, tmp_path, monk
     assert [r["val_acc"] for r in metrics(run)] == [r["val_acc"] for r in metrics(reference)]
 
 
-def test_a_damaged_file_check_row_is_checked_again(image_folder, monkeypatch):
+def test_a_damaged_file_check_row_or_database_is_checked_again(image_folder, monkeypatch):
     import sqlite3
 
     from finetune.data import filecheck
@@ -294,6 +294,11 @@ def test_a_damaged_file_check_row_is_checked_again(image_folder, monkeypatch):
     assert filecheck.check_files(paths) == first
     code, _, err = cli("inspect", image_folder)
     assert code == 0, err
+    (filecheck.cache_dir() / "filecheck.sqlite").write_bytes(os.urandom(4096))  # the whole database garbage
+    assert filecheck.check_files(paths) == first
+    calls = []
+    monkeypatch.setattr(filecheck, "check_file", lambda p: calls.append(p))
+    assert filecheck.check_files(paths) == first and calls == []  # rebuilt: cached again, nothing re-read
 
 
 def test_file_checks_stream_large_files(tmp_path):

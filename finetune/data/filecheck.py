@@ -211,9 +211,13 @@ class _Cache:
             if root is not None and _inside(folder, root):  # never written into the dataset being checked
                 raise OSError("the cache folder is inside the dataset")
             folder.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(folder / "filecheck.sqlite", timeout=30)
-            self.db.execute("CREATE TABLE IF NOT EXISTS checks (path TEXT PRIMARY KEY, size INTEGER, "
-                            "mtime_ns INTEGER, version TEXT, result TEXT)")
+            try:
+                self.db = _open(folder / "filecheck.sqlite")
+            except sqlite3.DatabaseError as exc:
+                if "not a database" not in str(exc) and "malformed" not in str(exc):
+                    raise
+                (folder / "filecheck.sqlite").unlink()  # damaged: it is only our cache, so it starts again
+                self.db = _open(folder / "filecheck.sqlite")
         except (OSError, sqlite3.Error):
             self.db = None
 
@@ -248,6 +252,17 @@ class _Cache:
     def close(self) -> None:
         if self.db is not None:
             self.db.close()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS checks (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+                   "version TEXT, result TEXT)")
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
 
 
 def check_files(paths: list[Path], console=None, label: str = "checking images",
