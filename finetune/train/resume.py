@@ -328,8 +328,9 @@ class RunState:
         return f"finetune train --resume {self.run_dir}" + (f" --nproc {world}" if world > 1 else "")
 
 
-class _StopBeforeTraining(Exception):
-    """Raised by the signal handler while nothing has trained yet."""
+class _StopBeforeTraining(BaseException):
+    """Raised by the signal handler while nothing has trained yet. A BaseException, as KeyboardInterrupt is, so
+    that code which catches Exception around a step of the setup (the frozen-prefix check) cannot swallow it."""
 
 
 # ---------------------------------------------------------------- --resume

@@ -159,6 +159,18 @@ def test_sigterm_again_is_the_same_stop_and_ctrl_c_again_stops_at_once(tmp_path)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the guard put pytest's handler back
 
 
+def test_a_signal_during_the_setup_stops_at_once_even_inside_code_that_catches_exception(tmp_path):
+    run = RunState(tmp_path, None, None, None)  # not training yet: the feature pass may be long
+    run.save = lambda *args: None
+    with pytest.raises(RunInterrupted, match="SIGTERM before training started"), \
+            run.guard(quiet_console(), 8, 32):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Exception:  # as the frozen-prefix check does around a trial forward
+            pass
+        raise AssertionError("the stop was swallowed")
+
+
 def test_resume_of_a_finished_run_changes_nothing(reference, tmp_path):
     _, ref = reference
     before = (ref / "metrics.csv").read_text(), (ref / "last.pt").read_bytes()
