@@ -229,6 +229,15 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), or None where that cannot be read: with the
+    pid it names one process, so a pid reused by another process (after a reboot) is not taken for it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def make_folder(path: Path, what: str, error=ConfigError) -> Path:
     """mkdir -p that fails with one line saying what to do (a read-only place, a file in the way)."""
     try:

@@ -326,12 +326,17 @@ def test_one_run_per_folder_and_a_stale_lock_is_taken_over(tiny_tree, tmp_path, 
     run.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (run / ".lock").write_text(f"{sleeper.pid}\n")
+        from finetune.files import process_start
+
+        (run / ".lock").write_text(f"{sleeper.pid} {process_start(sleeper.pid)}\n")  # as a run writes it
         with pytest.raises(ConfigError, match=rf"in use by another finetune run \(pid {sleeper.pid}\)"):
             trained(tiny_tree, run__output=str(run), run__exist_ok=True)
     finally:
         sleeper.kill()
         sleeper.wait()
+    (run / ".lock").write_text("1 0\n")  # pid 1 is alive, but it started at another time: the number was reused
+    trained(tiny_tree, run__output=str(run), run__exist_ok=True)
+    assert "taking over" in capsys.readouterr().err
     (run / ".lock").write_text(f"{sleeper.pid}\n")  # its process is gone now
     (run / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # left by a kill -9 mid-write
     trained(tiny_tree, run__output=str(run), run__exist_ok=True)

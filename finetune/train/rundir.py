@@ -21,7 +21,7 @@ from ..config import Recipe, RunSpec, dump_recipe
 from ..console import literal
 from ..data.folders import Splits
 from ..errors import ConfigError, ResourceError
-from ..files import atomic_write, pid_alive, remove_stale_temporaries, write_text
+from ..files import atomic_write, pid_alive, process_start, remove_stale_temporaries, write_text
 
 
 def create_run_dir(run: RunSpec) -> Path:
@@ -139,15 +139,15 @@ def run_lock(run_dir: Path, console):
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             break
         except FileExistsError:
-            pid = _lock_owner(path)
-            if pid is not None and _alive(pid):
+            pid, started = _lock_owner(path)
+            if pid is not None and _alive(pid, started):
                 raise ConfigError(f"{run_dir} is in use by another finetune run (pid {pid}); wait for it to end or "
                                   "choose another --output") from None
             console.print(f"[yellow]taking over {literal(path)}, left by a run that is no longer running "
                           f"(pid {pid})[/]", highlight=False)
             path.unlink(missing_ok=True)
     with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
+        f.write(f"{os.getpid()} {process_start(os.getpid()) or ''}".strip() + "\n")
     remove_stale_temporaries(run_dir)
     try:
         yield
@@ -155,16 +155,21 @@ def run_lock(run_dir: Path, console):
         path.unlink(missing_ok=True)
 
 
-def _lock_owner(path: Path) -> int | None:
+def _lock_owner(path: Path) -> tuple[int | None, str | None]:
+    """(pid, its start time) from a lock; the start time is missing in a lock written by an older finetune."""
     try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+        pid, *started = path.read_text().split()
+        return int(pid), (started[0] if started else None)
+    except (OSError, ValueError):
+        return None, None
 
 
-def _alive(pid: int) -> bool:
-    # our own pid: a stale lock of a previous fit() in this process that was interrupted mid-way
-    return pid != os.getpid() and pid_alive(pid)
+def _alive(pid: int, started: str | None) -> bool:
+    # our own pid: a stale lock of a previous fit() in this process that was interrupted mid-way. A live pid whose
+    # start time differs is another process that got the number later (after a reboot, say): the lock is stale
+    if pid == os.getpid() or not pid_alive(pid):
+        return False
+    return started is None or process_start(pid) in (None, started)
 
 
 def clear_previous_run(run_dir: Path) -> None:
