@@ -385,6 +385,8 @@ def predict(
                 table.add_row(literal(r.path), literal("\n".join(t["label"] for t in r.top)),
                               "\n".join(f"{t['prob']:.3f}" for t in r.top))
         Console().print(table)
+    if results and all(r.error for r in results):  # nothing predicted: a script must not take it for success
+        raise FinetuneError(f"none of the {len(results)} image(s) could be read; each one's reason is in the output")
 
 
 @app.command("inspect")

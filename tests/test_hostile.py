@@ -233,6 +233,8 @@ def test_markup_in_names_is_printed_literally_and_named_paths_never_vanish(tiny_
         assert "not a regular file" in results[named]["error"] and results[named]["top"] == []
     code, out, err = cli("predict", run / "best.pt", image, "/dev/zero")  # the table: a MarkupError before
     assert code == 0 and "unreadable" in out and "x[" in out, err
+    code, out, err = cli("predict", run / "best.pt", "/dev/zero", "--format", "json")  # nothing could be read
+    assert code == 1 and json.loads(out)[0]["error"] and "none of the 1 image(s) could be read" in err
     code, out, _ = cli("predict", run / "best.pt", image, "--format", "csv")
     assert str(image) in out and "x[/y]" in str(image)
     code, out, err = cli("evaluate", run / "best.pt", root / "val", "--output", tmp_path / "ev")
