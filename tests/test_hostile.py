@@ -241,6 +241,21 @@ def test_markup_in_names_is_printed_literally_and_named_paths_never_vanish(tiny_
     assert code == 0 and "[bold]" in out and "x[" in out, err
 
 
+def test_a_fifo_named_like_an_image_is_reported_by_inspect_train_and_predict_not_lost(tiny_tree, tmp_path):
+    root = make_folder(tmp_path / "data", {"train": 8, "val": 4})
+    fifo = root / "train" / "red" / "zz.jpg"
+    os.mkfifo(fifo)
+    code, out, err = cli("inspect", root, "--format", "json")
+    assert code == 0 and any(f["path"].endswith("zz.jpg") and f["kind"] == "unreadable"
+                             for f in json.loads(out)["findings"]), err
+    tiny_tree["data"]["root"] = str(root)
+    run = trained(tiny_tree, train__epochs=1)
+    left_out = json.loads((run / "data.json").read_text())["skipped"]
+    assert [Path(s["path"]).name for s in left_out] == ["zz.jpg"]
+    code, out, err = cli("predict", run / "best.pt", root / "train" / "red", "--format", "json")
+    assert code == 0 and "not a regular file" in {r["path"]: r for r in json.loads(out)}[str(fifo)]["error"], err
+
+
 # ---------------------------------------------------------------- caches: trusted only when intact
 
 

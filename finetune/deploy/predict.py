@@ -79,9 +79,9 @@ def expand_paths(items: list[str]) -> list[Path]:
         if is_list_argument(item):
             for listed in read_path_list(item):
                 q = listed.path
-                out += sorted(f for f in q.rglob("*") if f.is_file() and is_image_name(f)) if q.is_dir() else [q]
+                out += sorted(f for f in q.rglob("*") if not f.is_dir() and is_image_name(f)) if q.is_dir() else [q]
         elif p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f))
+            out += sorted(f for f in p.rglob("*") if not f.is_dir() and is_image_name(f))  # a FIFO: reported
         elif p.exists() or p.is_symlink():
             out.append(p)
         else:
