@@ -26,7 +26,7 @@ KINDS = {
     "corrupt": ("error", "the data cannot be decoded; left out of training"),
     "not-image": ("error", "left out of training"),
     "too-large": ("error", "decompression-bomb sized; not decoded, left out of training"),
-    "unreadable": ("error", "cannot be read (permissions?); left out of training"),
+    "unreadable": ("error", "cannot be read; left out of training"),
     "ignored-extension": ("warning", ""),
     "extension-mismatch": ("warning", "content does not match the extension; read by content, used"),
     "animated": ("warning", "animated; only the first frame is used"),
