@@ -5,6 +5,7 @@ prefix and its cache in features, last.pt/best.pt and signals in resume, the tem
 from __future__ import annotations
 
 import math
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,9 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
     `dist`: this process's rank in a data-parallel run (runtime.distributed); rank 0 writes the run folder."""
     console = console or stderr_console()
     console = console if dist.main else quiet_console()
+    if recipe.data.root is not None:  # recorded absolute, so report, evaluate and --resume find it from anywhere
+        root = Path(os.path.abspath(Path(recipe.data.root).expanduser()))
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"root": root})})
     cfg = recipe.train
     setup = prepare(recipe, console, dist)
     # the run folder, after every check that can fail before work; one run in it at a time

@@ -30,3 +30,18 @@ def test_too_little_disk_for_checkpoints_is_refused(tmp_path, monkeypatch):
         check_disk_space(tmp_path / "not" / "yet" / "made", model, optimizer)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, 10**9))
     check_disk_space(tmp_path, model, optimizer)
+
+
+def test_the_run_records_the_data_root_absolute_so_it_is_found_from_any_folder(tiny_tree, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from finetune.checkpoint import Checkpoint
+    from finetune.config import build_recipe, read_yaml
+    from finetune.train.loop import fit
+
+    root = Path(tiny_tree["data"]["root"])
+    monkeypatch.chdir(root.parent)
+    tiny_tree["data"]["root"] = root.name  # relative, as recipes in a project usually say
+    run = fit(build_recipe(tiny_tree))
+    assert read_yaml(run / "recipe.yaml")["data"]["root"] == str(root)
+    assert Checkpoint.load(run / "best.pt").recipe["data"]["root"] == str(root)
