@@ -223,17 +223,19 @@ def pid_alive(pid: int) -> bool:
         return True
     except OSError:
         return False
-    try:  # a killed process not yet reaped (a zombie) is gone all the same
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return _proc_stat(pid, 0) != "Z"  # a killed process not yet reaped (a zombie) is gone all the same
 
 
 def process_start(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot, from /proc), or None where that cannot be read: with the
-    pid it names one process, so a pid reused by another process (after a reboot) is not taken for it."""
+    """When process `pid` started (clock ticks since boot), or None where /proc cannot tell: with the pid it names
+    one process, so a pid reused by another process (after a reboot) is not taken for it."""
+    return _proc_stat(pid, 19)
+
+
+def _proc_stat(pid: int, field: int) -> str | None:
+    """Field `field` after the command name of /proc/PID/stat (0: state, 19: start time), or None."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[field]
     except (OSError, IndexError):
         return None
 
