@@ -214,7 +214,7 @@ def train(
         config.run.exist_ok = config.run.exist_ok or exist_ok
         _tune()
     if nproc is not None:  # the recipe is valid: now the processes
-        from .train.loop import check_batch
+        from .train.setup import check_batch
 
         check_batch(config.train.batch_size, nproc)
         return _torchrun(nproc)

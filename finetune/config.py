@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -214,17 +215,14 @@ class Recipe(_Section):
         return self
 
     def _resolve_head_solver(self) -> None:
-        """strategy.head_solver: lbfgs needs a fixed set of features to fit on; say what stands in its way."""
+        """strategy.head_solver: lbfgs needs a fixed set of pooled features to fit on; say what stands in its way."""
+        features = plan_features(self)
         blockers = [why for why, blocks in (
             (f"strategy.name {self.strategy.name} (only feature-extract keeps the features fixed)",
              self.strategy.name != "feature-extract"),
             ("model.head.type mlp (L-BFGS fits a linear head)", self.model.head.type != "linear"),
             ("model.head.dropout (L2 regularises the solved head instead)", self.model.head.dropout > 0),
-            ("features.cache off", self.features.cache == "off"),
-            ("strategy.frozen_bn train (the features change every step)", self.strategy.frozen_bn == "train"),
-            (f"data.augment {self.data.augment} with features.views 0 (fresh features every epoch)",
-             self.data.augment != "none" and self.features.views == 0),
-            ("data.mixup/data.cutmix", bool(self.data.mixup or self.data.cutmix)),
+            (features.reason, self.strategy.name == "feature-extract" and not features.fixed),
             ("train.ema", bool(self.train.ema)),
         ) if blocks]
         if self.strategy.head_solver is None:
@@ -232,6 +230,41 @@ class Recipe(_Section):
         elif self.strategy.head_solver == "lbfgs" and blockers:
             raise ValueError(f"strategy.head_solver lbfgs cannot run with {'; '.join(blockers)}: "
                              "set strategy.head_solver sgd, or change those settings")
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """Whether the frozen part's outputs are computed once and stored (the feature cache), decided once from the
+    recipe: the head-solver default, the time estimate, the feature pass and the audit all read this."""
+    cached: bool  # there is a frozen part and its outputs are stored: val always, train as `train_views` says
+    train_views: int  # stored views of each train image: 1 (no random augmentation), K (features.views), 0 (none:
+    # the frozen part runs on fresh augmentations every epoch)
+    reason: str = ""  # why nothing, or nothing of train, is stored ("" when both are)
+
+    @property
+    def fixed(self) -> bool:
+        """Every train image's features are stored: a head can be solved on them, and they are priced once."""
+        return self.cached and self.train_views > 0
+
+
+def plan_features(recipe: Recipe) -> FeaturePlan:
+    """The recipe's FeaturePlan. The frozen part is what the strategy does not train (config.TRAINED_GROUPS, which
+    the freeze plan is built from too); train's features are fixed unless augmentation or mixing changes them."""
+    if "backbone" in TRAINED_GROUPS[recipe.strategy.name]:
+        return FeaturePlan(False, 0, f"strategy.name {recipe.strategy.name} trains every layer: nothing is frozen")
+    if recipe.features.cache == "off":
+        return FeaturePlan(False, 0, "features.cache off")
+    if recipe.strategy.frozen_bn == "train":
+        return FeaturePlan(False, 0, "strategy.frozen_bn train (the frozen BatchNorm statistics change every step)")
+    data = recipe.data
+    if data.mixup or data.cutmix:
+        return FeaturePlan(True, 0, "data.mixup/data.cutmix mix each batch anew")
+    if data.augment != "none" or data.random_erasing > 0:
+        views = recipe.features.views
+        what = f"data.augment {data.augment}" + (" with data.random_erasing" if data.random_erasing else "")
+        return FeaturePlan(True, views, "" if views else f"{what} with features.views 0 (fresh features every "
+                                                          "epoch; features.views: K caches K augmented views)")
+    return FeaturePlan(True, 1)
 
 
 # ---------------------------------------------------------------- load / override / dump

@@ -130,16 +130,16 @@ def offline_torchvision_weights(tmp_path: Path, monkeypatch, weights, reference)
 PAUSED_CLI = '''
 import os, sys, time
 from pathlib import Path
-from finetune.train import resume
+from finetune.train import state
 pause_at, marker = int(os.environ["PAUSE_AT"]), Path(os.environ["PAUSE_MARKER"] + os.environ.get("RANK", ""))
-original = resume.RunState.after_step
+original = state.RunState.after_step
 def after_step(self):
     if self.progress.global_step + 1 == pause_at:
         marker.touch()
-        while self.stop_signal is None:  # not signal.pause(): a signal may come before it would wait
+        while self.stop.requested is None:  # not signal.pause(): a signal may come before it would wait
             time.sleep(0.01)
     original(self)
-resume.RunState.after_step = after_step
+state.RunState.after_step = after_step
 from finetune.cli import app
 app(sys.argv[1:], prog_name="finetune")
 '''

@@ -428,11 +428,11 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_saves_no_nan(tin
 
 
 def test_an_image_that_vanishes_mid_run_is_skipped_and_listed(tiny_tree, tmp_path, monkeypatch, capsys):
-    import finetune.train.loop as loop
+    import finetune.train.setup as setup
 
     root = Path(tiny_tree["data"]["root"])
     gone, emptied = root / "train" / "red" / "red3.png", root / "val" / "blue" / "blue1.png"
-    real_screen = loop.training_screen
+    real_screen = setup.training_screen
 
     def then_vanish(*args):
         out = real_screen(*args)  # the pre-scan saw every file
@@ -440,7 +440,7 @@ def test_an_image_that_vanishes_mid_run_is_skipped_and_listed(tiny_tree, tmp_pat
         emptied.write_bytes(b"")
         return out
 
-    monkeypatch.setattr(loop, "training_screen", then_vanish)
+    monkeypatch.setattr(setup, "training_screen", then_vanish)
     for augment in ("none", "flip"):  # cached features, and images every epoch
         run = trained(tiny_tree, data__augment=augment, run__output=str(tmp_path / augment))
         skipped = {s["path"]: s["reason"] for s in json.loads((run / "data.json").read_text())["skipped"]}
@@ -481,13 +481,13 @@ def test_a_full_disk_is_said_in_words_and_the_previous_checkpoint_stays(tmp_path
 PAUSE_IN_FEATURES = '''
 import os, signal, sys
 from pathlib import Path
-import finetune.train.features as features
-real = features.compute_entry
+from finetune.train.features.store import FeatureStore
+real = FeatureStore.write
 def paused(*args, **kwargs):
     Path(os.environ["PAUSE_MARKER"]).touch()
     signal.pause()
     return real(*args, **kwargs)
-features.compute_entry = paused
+FeatureStore.write = paused
 from finetune.cli import app
 app(sys.argv[1:], prog_name="finetune")
 '''

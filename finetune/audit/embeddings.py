@@ -1,8 +1,8 @@
 """The audit's input: every train and val image's pooled embedding, label and path, in file order.
 
-The embeddings are the feature-extract cache (train.features), so an audit after a feature-extract run (or a
-second audit) reads them from disk instead of running the backbone again, and they are exactly what the head
-trains on. The audit always looks at the eval transform (no augmentation) and the backbone's pooled output.
+The embeddings come through the feature store's public API (train.features), so an audit after a feature-extract
+run (or a second audit) reads them from disk instead of running the backbone again, and they are exactly what the
+head trains on. The audit always looks at the eval transform (no augmentation) and the backbone's pooled output.
 """
 
 from __future__ import annotations
@@ -14,10 +14,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Recipe
+from ..config import FeaturePlan, Recipe, StrategySpec
+from ..data.doctor import training_screen
+from ..data.folders import Splits, resolve_splits
+from ..data.images import ImageDataset
+from ..data.loading import resolve_workers
+from ..data.transforms import eval_transform
 from ..errors import ConfigError, DataError
-from ..train.features import FeatureSet, frozen_batches
-from ..train.loop import prepare
+from ..models.registry import create_model
+from ..runtime.device import resolve_compute, seed_everything
+from ..train.features.frozen import FrozenFeatures, frozen_split
+from ..train.features.key import FeatureKey
+from ..train.features.store import FeatureSet, FeatureStore, store_root
+from ..train.freeze import plan_freeze
 
 SPLITS = ("train", "val")
 
@@ -44,33 +53,44 @@ class Embeddings:
         return torch.nn.functional.normalize(x, dim=1)
 
 
-def audit_recipe(recipe: Recipe) -> Recipe:
-    """The recipe as the audit runs it: the backbone frozen whole (feature-extract) and no augmentation, so every
-    image has one embedding, the same one a feature-extract run of this recipe trains its head on."""
+def load_embeddings(recipe: Recipe, console) -> Embeddings:
+    """The pooled embeddings of the recipe's train and val images, read from the feature store (computed into it
+    first when they are not there): the backbone frozen whole, the eval transform for both splits, so every image
+    has one embedding, the one a feature-extract run of this recipe without augmentation trains its head on."""
     if recipe.features.cache != "auto":
         raise ConfigError("finetune audit reads the frozen-feature cache: set features.cache: auto (the default)")
-    data = recipe.data.model_copy(update={"augment": "none", "random_erasing": 0.0, "mixup": None, "cutmix": None})
-    strategy = recipe.strategy.model_copy(update={"name": "feature-extract", "freeze_epochs": 0, "layer_decay": None,
-                                                  "frozen_bn": "eval"})
-    train = recipe.train.model_copy(update={"ema": None, "compile": False, "sync_bn": False})
-    return recipe.model_copy(update={"data": data, "strategy": strategy, "train": train})
+    cfg = recipe.train
+    compute = resolve_compute(cfg.device, cfg.amp)
+    seed_everything(cfg.seed)
+    splits = resolve_splits(recipe.data.root, recipe.data.val_fraction, cfg.seed,
+                            screen=lambda tree: training_screen(tree, console, recipe.data.root))
+    model, info = create_model(recipe.model, len(splits.class_names), recipe.data.image_size)
+    plan = plan_freeze(model, info, StrategySpec(name="feature-extract"))
+    plan.apply(model)
+    model.to(compute.device, memory_format=torch.channels_last)
+    pre = info.preprocessing
+    images = {name: ImageDataset(getattr(splits, name), eval_transform(pre), pre.resize, pre.size) for name in SPLITS}
+    split = frozen_split(model, plan, FeaturePlan(cached=True, train_views=1), images["val"], compute, console)
+    if split is None:
+        raise ConfigError(f"{recipe.model.name}: the audit needs the model's pooled features, and the model could "
+                          "not be cut before its head (see the line above)")
+    frozen = FrozenFeatures(FeatureStore(store_root(recipe.features.dir, recipe.data.root)),
+                            FeatureKey.of(recipe.model, pre), compute, console, seed=cfg.seed,
+                            batch_size=cfg.batch_size, workers=resolve_workers(recipe.data.workers))
+    writable = not frozen.store.prepare()
+    layout = frozen.layout(split, images["val"])
+    sets = [frozen.read_or_compute(name, images[name], "eval", 1, split, layout, compute=writable) for name in SPLITS]
+    if any(s is None for s in sets):
+        raise ConfigError("finetune audit needs the frozen features cached, and they could not be: set features.dir "
+                          "or $FINETUNE_CACHE_DIR to a writable folder with free space")
+    return _embeddings(sets, splits, recipe.model.name)
 
 
-def load_embeddings(recipe: Recipe, console) -> Embeddings:
-    """Compute (or read from the cache) the pooled embeddings of the recipe's train and val images."""
-    recipe = audit_recipe(recipe)
-    setup = prepare(recipe, console)
-    _, train_batches, val_batches = frozen_batches(setup.step.model, setup.plan, setup.loaders, setup.cache,
-                                                   setup.compute, console)
-    sets = [getattr(batches, "features", None) for batches in (train_batches, val_batches)]
-    if not all(isinstance(s, FeatureSet) for s in sets):
-        raise ConfigError("finetune audit needs the frozen features cached, and they could not be (see the line "
-                          "above): set features.dir or $FINETUNE_CACHE_DIR to a writable folder with free space")
-    splits = setup.splits
+def _embeddings(sets: list[FeatureSet], splits: Splits, model_name: str) -> Embeddings:
     features, labels, paths, split = [], [], [], []
     for i, (name, cached) in enumerate(zip(SPLITS, sets)):
         if cached.features.ndim != 3:
-            raise ConfigError(f"{recipe.model.name}: the cached features are not pooled vectors "
+            raise ConfigError(f"{model_name}: the cached features are not pooled vectors "
                               f"(shape {cached.features.shape[1:]}); the audit needs a model with a pooled head input")
         samples = getattr(splits, name)
         kept = np.asarray(cached.labels) >= 0  # an image that vanished since the scan keeps a negative label

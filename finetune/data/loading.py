@@ -1,5 +1,5 @@
-"""Batches from datasets: DataLoaders seeded for repeatability, decoding in a background thread, and
-worker processes stopped when a run ends."""
+"""Batches from datasets: a run's loaders (train in a resumable seeded order, val in file order), DataLoaders seeded
+for repeatability, decoding in a background thread, and worker processes stopped when a run ends."""
 
 from __future__ import annotations
 
@@ -11,6 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ..config import DataSpec
+from ..preprocessing import Preprocessing
+from ..runtime.distributed import Dist
+from .folders import Splits
+from .images import ImageDataset
+from .mixing import MixedBatches
+from .sampling import EpochSampler, SeededDataset, Shard
+from .transforms import draft_size, eval_transform, train_transform
 
 
 def resolve_workers(workers: int | str) -> int:
@@ -65,15 +74,63 @@ def prefetched(batches, depth: int = 2):
     return consume()
 
 
-@dataclass(frozen=True)
-class Loaders:
-    train: torch.utils.data.DataLoader  # in its sampler's order: sampling.EpochSampler, resumable mid-epoch
-    # (or data.mixing.MixedBatches around it, with mixup/cutmix)
-    val: torch.utils.data.DataLoader  # in file order
+class EpochBatches:
+    """A DataLoader's batches in its sampler's order (sampling.EpochSampler): `set_epoch` picks the epoch and the
+    positions already trained in it (a resumed run), so the loop says which epoch it is, not the loader."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, sampler):
+        self.loader, self.sampler = loader, sampler
 
     @property
-    def sampler(self):
-        return self.train.sampler
+    def batch_size(self) -> int:
+        return self.loader.batch_size
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.sampler.set_epoch(epoch, skip)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """A run's batches and what they are made of: the image datasets, the samplers and the per-process batch, so
+    that batches of cached features can be built in exactly the same order (train.features)."""
+    train: EpochBatches  # or data.mixing.MixedBatches around it, with mixup/cutmix
+    val: torch.utils.data.DataLoader  # in file order (this rank's share of it, when data-parallel)
+    train_images: ImageDataset
+    val_images: ImageDataset
+    sampler: EpochSampler  # train's order: resumable mid-epoch
+    val_sampler: torch.utils.data.Sampler | None
+    batch_size: int  # per process
+    workers: int
+    seed: int
+    pin_memory: bool
+
+
+def create_loaders(splits: Splits, pre: Preprocessing, data: DataSpec, seed: int, batch_size: int, dist: Dist,
+                   sampler: EpochSampler | None = None, pin_memory: bool = False) -> Loaders:
+    """Train batches in an order and with augmentations fixed by (seed, epoch), from `sampler` (a balanced one) or a
+    shuffle, so a run can resume mid-epoch (sampling); val in file order. Data parallel: each rank its part of
+    every global batch of `batch_size` and its share of val."""
+    workers = resolve_workers(data.workers)
+    sampler = sampler or EpochSampler(len(splits.train), seed)
+    val_sampler = None
+    if dist.enabled:
+        sampler, val_sampler = sampler.shard(dist.rank, dist.world, batch_size), \
+            Shard(len(splits.val), dist.rank, dist.world)
+    batch = batch_size // dist.world
+    train_images = ImageDataset(splits.train, train_transform(pre, data.augment, data.random_erasing),
+                                draft_size(pre, data.augment), pre.size)
+    val_images = ImageDataset(splits.val, eval_transform(pre), pre.resize, pre.size)
+    train = EpochBatches(make_loader(SeededDataset(train_images), batch, workers, seed, pin_memory, sampler), sampler)
+    if data.mixup or data.cutmix:
+        train = MixedBatches(train, len(splits.class_names), data.mixup, data.cutmix, seed)
+    val = make_loader(val_images, batch, workers, seed, pin_memory, val_sampler)
+    return Loaders(train, val, train_images, val_images, sampler, val_sampler, batch, workers, seed, pin_memory)
 
 
 def make_loader(dataset, batch_size: int, workers: int, seed: int, pin_memory: bool = False, sampler=None):
@@ -83,6 +140,13 @@ def make_loader(dataset, batch_size: int, workers: int, seed: int, pin_memory: b
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         generator=torch.Generator().manual_seed(seed), worker_init_fn=_seed_worker, pin_memory=pin_memory,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+
+
+def one_pass_loader(dataset, batch_size: int, workers: int, seed: int, pin_memory: bool = False):
+    """One pass over `dataset` in its order (the feature pass): seeded like make_loader, no persistent workers."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                       pin_memory=pin_memory, worker_init_fn=_seed_worker,
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -102,7 +166,8 @@ def stopped_workers(*loaders):
         yield
     finally:
         for loader in loaders:
-            loader = getattr(loader, "loader", loader)  # a wrapper such as data.mixing.MixedBatches
+            while hasattr(loader, "loader"):  # wrappers: EpochBatches, data.mixing.MixedBatches, cached features
+                loader = loader.loader
             if loader._iterator is not None:  # where DataLoader keeps its persistent workers (private)
                 loader._iterator._shutdown_workers()
                 loader._iterator = None

@@ -12,8 +12,8 @@ import torch
 
 
 class MixedBatches:
-    """A train loader whose batches come out as (images, labels, soft targets). Images that could not be read
-    (negative labels, data.images.missing_label) take no part in the mixing and keep their label."""
+    """Train batches (data.loading.EpochBatches) that come out as (images, labels, soft targets). Images that could
+    not be read (negative labels, data.images.missing_label) take no part in the mixing and keep their label."""
 
     def __init__(self, loader, num_classes: int, mixup: float | None, cutmix: float | None, seed: int):
         from torchvision.transforms import v2
@@ -23,18 +23,16 @@ class MixedBatches:
                   ([v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix else [])
         self.mix = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
 
-    # what the rest of the run reads off a train loader
-    @property
-    def dataset(self):
-        return self.loader.dataset
-
     @property
     def sampler(self):
         return self.loader.sampler
 
     @property
-    def batch_size(self):
+    def batch_size(self) -> int:
         return self.loader.batch_size
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.loader.set_epoch(epoch, skip)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -8,16 +8,14 @@ fit() calls calibrate_run() once, at the end of a run; predict and evaluate divi
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import torch
 
-from ..checkpoint import Checkpoint
 from ..console import track
 from ..metrics import expected_calibration_error, nll, softmax
 from ..runtime.device import Compute
-from .resume import RunState
+from .state import RunState
 
 # Search bounds for T. When every validation image is classified right, NLL keeps falling as T -> 0:
 # the data gives no finite answer, so T stays 1 rather than making every later prediction absurdly
@@ -118,8 +116,7 @@ def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=Non
         val = collect_logits(net, val_batches, compute, "calibrate last.pt", console)
         summary = calibration_summary(*val)
         run.save(calibration=summary)
-    dist = compute.dist
-    best = run.best or dist.share(Checkpoint.load(run.run_dir / "best.pt") if dist.main else None)
+    best = run.best_checkpoint()
     if best.calibration is not None:
         return best.calibration, None
     if val is None or best.metrics.get("epoch") != run.rows[-1]["epoch"]:
@@ -127,6 +124,5 @@ def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=Non
             run.step.scored.load_state_dict(best.state)
         val = collect_logits(net, val_batches, compute, "calibrate best.pt", console)
         summary = calibration_summary(*val)
-    if dist.main:
-        replace(best, calibration=summary).save(run.run_dir / "best.pt")
+    run.writer.write_best_calibration(best, summary)
     return summary, val

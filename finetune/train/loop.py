@@ -1,92 +1,62 @@
-"""fit(): one training run, read top to bottom. Each stage's detail lives in its own module: the split in
-data.folders, the model in models.registry, what trains in freeze, one optimizer step in step, the frozen
-prefix and its cache in features, last.pt/best.pt and signals in resume, the temperature in calibration."""
+"""fit(): one training run, read top to bottom. Each stage's detail lives in its own module: everything the
+run needs in setup (data, model, freeze plan, loaders, the frozen part, the step), the frozen features in
+features/, one optimizer step in step, where the run is and its checkpoints in state and checkpoints, the
+head solved in solved, the temperature in calibration."""
 
 from __future__ import annotations
 
-import math
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..checkpoint import Checkpoint
-from ..config import DataSpec, Recipe, TrainSpec
+from ..config import Recipe
 from ..console import literal, quiet_console, stderr_console, track
-from ..data.balance import Balance, resolve_balance
-from ..data.doctor import training_screen
 from ..data.filecheck import check_files
-from ..data.folders import Splits, resolve_splits
-from ..data.images import ImageDataset, missing_indices
-from ..data.loading import Loaders, make_loader, resolve_workers, stopped_workers
-from ..data.mixing import MixedBatches
-from ..data.sampling import EpochSampler, SeededDataset, Shard
-from ..data.transforms import draft_size, eval_transform, train_transform
-from ..errors import ConfigError
+from ..data.folders import Splits
+from ..data.images import missing_indices
+from ..data.loading import stopped_workers
 from ..files import refuse_inside
 from ..metrics import confusion_matrix
-from ..models.registry import ModelInfo, create_model
-from ..preprocessing import Preprocessing
-from ..runtime.device import Compute, resolve_compute, seed_everything
-from ..runtime.distributed import Dist, rank_device
+from ..runtime.distributed import Dist
 from .calibration import calibrate_run
+from .checkpoints import CheckpointWriter
 from .curves import CurvesPlot, plot_reliability, print_run_summary
-from .estimate import Workload, estimate_line, seconds_per_image
-from .features import FeatureCache, frozen_batches, image_dataset
-from .freeze import FreezePlan, plan_freeze
-from .loggers import Loggers, check_loggers
-from .optim import build_optimizer, build_scheduler
-from .resume import RunState, Tally
+from .estimate import estimate_line, seconds_per_image
+from .loggers import Loggers
+from .progress import Tally
 from .rundir import (
     check_disk_space,
     clear_previous_run,
     create_run_dir,
-    environment,
     run_lock,
     warn_if_environment_changed,
     write_data_summary,
     write_metrics,
     write_run_files,
 )
+from .setup import Setup, prepare
 from .solved import solve_head
-from .step import TrainStep, compiled, data_parallel, moving_average
-
-
-@dataclass
-class Setup:
-    """Everything a run needs, made and checked before its folder exists."""
-    splits: Splits
-    info: ModelInfo
-    plan: FreezePlan
-    balance: Balance
-    loaders: Loaders
-    step: TrainStep
-    cache: FeatureCache
-    template: Checkpoint  # the run's checkpoint without weights
-    compute: Compute
+from .state import RunState
+from .step import TrainStep
+from .stop import StopGuard
 
 
 def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist = Dist()) -> Path:
     """Train as the recipe says; returns the run folder (best.pt, last.pt, metrics.csv, recipe.yaml, ...).
-    With resume_dir, continue that run from its last.pt (see resume.py) instead of starting a new one.
+    With resume_dir, continue that run from its last.pt (train.resume) instead of starting a new one.
     `dist`: this process's rank in a data-parallel run (runtime.distributed); rank 0 writes the run folder."""
-    console = console or stderr_console()
-    console = console if dist.main else quiet_console()
+    console = (console or stderr_console()) if dist.main else quiet_console()
     if recipe.data.root is not None:  # recorded absolute, so report, evaluate and --resume find it from anywhere
         root = Path(os.path.abspath(Path(recipe.data.root).expanduser()))
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"root": root})})
-    cfg = recipe.train
     setup = prepare(recipe, console, dist)
-    # the run folder, after every check that can fail before work; one run in it at a time
-    refuse_inside(resume_dir or recipe.run.output or recipe.run.dir, recipe.data.root, "the run folder")
-    if dist.main:
-        check_disk_space(resume_dir or recipe.run.output or recipe.run.dir, setup.step.model, setup.step.optimizer)
-    run_dir = resume_dir or dist.on_main(lambda: create_run_dir(recipe.run))
-    with run_lock(run_dir, console) if dist.main else nullcontext():
-        run = RunState(run_dir, setup.step, setup.template, cfg.save_every)
+    run_dir = open_run_dir(recipe, setup, resume_dir, dist)
+    with run_lock(run_dir, console) if dist.main else nullcontext():  # one run in a folder at a time
+        run = RunState(CheckpointWriter(run_dir, setup.template, dist.main), setup.step, StopGuard(console),
+                       recipe.train.save_every)
         if resume_dir:
             run.restore()
             warn_if_environment_changed(run_dir, setup.template.environment, console)
@@ -95,139 +65,119 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
             write_run_files(run_dir, recipe, setup.template.environment)
         if dist.main:
             write_data_summary(run_dir / "data.json", setup.splits, setup.balance, console)
+        loggers = Loggers(recipe.run, run_dir, recipe.model_dump(mode="json"), recipe.data.root, run.epoch) \
+            if dist.main else None
         # Ctrl-C/SIGTERM: save last.pt and stop; out of memory or a diverging loss: say what to lower
-        with run.guard(console, cfg.batch_size, setup.info.preprocessing.size), \
+        with run.running(recipe.train.batch_size, setup.info.preprocessing.size), \
                 stopped_workers(setup.loaders.train, setup.loaders.val):
-            run_epochs(run, setup, recipe, console)
+            if dist.main:  # how long the run will take here, from a few val images timed, before the feature pass
+                console.print(estimate_line(setup.workload, *seconds_per_image(
+                    setup.step.model, setup.loaders.val_images, setup.compute)), style="dim", soft_wrap=True)
+            train_batches, val_batches = frozen_batches(setup, console)
+            setup.step.wrap()  # DDP / torch.compile around what trains
+            console.print(f"[bold]{len(setup.splits.train)}[/] train / [bold]{len(setup.splits.val)}[/] val images, "
+                          f"{len(setup.splits.class_names)} classes, {literal(recipe.model.source)}:"
+                          f"{literal(recipe.model.name)}, strategy {recipe.strategy.name}, device "
+                          f"{setup.compute.device}" + run.resumed_at(), soft_wrap=True)
+            epochs = Epochs(run, setup, train_batches, val_batches, loggers, console)
+            # the head solved on the frozen features, no epochs (solved.py); a run resumed after SGD steps (one
+            # started before head_solver existed, whose recipe.yaml now reads as lbfgs) goes on by epochs
+            epochs.solve() if setup.solve_head and run.progress.global_step == 0 else epochs.train()
+            epochs.finish()
     return run_dir
 
 
-def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
-    """Data, model, freeze plan, loaders and the training step, as the recipe says."""
-    cfg = recipe.train
-    check_batch(cfg.batch_size, dist.world, dist.main)
-    compute = resolve_compute(rank_device(dist, cfg.device), cfg.amp, dist)
-    if cfg.sync_bn and dist.enabled and compute.device.type != "cuda":
-        raise ConfigError("train.sync_bn needs CUDA: torch's SyncBatchNorm runs on GPUs only; set it to false")
-    check_loggers(recipe.run)
-    seed_everything(cfg.seed)
-    # data: the split, with unreadable files, label conflicts and train copies of val images left out
-    splits = dist.on_main(lambda: resolve_splits(recipe.data.root, recipe.data.val_fraction, cfg.seed,
-                                                 screen=lambda tree: training_screen(tree, console, recipe.data.root)))
-    # the model, and what of it trains
-    model, info = create_model(recipe.model, len(splits.class_names), recipe.data.image_size)
-    plan = plan_freeze(model, info, recipe.strategy)
-    plan.apply(model)
-    if cfg.sync_bn and dist.enabled:
-        synced_batchnorm(model, plan)
-    model.to(compute.device, memory_format=torch.channels_last)
-    balance = resolve_balance([y for _, y in splits.train], len(splits.class_names), recipe.data.class_weights,
-                              recipe.data.sampler, cfg.seed)
-    loaders = create_loaders(splits, info.preprocessing, recipe.data, cfg, balance, compute)
-    # one optimizer step (over `accumulate` batches), and the weights' moving average
-    optimizer = build_optimizer(recipe.optim, plan.param_groups(model, recipe.optim.weight_decay))
-    steps = math.ceil(math.ceil(len(splits.train) / cfg.batch_size) / cfg.accumulate)
-    scheduler = build_scheduler(optimizer, recipe.schedule, steps, cfg.epochs)
-    criterion = nn.CrossEntropyLoss(weight=balance.loss_weights, label_smoothing=cfg.label_smoothing)
-    scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.autocast_dtype == torch.float16)
-    ema = moving_average(model, cfg.ema) if cfg.ema else None
-    step = TrainStep(model, model, criterion.to(compute.device), optimizer, scheduler, scaler, compute,
-                     cfg.grad_clip, ema, ema and ema.module, cfg.accumulate, plan.frozen_bn)
-    cache = FeatureCache.from_recipe(recipe, info, enabled=plan.freezes_a_prefix)
-    template = Checkpoint(recipe.model.model_copy(update={"weights": None}), splits.class_names, info.preprocessing,
-                          info.head_name, recipe.strategy.name, recipe=recipe.model_dump(mode="json"),
-                          environment=environment(cfg.seed, compute.device))
-    return Setup(splits, info, plan, balance, loaders, step, cache, template, compute)
+def open_run_dir(recipe: Recipe, setup: Setup, resume_dir: Path | None, dist: Dist) -> Path:
+    """The run folder (new, or the resumed one), after every check that can fail before work: never inside the
+    dataset, and room for the checkpoints."""
+    refuse_inside(resume_dir or recipe.run.output or recipe.run.dir, recipe.data.root, "the run folder")
+    if dist.main:
+        check_disk_space(resume_dir or recipe.run.output or recipe.run.dir, setup.step.model, setup.step.optimizer)
+    return resume_dir or dist.on_main(lambda: create_run_dir(recipe.run))
 
 
-def run_epochs(run: RunState, setup: Setup, recipe: Recipe, console) -> None:
-    """The frozen features, then the epochs (train, evaluate, log, checkpoint), then calibration."""
-    step, cfg, run_dir = setup.step, recipe.train, run.run_dir
-    # how long the run will take here, from a few val images timed, before the feature pass or the first epoch
-    if setup.compute.dist.main:
-        console.print(estimate_line(workload(setup, recipe), *seconds_per_image(
-            step.model, image_dataset(setup.loaders.val), setup.compute)), style="dim", soft_wrap=True)
-    # the frozen prefix runs once per image where it can (cached); each step trains the rest alone
-    tail_of, train_batches, val_batches = frozen_batches(step.model, setup.plan, setup.loaders, setup.cache,
-                                                         setup.compute, console)
-    def trained_part():  # data parallel: wrapped again when gradual unfreezing changes what trains
-        net = data_parallel(tail_of(step.model), setup.compute)
-        return compiled(net) if cfg.compile else net
+def frozen_batches(setup: Setup, console):
+    """(train batches, val batches) for the trained part: the frozen part's outputs (stored, or computed per
+    batch) when the model is cut at its prefix, else the images."""
+    if setup.split is None:
+        return setup.loaders.train, setup.loaders.val
+    return setup.frozen.batches(setup.split, setup.loaders, setup.features, setup.train_kind)
 
-    step.net, dist, wrapped = trained_part(), setup.compute.dist, setup.plan.trainable()
-    step.ema_net = tail_of(step.ema.module) if step.ema is not None else None
-    console.print(f"[bold]{len(setup.splits.train)}[/] train / [bold]{len(setup.splits.val)}[/] val images, "
-                  f"{len(setup.splits.class_names)} classes, {literal(recipe.model.source)}:"
-                  f"{literal(recipe.model.name)}, strategy {recipe.strategy.name}, device {setup.compute.device}"
-                  + run.resumed_at(), soft_wrap=True)
-    curves, vanished = CurvesPlot(run_dir / "curves.png"), Vanished(setup.splits)
-    loggers = Loggers(recipe.run, run_dir, recipe.model_dump(mode="json"), recipe.data.root, run.epoch) \
-        if dist.main else None
-    # the head solved on the frozen features, no epochs (solved.py); a run resumed after SGD steps (one started
-    # before head_solver existed, whose recipe.yaml now reads as lbfgs) goes on by epochs
-    if recipe.strategy.head_solver == "lbfgs" and run.progress.global_step == 0:
-        if not run.rows:  # a resumed run that has its solved head keeps it
-            row = solve_head(run, step, tail_of(step.model), train_batches, val_batches,
-                             len(setup.splits.class_names), cfg.seed, console)
-            if dist.main:
-                write_metrics(run_dir / "metrics.csv", run.rows)
-                loggers.epoch(row)
-            run.save_epoch(True)  # the one row is the best; a signal during the solve stops here, all written
-    else:
-        for epoch in range(run.epoch, cfg.epochs + 1):
-            if stopped_early(run.rows, cfg.early_stop):  # a resumed run that had stopped early stays stopped
+
+class Epochs:
+    """The run's epochs over its batches: train, evaluate, log, checkpoint; then calibration and the summary."""
+
+    def __init__(self, state: RunState, setup: Setup, train_batches, val_batches, loggers: Loggers | None, console):
+        self.state, self.setup, self.loggers, self.console = state, setup, loggers, console
+        self.train_batches, self.val_batches = train_batches, val_batches
+        self.curves, self.vanished = CurvesPlot(state.run_dir / "curves.png"), Vanished(setup.splits)
+        self.main = setup.compute.dist.main
+
+    def train(self) -> None:
+        cfg, plan, step = self.setup.train, self.setup.plan, self.setup.step
+        for epoch in range(self.state.epoch, cfg.epochs + 1):
+            if stopped_early(self.state.rows, cfg.early_stop):  # a resumed run that had stopped early stays stopped
                 break
-            setup.plan.apply(step.model, epoch)  # what trains this epoch (strategy.freeze_epochs)
-            if setup.plan.unfreezes(epoch):
-                console.print(f"epoch {epoch}: unfreezing {', '.join(setup.plan.unfreezes(epoch))}")
-            if setup.plan.trainable(epoch) != wrapped:
-                step.net, wrapped = trained_part(), setup.plan.trainable(epoch)
-            lrs, done = run.begin_epoch(epoch)
-            setup.loaders.sampler.set_epoch(epoch, skip=done * cfg.accumulate * cfg.batch_size)  # global positions
-            # train, then evaluate (the moving average and the raw weights, with EMA)
-            train_loss, train_acc = train_epoch(step, train_batches, run, vanished, console,
-                                                f"epoch {epoch}/{cfg.epochs} train")
-            val_loss, val_acc = evaluate(step, step.scored_net, val_batches, vanished, console,
-                                         f"epoch {epoch}/{cfg.epochs} val")
-            raw = {}
-            if step.ema is not None:
-                loss, acc = evaluate(step, step.net, val_batches, vanished, console, f"epoch {epoch} val (raw weights)")
-                raw = {"val_loss_raw": loss, "val_acc_raw": acc}
-            # log
-            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                   "val_acc": val_acc, **raw, **lrs, "seconds": run.epoch_seconds()}
-            best = run.end_epoch(row)
-            if dist.main:
-                write_metrics(run_dir / "metrics.csv", run.rows)
-                curves.update(run.rows, final=epoch == cfg.epochs or stopped_early(run.rows, cfg.early_stop))
-                loggers.epoch(row)
-            console.print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
-                          f"val loss {val_loss:.4f} acc {val_acc:.3f} | {row['seconds']:.1f}s")
-            if vanished.report(dist) and dist.main:  # deleted or emptied since the pre-scan: left out, in data.json
-                write_data_summary(run_dir / "data.json", setup.splits, setup.balance, console)
-            # checkpoint: best.pt (when best), then last.pt
-            run.save_epoch(best)
-    # calibrate (a temperature per checkpoint, fitted on val) and summarise
-    calibration, val = calibrate_run(run, step.scored_net, val_batches, setup.compute, console)
-    if val is not None and dist.main:
-        plot_reliability(run_dir / "reliability.png", *val, calibration["temperature"])
-    if loggers is not None:
-        k = len(setup.splits.class_names)
-        loggers.end(calibration, confusion_matrix(val[1], val[0].argmax(1), k) if val else None,
-                    setup.splits.class_names)
-    early = stopped_early(run.rows, cfg.early_stop)
-    print_run_summary(console, run.rows, calibration, run_dir,
-                      f"val accuracy did not improve for {cfg.early_stop} epochs" if early else "")
+            plan.apply(step.model, epoch)  # what trains this epoch (strategy.freeze_epochs)
+            if plan.unfreezes(epoch):
+                self.console.print(f"epoch {epoch}: unfreezing {', '.join(plan.unfreezes(epoch))}")
+            step.wrap()  # DDP registers what trains when it wraps: again when that changed
+            row = self.epoch(epoch)
+            best = self.state.end_epoch(row)
+            self.log(row, final=epoch == cfg.epochs or stopped_early(self.state.rows, cfg.early_stop))
+            self.console.print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
+                               f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['seconds']:.1f}s")
+            if self.vanished.report(self.setup.compute.dist) and self.main:  # deleted since the pre-scan
+                write_data_summary(self.state.run_dir / "data.json", self.setup.splits, self.setup.balance,
+                                   self.console)
+            self.state.save_epoch(best)  # best.pt (when best), then last.pt
 
+    def epoch(self, epoch: int) -> dict:
+        """Train one epoch, then evaluate (the moving average and the raw weights, with EMA): its metrics row."""
+        step, cfg = self.setup.step, self.setup.train
+        lrs, done = self.state.begin_epoch(epoch)
+        self.train_batches.set_epoch(epoch, skip=done * cfg.accumulate * cfg.batch_size)  # global positions
+        train_loss, train_acc = train_epoch(step, self.train_batches, self.state, self.vanished, self.console,
+                                            f"epoch {epoch}/{cfg.epochs} train")
+        val_loss, val_acc = evaluate(step, step.scored_net, self.val_batches, self.vanished, self.console,
+                                     f"epoch {epoch}/{cfg.epochs} val")
+        raw = {}
+        if step.ema is not None:
+            loss, acc = evaluate(step, step.runner, self.val_batches, self.vanished, self.console,
+                                 f"epoch {epoch} val (raw weights)")
+            raw = {"val_loss_raw": loss, "val_acc_raw": acc}
+        return {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                "val_acc": val_acc, **raw, **lrs, "seconds": self.state.epoch_seconds()}
 
-def workload(setup: Setup, recipe: Recipe) -> Workload:
-    """What estimate.py prices: the run's passes over its images."""
-    random = recipe.data.augment != "none"
-    cached = setup.cache.enabled and recipe.strategy.name == "feature-extract" and \
-        (not random or recipe.features.views > 0)
-    return Workload(len(setup.splits.train), len(setup.splits.val), recipe.train.epochs, recipe.strategy.name,
-                    cached, recipe.features.views if random else 1, setup.info.preprocessing.size,
-                    setup.compute.device.type)
+    def solve(self) -> None:
+        """strategy.head_solver lbfgs: one solve instead of the epochs; a resumed run that has its head keeps it."""
+        if self.state.rows:
+            return
+        row = solve_head(self.state, self.setup.step, self.setup.step.net, self.train_batches, self.val_batches,
+                         len(self.setup.splits.class_names), self.setup.train.seed, self.console)
+        self.log(row, final=False, curves=False)
+        self.state.save_epoch(True)  # the one row is the best; a signal during the solve stops here, all written
+
+    def log(self, row: dict, final: bool, curves: bool = True) -> None:
+        if self.main:
+            write_metrics(self.state.run_dir / "metrics.csv", self.state.rows)
+            if curves:
+                self.curves.update(self.state.rows, final=final)
+            self.loggers.epoch(row)
+
+    def finish(self) -> None:
+        """Calibrate (a temperature per checkpoint, fitted on val), and summarise."""
+        run, setup, cfg = self.state, self.setup, self.setup.train
+        calibration, val = calibrate_run(run, setup.step.scored_net, self.val_batches, setup.compute, self.console)
+        if val is not None and self.main:
+            plot_reliability(run.run_dir / "reliability.png", *val, calibration["temperature"])
+        if self.loggers is not None:
+            k = len(setup.splits.class_names)
+            self.loggers.end(calibration, confusion_matrix(val[1], val[0].argmax(1), k) if val else None,
+                             setup.splits.class_names)
+        early = stopped_early(run.rows, cfg.early_stop)
+        print_run_summary(self.console, run.rows, calibration, run.run_dir,
+                          f"val accuracy did not improve for {cfg.early_stop} epochs" if early else "")
 
 
 def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, console,
@@ -296,43 +246,3 @@ class Vanished:
         self.splits.skipped += [(p, f"{checks[p].problem or 'changed'}: {checks[p].detail} (during training)")
                                 for p in new]
         return True
-
-
-def create_loaders(splits: Splits, pre: Preprocessing, data: DataSpec, train: TrainSpec, balance: Balance,
-                   compute: Compute) -> Loaders:
-    """Train batches in an order and with augmentations fixed by (seed, epoch), balanced or not, so a run can
-    resume mid-epoch (data.sampling); val in file order."""
-    workers, pin, dist = resolve_workers(data.workers), compute.device.type == "cuda", compute.dist
-    sampler = balance.sampler or EpochSampler(len(splits.train), train.seed)
-    val_sampler = None
-    if dist.enabled:  # each rank its part of every global batch, and its share of val
-        sampler, val_sampler = sampler.shard(dist.rank, dist.world, train.batch_size), \
-            Shard(len(splits.val), dist.rank, dist.world)
-    batch = train.batch_size // dist.world
-    images = ImageDataset(splits.train, train_transform(pre, data.augment, data.random_erasing),
-                          draft_size(pre, data.augment), pre.size)
-    val = ImageDataset(splits.val, eval_transform(pre), pre.resize, pre.size)
-    batches = make_loader(SeededDataset(images), batch, workers, train.seed, pin, sampler)
-    if data.mixup or data.cutmix:
-        batches = MixedBatches(batches, len(splits.class_names), data.mixup, data.cutmix, train.seed)
-    return Loaders(batches, make_loader(val, batch, workers, train.seed, pin, val_sampler))
-
-
-def check_batch(batch_size: int, world: int, main: bool = True) -> None:
-    """train.batch_size is the global batch: it must divide among the processes (said once, by rank 0)."""
-    if batch_size % world:
-        error = ConfigError(f"train.batch_size {batch_size} is the batch over all {world} processes and must divide "
-                            f"evenly among them: use a multiple of {world}")
-        error.finetune_shared = not main
-        raise error
-
-
-def synced_batchnorm(model: nn.Module, plan: FreezePlan) -> None:
-    """train.sync_bn: the trained part's BatchNorm layers normalise over every rank's batch (SyncBatchNorm); the
-    frozen prefix keeps plain BatchNorm, in eval mode and folded."""
-    roots = list(plan.roots) if plan.freezes_a_prefix else [""]
-    for root in roots:
-        module = model.get_submodule(root)
-        synced = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        if root and synced is not module:
-            model.set_submodule(root, synced)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +20,9 @@ from ..config import Recipe, RunSpec
 from ..console import literal, stderr_console, track
 from ..files import atomic_write, refuse_inside
 from ..plotting import figure, save_png
-from .features import frozen_batches
-from .loop import in_groups, prepare
+from .loop import frozen_batches, in_groups
 from .rundir import create_run_dir
+from .setup import prepare
 
 
 @dataclass
@@ -57,17 +57,14 @@ def lr_find(recipe: Recipe, output: Path | None = None, steps: int = 200, start:
     spec = RunSpec(dir=recipe.run.dir, name=f"lr-find-{recipe.run.name or 'recipe'}", output=output)
     refuse_inside(output or recipe.run.dir, recipe.data.root, "the lr-find folder")
     folder = create_run_dir(spec)
-    step = setup.step
-    step.scheduler, step.ema = _Fixed(), None
-    tail_of, train_batches, _ = frozen_batches(step.model, setup.plan, setup.loaders, setup.cache, setup.compute,
-                                               console)
-    step.net = tail_of(step.model)
+    step = replace(setup.step, scheduler=_Fixed(), ema=None, ema_net=None)  # the sweep sets the lrs; no average
+    train_batches, _ = frozen_batches(setup, console)
     step.train_mode()
     head = recipe.strategy.lr["head"]
     ratios = [g["lr"] / head for g in step.optimizer.param_groups]
     sweep = np.geomspace(start, end, steps)
     lrs, losses, smoothed, best, avg = [], [], [], math.inf, 0.0
-    for i, group in enumerate(track(_batches(train_batches, setup.loaders, step.accumulate, steps), "lr-find",
+    for i, group in enumerate(track(_batches(train_batches, step.accumulate, steps), "lr-find",
                                     console, total=steps)):
         for g, ratio in zip(step.optimizer.param_groups, ratios):
             g["lr"] = sweep[i] * ratio
@@ -91,11 +88,11 @@ def lr_find(recipe: Recipe, output: Path | None = None, steps: int = 200, start:
     return result
 
 
-def _batches(train_batches, loaders, accumulate: int, steps: int):
+def _batches(train_batches, accumulate: int, steps: int):
     """`steps` optimizer steps' worth of batch groups, epoch after epoch."""
     done, epoch = 0, 1
     while done < steps:
-        loaders.sampler.set_epoch(epoch)
+        train_batches.set_epoch(epoch)
         for group in in_groups(train_batches, accumulate):
             yield group
             done += 1

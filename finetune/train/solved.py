@@ -27,7 +27,7 @@ from ..plotting import figure, save_png
 from ..runtime.threads import one_thread
 from .calibration import collect_logits
 from .head_solver import COARSE_GRID, FINE_STEPS, HeadSweep, sweep_l2
-from .resume import RunState
+from .state import RunState
 from .step import TrainStep
 
 SWEEP_FILES = ("head_sweep.csv", "head_sweep.png")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -21,8 +21,10 @@ from ..runtime.device import Compute
 from .freeze import set_train_mode
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainStep:
+    """Built once, keyword by keyword, when the model and its frozen prefix are known; `wrap` is the one method
+    that changes what runs (DDP and torch.compile around the trained part)."""
     model: nn.Module  # the whole model: what trains, and what checkpoints save (without EMA)
     net: nn.Module  # what runs on the batches: the model, or its part after a cached frozen prefix
     criterion: nn.Module
@@ -35,9 +37,21 @@ class TrainStep:
     ema_net: nn.Module | None = None  # what runs on the batches for the average (its part after the prefix)
     accumulate: int = 1  # batches per optimizer step
     frozen_bn: str = "eval"  # BatchNorm of frozen modules while training: eval | train
+    compile: bool = False  # train.compile: the trained part through torch.compile
+    runner: nn.Module | None = field(default=None, init=False)  # `net` as wrapped by `wrap`
+
+    def __post_init__(self):
+        self.runner = self.net
+
+    def wrap(self) -> None:
+        """`net` under DistributedDataParallel (data parallel: its trainable parameters at this moment) and
+        torch.compile (train.compile). Called before training and again when gradual unfreezing changes what
+        trains, since DDP registers the parameters it synchronises when it wraps."""
+        net = data_parallel(self.net, self.compute)
+        self.runner = compiled(net) if self.compile else net
 
     def train_mode(self) -> None:
-        set_train_mode(self.net, self.frozen_bn)
+        set_train_mode(self.runner, self.frozen_bn)
 
     @property
     def scored(self) -> nn.Module:
@@ -46,13 +60,12 @@ class TrainStep:
 
     @property
     def scored_net(self) -> nn.Module:
-        return self.ema_net if self.ema is not None else self.net
+        return self.ema_net if self.ema is not None else self.runner
 
     def __call__(self, batches: list) -> tuple[float, int, int]:
         """One optimizer step over `batches` (several with gradient accumulation): (mean loss, correct, images)
-        of this process's images. Each batch's loss is weighted by its share of all the step's images (on every
-        rank, when data-parallel: DDP averages the ranks' gradients), so the gradient is the mean over all of
-        them. A loss that is not a finite number raises NonFiniteLoss before anything is updated."""
+        of this process's images. A loss that is not a finite number raises NonFiniteLoss before anything is
+        updated."""
         dist = self.compute.dist
         local = sum(int((b[1] >= 0).sum()) for b in batches)
         total = int(dist.sum([local])[0]) if dist.enabled else local
@@ -60,23 +73,7 @@ class TrainStep:
             self.scheduler.step()
             return 0.0, 0, 0
         self.optimizer.zero_grad(set_to_none=True)
-        losses, correct = [], 0
-        for i, batch in enumerate(batches):
-            # with DDP, gradients are synchronised once per step, in the last batch's backward
-            with self.net.no_sync() if hasattr(self.net, "no_sync") and i < len(batches) - 1 else nullcontext():
-                out = self._forward(self.net, *batch)
-                if out is None:  # only padding or vanished images here; DDP still needs this rank's backward
-                    if dist.enabled:
-                        (self.net(self.compute.to_device(batch[0])).float().sum() * 0).backward()
-                    continue
-                loss, n, right = out
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(value)
-                weight = n / total * dist.world
-                self.scaler.scale(loss * weight if len(batches) > 1 or dist.enabled else loss).backward()
-                losses.append((value, n))
-                correct += right
+        losses, correct = self._backward(batches, total)
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip)
@@ -88,6 +85,29 @@ class TrainStep:
         seen = sum(n for _, n in losses)
         mean = losses[0][0] if len(losses) == 1 else sum(v * n for v, n in losses) / max(1, seen)
         return mean, correct, seen
+
+    def _backward(self, batches: list, total: int) -> tuple[list[tuple[float, int]], int]:
+        """Each batch's loss backward, weighted by its share of all the step's `total` images (on every rank, when
+        data-parallel: DDP averages the ranks' gradients), so the gradient is the mean over all of them."""
+        dist, net = self.compute.dist, self.runner
+        losses, correct = [], 0
+        for i, batch in enumerate(batches):
+            # with DDP, gradients are synchronised once per step, in the last batch's backward
+            with net.no_sync() if hasattr(net, "no_sync") and i < len(batches) - 1 else nullcontext():
+                out = self._forward(net, *batch)
+                if out is None:  # only padding or vanished images here; DDP still needs this rank's backward
+                    if dist.enabled:
+                        (net(self.compute.to_device(batch[0])).float().sum() * 0).backward()
+                    continue
+                loss, n, right = out
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(value)
+                weight = n / total * dist.world
+                self.scaler.scale(loss * weight if len(batches) > 1 or dist.enabled else loss).backward()
+                losses.append((value, n))
+                correct += right
+        return losses, correct
 
     def evaluate(self, net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
         """(mean loss, correct, images) of `net` on a batch, without a step (the caller holds no_grad and eval)."""

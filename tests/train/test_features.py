@@ -10,7 +10,7 @@ from torch import nn
 
 from finetune.config import build_recipe
 from finetune.errors import ConfigError
-from finetune.train.features import FeatureSet
+from finetune.train.features.store import FeatureSet
 from finetune.train.loop import fit
 from finetune.train.prefix import random_in_training
 
@@ -61,12 +61,12 @@ def test_cached_and_uncached_training_reach_the_same_result(tiny_tree, tmp_path)
 
 
 def test_cache_hit_miss_and_invalidation(tiny_tree, image_folder, tmp_path, monkeypatch):
-    import finetune.train.features as features
+    from finetune.train.features.store import FeatureStore
 
     computed = []
-    real = features.compute_entry
-    monkeypatch.setattr(features, "compute_entry", lambda entry, *a, **k: (computed.append(entry.folder.name),
-                                                                           real(entry, *a, **k)))
+    real = FeatureStore.write
+    monkeypatch.setattr(FeatureStore, "write", lambda self, key, *a, **k: (computed.append(key),
+                                                                           real(self, key, *a, **k))[1])
     _fit(tiny_tree, tmp_path, train__epochs=1)
     first = _entries(tmp_path)
     assert len(computed) == 2 and first == set(computed)

@@ -78,10 +78,10 @@ def test_nothing_to_train_is_an_error():
 
 @pytest.mark.parametrize("strategy", ["feature-extract", "last-stage"])
 def test_frozen_bn_running_stats_are_bit_identical_after_training(strategy, tiny_tree, monkeypatch):
-    import finetune.train.loop as loop
+    import finetune.train.setup as setup
 
     captured = {}
-    real_create = loop.create_model
+    real_create = setup.create_model
 
     def spy(*args, **kwargs):
         model, info = real_create(*args, **kwargs)
@@ -89,7 +89,7 @@ def test_frozen_bn_running_stats_are_bit_identical_after_training(strategy, tiny
         captured["model"] = model
         return model, info
 
-    monkeypatch.setattr(loop, "create_model", spy)
+    monkeypatch.setattr(setup, "create_model", spy)
     tiny_tree["strategy"] = {"name": strategy, "lr": {"head": 0.05, "last_stage": 0.05}}
     tiny_tree["train"]["epochs"] = 1
     fit(build_recipe(tiny_tree))
@@ -106,29 +106,29 @@ def test_frozen_bn_running_stats_are_bit_identical_after_training(strategy, tiny
 def test_freeze_epochs_trains_the_head_alone_first_then_unfreezes(tiny_tree, monkeypatch):
     import csv
 
-    from finetune.train import resume
+    from finetune.train import state
 
     snapshots = []
-    real = resume.RunState.save_epoch
+    real = state.RunState.save_epoch
 
     def keep(self, best):
         snapshots.append({k: v.clone() for k, v in self.step.model.state_dict().items()})
         real(self, best)
 
-    monkeypatch.setattr(resume.RunState, "save_epoch", keep)
+    monkeypatch.setattr(state.RunState, "save_epoch", keep)
     tiny_tree["strategy"] = {"name": "last-stage", "lr": {"head": 0.05, "last_stage": 0.05}, "freeze_epochs": 1}
     tiny_tree["data"]["augment"] = "flip"
-    import finetune.train.loop as loop
+    import finetune.train.setup as setup
 
     initial = {}
-    real_create = loop.create_model
+    real_create = setup.create_model
 
     def spy(*args, **kwargs):
         model, info = real_create(*args, **kwargs)
         initial.update({k: v.clone() for k, v in model.state_dict().items()})
         return model, info
 
-    monkeypatch.setattr(loop, "create_model", spy)
+    monkeypatch.setattr(setup, "create_model", spy)
     run = fit(build_recipe(tiny_tree))
     first, second = snapshots
     for key in ("blocks.4.0.conv_pw.weight", "bn2.weight", "bn2.running_mean"):  # the last stage: still after
@@ -163,17 +163,17 @@ def test_layer_decay_gives_each_block_its_group_lr_times_decay_to_the_depth():
 
 
 def test_frozen_bn_train_lets_frozen_statistics_adapt_and_turns_the_cache_off(tiny_tree, tmp_path, monkeypatch):
-    import finetune.train.loop as loop
+    import finetune.train.setup as setup
 
     captured = {}
-    real_create = loop.create_model
+    real_create = setup.create_model
 
     def spy(*args, **kwargs):
         model, info = real_create(*args, **kwargs)
         captured.update(model=model, before=model.bn1.running_mean.clone())
         return model, info
 
-    monkeypatch.setattr(loop, "create_model", spy)
+    monkeypatch.setattr(setup, "create_model", spy)
     tiny_tree["strategy"] = {"name": "feature-extract", "lr": {"head": 0.1}, "frozen_bn": "train"}
     tiny_tree["features"] = {"dir": str(tmp_path / "cache")}
     fit(build_recipe(tiny_tree))

@@ -36,11 +36,11 @@ def test_same_seed_same_metrics_different_seed_different_run(tiny_tree, tmp_path
 def test_loader_workers_are_stopped_when_fit_returns(tiny_tree, monkeypatch):
     """Not left to exit, where torch 2.11 waited 5 s for each (data.loading.stopped_workers). The loaders are kept
     alive here, as a caller's frame or a traceback would keep them: their workers must be gone all the same."""
-    import finetune.train.loop as loop
+    import finetune.data.loading as loading
 
     made = []
-    real = loop.make_loader
-    monkeypatch.setattr(loop, "make_loader", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    real = loading.make_loader
+    monkeypatch.setattr(loading, "make_loader", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     tiny_tree["data"].update(augment="standard", workers=1)  # augmented: the train loader runs every epoch
     before = set(multiprocessing.active_children())
     fit(build_recipe(tiny_tree))
@@ -77,17 +77,17 @@ def test_too_little_disk_fails_before_the_run_folder_is_made(tiny_tree, tmp_path
 
 
 def test_ema_is_evaluated_beside_the_raw_weights_and_is_what_the_checkpoints_hold(tiny_tree, monkeypatch):
-    from finetune.train import resume
+    from finetune.train import state
 
     seen = {}
-    real = resume.RunState.save_epoch
+    real = state.RunState.save_epoch
 
     def keep(self, best):
         seen.update(raw=self.step.model.state_dict()["classifier.weight"].clone(),
                     ema=self.step.ema.module.state_dict()["classifier.weight"].clone())
         real(self, best)
 
-    monkeypatch.setattr(resume.RunState, "save_epoch", keep)
+    monkeypatch.setattr(state.RunState, "save_epoch", keep)
     tiny_tree["train"]["ema"] = 0.5
     run = fit(build_recipe(tiny_tree))
     rows = metrics(run)

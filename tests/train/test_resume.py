@@ -18,7 +18,10 @@ from finetune.console import quiet_console
 from finetune.data.sampling import EpochSampler
 from finetune.errors import ConfigError, ResourceError, RunInterrupted
 from finetune.train.loop import fit
-from finetune.train.resume import RunState, load_run_recipe
+from finetune.train.checkpoints import CheckpointWriter
+from finetune.train.resume import load_run_recipe
+from finetune.train.state import RunState
+from finetune.train.stop import StopGuard
 
 REPO = Path(__file__).parents[2]
 
@@ -148,22 +151,21 @@ def test_signal_finishes_the_step_saves_last_pt_and_resumes(reference, tmp_path,
 
 def test_sigterm_again_is_the_same_stop_and_ctrl_c_again_stops_at_once(tmp_path):
     # kill -9 of torchrun: each rank gets SIGTERM once for each launcher thread that ends, ms apart
-    run = RunState(tmp_path, None, None, None)
-    run.training = True
-    with run.guard(quiet_console(), 8, 32):
+    run = RunState(CheckpointWriter(tmp_path, None), None, StopGuard(quiet_console()))
+    run.stop.training = True
+    with run.running(8, 32):
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
-    assert run.stop_signal == "SIGTERM"  # still finishing the step: the loop saves and stops after it
-    with pytest.raises(RunInterrupted, match="a second Ctrl-C, so at once"), run.guard(quiet_console(), 8, 32):
+    assert run.stop.requested == "SIGTERM"  # still finishing the step: the loop saves and stops after it
+    with pytest.raises(RunInterrupted, match="a second Ctrl-C, so at once"), run.running(8, 32):
         os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the guard put pytest's handler back
 
 
 def test_a_signal_during_the_setup_stops_at_once_even_inside_code_that_catches_exception(tmp_path):
-    run = RunState(tmp_path, None, None, None)  # not training yet: the feature pass may be long
-    run.save = lambda *args: None
-    with pytest.raises(RunInterrupted, match="SIGTERM before training started"), \
-            run.guard(quiet_console(), 8, 32):
+    run = RunState(CheckpointWriter(tmp_path, None), None, StopGuard(quiet_console()))  # not training yet: the
+    run.save = lambda *args: None  # feature pass may be long
+    with pytest.raises(RunInterrupted, match="SIGTERM before training started"), run.running(8, 32):
         try:
             os.kill(os.getpid(), signal.SIGTERM)
         except Exception:  # as the frozen-prefix check does around a trial forward
@@ -215,16 +217,16 @@ def test_resume_without_last_pt_says_how_to_restart(tmp_path, image_folder):
 
 
 def test_out_of_memory_says_what_to_lower_and_keeps_last_epoch(tmp_path, image_folder, monkeypatch):
-    from finetune.train import resume
+    from finetune.train import state
 
-    original = resume.RunState.after_step
+    original = state.RunState.after_step
 
     def after_step(self):
         if self.progress.epoch == 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         original(self)
 
-    monkeypatch.setattr(resume.RunState, "after_step", after_step)
+    monkeypatch.setattr(state.RunState, "after_step", after_step)
     recipe = build_recipe(tiny_resume_tree(image_folder, tmp_path / "runs"))
     with pytest.raises(ResourceError, match=r"out of memory in epoch 2 \(train.batch_size 4, data.image_size 32\): "
                                             r"lower train.batch_size.*holds the run as of epoch 1"):
@@ -251,10 +253,7 @@ def test_epoch_sampler_order_is_a_function_of_seed_and_epoch():
 
 
 def test_best_is_the_highest_val_acc_and_ties_go_to_the_lower_val_loss(tmp_path):
-
-    from finetune.train.resume import RunState
-
-    run = RunState(tmp_path, step=None, template=None, save_every=None)
+    run = RunState(CheckpointWriter(tmp_path, None), None, StopGuard(quiet_console()))
     rows = [(0.90, 0.5), (0.95, 0.4), (0.95, 0.2), (0.95, 0.3), (0.93, 0.1)]
     bests = [run.end_epoch({"epoch": i, "train_loss": 1.0, "val_acc": acc, "val_loss": loss})
              for i, (acc, loss) in enumerate(rows, 1)]

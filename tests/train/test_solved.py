@@ -105,7 +105,8 @@ def test_sigterm_during_the_solve_stops_with_metrics_csv_written_and_resume_keep
 
 
 def test_a_run_trained_by_sgd_before_head_solver_existed_resumes_by_epochs(tiny_tree, monkeypatch):
-    from finetune.train.resume import RunState, load_run_recipe
+    from finetune.train.resume import load_run_recipe
+    from finetune.train.state import RunState
 
     class Stop(Exception):
         pass

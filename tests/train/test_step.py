@@ -14,7 +14,8 @@ def make_step(model, lr=0.1, **kw):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return TrainStep(model, model, nn.CrossEntropyLoss(), opt, sched, scaler, Compute(torch.device("cpu")), **kw)
+    return TrainStep(model=model, net=model, criterion=nn.CrossEntropyLoss(), optimizer=opt, scheduler=sched,
+                     scaler=scaler, compute=Compute(torch.device("cpu")), **kw)
 
 
 def batch(n, seed):
