@@ -77,3 +77,24 @@ def test_features_cache_off_as_yaml_writes_it(tmp_path):
     assert load_recipe(path).features.cache == "off"
     assert load_recipe(path, ["features.cache=auto"]).features.cache == "auto"
     assert load_recipe(tmp_path / "r.yaml", ["features.cache=off"]).features.cache == "off"
+
+
+@pytest.mark.parametrize("tree, cached, views, reason", [
+    ({}, True, 1, ""),
+    ({"strategy": {"name": "full"}}, False, 0, "trains every layer"),
+    ({"features": {"cache": "off"}}, False, 0, "features.cache off"),
+    ({"strategy": {"frozen_bn": "train"}}, False, 0, "frozen_bn train"),
+    ({"data": {"augment": "flip"}}, True, 0, "data.augment flip with features.views 0"),
+    ({"data": {"augment": "flip"}, "features": {"views": 3}}, True, 3, ""),
+    ({"data": {"random_erasing": 0.25}}, True, 0, "random_erasing"),
+    ({"data": {"mixup": 0.2}, "features": {"views": 3}}, True, 0, "mixup"),
+    ({"strategy": {"name": "last-stage"}}, True, 0, "data.augment standard"),  # its default augmentation
+], ids=["fixed", "full", "off", "frozen-bn-train", "flip", "flip-views", "erasing", "mixup", "last-stage"])
+def test_the_feature_plan_is_decided_once_from_the_recipe(tree, cached, views, reason):
+    from finetune.config import plan_features
+
+    plan = plan_features(build_recipe(tree))
+    assert (plan.cached, plan.train_views) == (cached, views)
+    assert reason in plan.reason and bool(plan.reason) == bool(reason)
+    # the head-solver default reads the same plan: solved only where every train feature is stored
+    assert (build_recipe(tree).strategy.head_solver == "lbfgs") == (plan.fixed and "strategy" not in tree)

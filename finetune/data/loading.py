@@ -114,14 +114,12 @@ class Loaders:
 def create_loaders(splits: Splits, pre: Preprocessing, data: DataSpec, seed: int, batch_size: int, dist: Dist,
                    sampler: EpochSampler | None = None, pin_memory: bool = False) -> Loaders:
     """Train batches in an order and with augmentations fixed by (seed, epoch), from `sampler` (a balanced one) or a
-    shuffle, so a run can resume mid-epoch (sampling); val in file order. Data parallel: each rank its part of
-    every global batch of `batch_size` and its share of val."""
+    shuffle, so a run can resume mid-epoch (sampling), the ragged last batch dropped (EpochSampler.batched); val in
+    file order, every image. Data parallel: each rank its part of every global batch of `batch_size` and its share
+    of val."""
     workers = resolve_workers(data.workers)
-    sampler = sampler or EpochSampler(len(splits.train), seed)
-    val_sampler = None
-    if dist.enabled:
-        sampler, val_sampler = sampler.shard(dist.rank, dist.world, batch_size), \
-            Shard(len(splits.val), dist.rank, dist.world)
+    sampler = (sampler or EpochSampler(len(splits.train), seed)).batched(batch_size, dist.rank, dist.world)
+    val_sampler = Shard(len(splits.val), dist.rank, dist.world) if dist.enabled else None
     batch = batch_size // dist.world
     train_images = ImageDataset(splits.train, train_transform(pre, data.augment, data.random_erasing),
                                 draft_size(pre, data.augment), pre.size)

@@ -21,15 +21,32 @@ class EpochSampler(torch.utils.data.Sampler):
     def __init__(self, size: int, seed: int, weights=None):
         self.size, self.seed, self.epoch, self.skip = size, seed, 1, 0
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
-        self.rank, self.world, self.batch = 0, 1, 1
+        self.rank, self.world, self.batch = 0, 1, size or 1  # one batch of all, until batched()
 
-    def shard(self, rank: int, world: int, global_batch: int) -> EpochSampler:
-        """Data parallel: this rank's part of every global batch of `global_batch` positions (a contiguous
-        slice of it), so the ranks together see each position of the epoch once and a global batch holds the
-        same images whatever the number of ranks. The last, shorter global batch is split evenly, the slices
-        padded with (data.images.PAD, 0) so that every rank takes the same number of steps."""
+    def batched(self, global_batch: int, rank: int = 0, world: int = 1) -> EpochSampler:
+        """Train in global batches of `global_batch` positions. The ragged last one is dropped (as timm's training
+        loaders do: a batch of one image breaks BatchNorm in training, and a few images give it noisy statistics),
+        unless it is the epoch's only batch; which images it holds changes every epoch with the order.
+
+        Data parallel: this rank's part of every global batch (a contiguous slice of it), so the ranks together
+        see each position of the epoch once and a global batch holds the same images whatever the number of
+        ranks. An epoch shorter than one batch is split evenly, the slices padded with (data.images.PAD, 0) so
+        that every rank takes the same number of steps."""
         self.rank, self.world, self.batch = rank, world, global_batch
         return self
+
+    @property
+    def smallest_batch(self) -> int:
+        """The fewest real images any rank's batch holds (an epoch shorter than one batch splits unevenly)."""
+        if self.size >= self.batch:
+            return self.batch // self.world
+        share = -(-self.size // self.world)
+        return min(n for n in (min(share, self.size - r * share) for r in range(self.world)) if n > 0)
+
+    @property
+    def dropped(self) -> int:
+        """Positions of each epoch left out: the ragged last batch."""
+        return self.size % self.batch if self.size > self.batch else 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """`skip`: positions already trained in this epoch (whole global batches), on resume."""
@@ -51,11 +68,12 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def _parts(self):
         """This rank's positions, one list per global batch (None: padding)."""
+        end = self.size - self.dropped
         if self.world == 1:
-            return [range(self.skip, self.size)]
+            return [range(self.skip, end)]
         parts = []
-        for start in range(self.skip, self.size, self.batch):
-            stop = min(start + self.batch, self.size)
+        for start in range(self.skip, end, self.batch):
+            stop = min(start + self.batch, end)
             share = -(-(stop - start) // self.world)  # the last batch's share rounds up; full ones are exact
             mine = list(range(start + self.rank * share, min(start + (self.rank + 1) * share, stop)))
             parts.append(mine + [None] * (share - len(mine)))

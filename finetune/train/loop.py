@@ -78,7 +78,7 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
             console.print(f"[bold]{len(setup.splits.train)}[/] train / [bold]{len(setup.splits.val)}[/] val images, "
                           f"{len(setup.splits.class_names)} classes, {literal(recipe.model.source)}:"
                           f"{literal(recipe.model.name)}, strategy {recipe.strategy.name}, device "
-                          f"{setup.compute.device}" + run.resumed_at(), soft_wrap=True)
+                          f"{setup.compute.device}" + dropped(setup) + run.resumed_at(), soft_wrap=True)
             epochs = Epochs(run, setup, train_batches, val_batches, loggers, console)
             # the head solved on the frozen features, no epochs (solved.py); a run resumed after SGD steps (one
             # started before head_solver existed, whose recipe.yaml now reads as lbfgs) goes on by epochs
@@ -94,6 +94,12 @@ def open_run_dir(recipe: Recipe, setup: Setup, resume_dir: Path | None, dist: Di
     if dist.main:
         check_disk_space(resume_dir or recipe.run.output or recipe.run.dir, setup.step.model, setup.step.optimizer)
     return resume_dir or dist.on_main(lambda: create_run_dir(recipe.run))
+
+
+def dropped(setup: Setup) -> str:
+    """What the banner says of the ragged last batch that training leaves out (data.sampling.EpochSampler.batched)."""
+    n = setup.loaders.sampler.dropped
+    return f"; each epoch leaves out its last {n} train image(s), a ragged batch (other ones each epoch)" if n else ""
 
 
 def frozen_batches(setup: Setup, console):

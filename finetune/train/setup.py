@@ -89,6 +89,7 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
         FeatureKey.of(recipe.model, info.preprocessing), compute, console, seed=cfg.seed,
         batch_size=loaders.batch_size, workers=loaders.workers)
     step = build_step(model, split, plan, recipe, balance, compute, len(loaders.train))
+    check_batchnorm_batches(step, loaders.sampler.smallest_batch, cfg.batch_size, dist.world)
     template = Checkpoint(recipe.model.model_copy(update={"weights": None}), splits.class_names, info.preprocessing,
                           info.head_name, recipe.strategy.name, recipe=recipe.model_dump(mode="json"),
                           environment=environment(cfg.seed, compute.device))
@@ -122,6 +123,22 @@ def check_batch(batch_size: int, world: int, main: bool = True) -> None:
                             f"evenly among them: use a multiple of {world}")
         error.finetune_shared = not main
         raise error
+
+
+def check_batchnorm_batches(step: TrainStep, smallest: int, batch_size: int, world: int) -> None:
+    """BatchNorm that trains needs two or more images in a batch ("Expected more than 1 value per channel"): refuse
+    a run whose smallest batch on some process would hold one, before any work."""
+    if smallest > 1:
+        return
+    step.train_mode()  # the modes the trained part trains in (frozen BatchNorm stays in eval)
+    training_bn = [n for n, m in step.net.named_modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    step.model.train()  # as it was: every module in training mode until the loop sets them
+    if training_bn:
+        where = f" over {world} processes" if world > 1 else ""
+        raise ConfigError(f"a training batch would hold a single image (train.batch_size {batch_size}{where}, on this "
+                          f"data), and the BatchNorm layers that train ({training_bn[0]}, ...) need two or more: raise "
+                          "train.batch_size" + (", or start fewer processes" if world > 1 else ""))
 
 
 def synced_batchnorm(model: nn.Module, plan: FreezePlan) -> None:

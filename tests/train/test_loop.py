@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_folder, make_image
 
 from finetune.config import build_recipe
 from finetune.errors import CheckpointError, ConfigError, DataError, ResourceError
@@ -112,3 +113,33 @@ def test_early_stop_ends_the_run_says_so_and_stays_stopped(tiny_tree, capsys):
     before = (run / "last.pt").read_bytes()
     fit(load_run_recipe(run), resume_dir=run)  # resuming it trains nothing more
     assert len(metrics(run)) < 8 and (run / "last.pt").read_bytes() == before
+
+
+def _bn_resnet_tree(root: Path, tmp_path: Path, per_class: int, extra: int = 0, batch: int = 8) -> dict:
+    """A BatchNorm ResNet trained last-stage at 32 px: layer4's output is 1x1, so a batch of one image leaves its
+    BatchNorm one value per channel."""
+    make_folder(root, {"train": per_class, "val": 2})
+    for i in range(extra):
+        make_image(root / "train" / "red" / f"extra{i}.png", (200, 50, 40), seed=100 + i)
+    return {"model": {"source": "torchvision", "name": "resnet18", "weights": None},
+            "data": {"root": str(root), "image_size": 32, "augment": "flip", "workers": 0},
+            "strategy": {"name": "last-stage", "lr": {"head": 0.01, "last_stage": 0.01}},
+            "train": {"epochs": 1, "batch_size": batch}, "run": {"output": str(tmp_path / "run")}}
+
+
+def test_the_ragged_last_batch_is_left_out_and_said_so(tmp_path, capsys):
+    # 57 train images in batches of 8: 7 full batches and one of a single image, which crashed BatchNorm
+    run = fit(build_recipe(_bn_resnet_tree(tmp_path / "data", tmp_path, per_class=28, extra=1)))
+    assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 1
+    assert torch.load(run / "last.pt", weights_only=True)["resume"]["progress"]["global_step"] == 7
+    assert "each epoch leaves out its last 1 train image(s)" in capsys.readouterr().err
+
+
+def test_a_batch_of_one_image_for_batchnorm_is_refused_before_work(tmp_path):
+    tree = _bn_resnet_tree(tmp_path / "data", tmp_path, per_class=4, batch=1)
+    with pytest.raises(ConfigError, match=r"a training batch would hold a single image \(train.batch_size 1, on "
+                                          r"this data\), and the BatchNorm layers that train \(.*\) need two"):
+        fit(build_recipe(tree))
+    assert not (tmp_path / "run").exists()
+    tree["strategy"] = {"name": "feature-extract", "lr": {"head": 0.01}, "head_solver": "sgd"}  # a linear head:
+    fit(build_recipe(tree))  # batches of one are fine

@@ -17,8 +17,8 @@ from finetune.config import build_recipe
 from finetune.console import quiet_console
 from finetune.data.sampling import EpochSampler
 from finetune.errors import ConfigError, ResourceError, RunInterrupted
-from finetune.train.loop import fit
 from finetune.train.checkpoints import CheckpointWriter
+from finetune.train.loop import fit
 from finetune.train.resume import load_run_recipe
 from finetune.train.state import RunState
 from finetune.train.stop import StopGuard
