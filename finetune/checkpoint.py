@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelSpec
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .files import atomic_write, safe_torch_load, unreadable_file
 from .preprocessing import Preprocessing
 
@@ -76,8 +76,7 @@ class Checkpoint:
         except KeyError as exc:
             raise CheckpointError(f"{path} is not a valid finetune checkpoint: it has no {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-            detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"{path} is not a valid finetune checkpoint: {detail}") from None
+            raise CheckpointError(f"{path} is not a valid finetune checkpoint: {first_line(exc)}") from None
 
     @classmethod
     def _from_payload(cls, payload: dict) -> Checkpoint:

@@ -29,6 +29,10 @@ class RunInterrupted(FinetuneError):
         self.exit_code = exit_code
 
 
+class RankLost(FinetuneError):
+    """Another process of a data-parallel run stopped; the message says what last.pt holds and how to go on."""
+
+
 class ExportError(FinetuneError):
     """A model cannot be exported in the asked format, or the export does not match the eager model."""
 
@@ -43,3 +47,10 @@ class NonFiniteLoss(Exception):
     def __init__(self, value: float):
         super().__init__(f"loss {value}")
         self.value = value
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, cut to `limit` characters (its type's name when it has none): what
+    a one-line error quotes of a library's exception."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -58,6 +58,9 @@ def run_audit(recipe: Recipe, threshold: float = THRESHOLD, folds: int = FOLDS, 
         task = bar.add_task("out-of-fold heads", total=None)
         probs, accuracy = out_of_fold(emb.features, emb.labels, emb.class_names, folds, repeats,
                                       recipe.train.seed, progress=lambda: bar.advance(task))
+    if accuracy.folds < folds:  # stratified folds need an image of each class in each fold
+        console.print(f"[yellow]audit: {folds} folds asked, but the smallest class has {accuracy.folds} images: "
+                      f"{accuracy.folds}-fold[/]", highlight=False)
     issues = find_label_issues(emb.labels, probs)
     seconds["label_issues"] = time.perf_counter() - start
 

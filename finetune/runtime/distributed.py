@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 
 TIMEOUT = datetime.timedelta(minutes=10)  # a rank that cannot reach the others, or waits this long at a collective
 
@@ -121,7 +121,7 @@ def from_environment(device: str = "auto", backend: str = "auto") -> Dist:
     except Exception as exc:  # a rendezvous that never completes, an address that cannot be reached
         raise ConfigError(f"rank {rank} could not reach the other {world - 1} process(es) at "
                           f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); check that every "
+                          f"{first_line(exc)}); check that every "
                           "node runs the same torchrun command with the same --rdzv-endpoint") from None
     return Dist(rank, world, local)
 

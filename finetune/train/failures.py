@@ -7,11 +7,12 @@ line, the traceback in RUN_DIR/crash.log).
 from __future__ import annotations
 
 import sys
+import traceback
 from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError, FinetuneError, NonFiniteLoss, ResourceError, TrainingDiverged
+from ..errors import ConfigError, FinetuneError, NonFiniteLoss, RankLost, ResourceError, TrainingDiverged, first_line
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class Situation:
     saved: str  # what last.pt holds ("Nothing was saved yet." before the first save)
     batch_size: int
     image_size: int
+    world: int = 1  # processes training together
+    resume: str = ""  # the command that continues the run
 
 
 def as_user_error(exc: Exception, at: Situation) -> FinetuneError | None:
@@ -31,6 +34,10 @@ def as_user_error(exc: Exception, at: Situation) -> FinetuneError | None:
         return TrainingDiverged(f"the training loss became {exc.value} in epoch {at.epoch} at step {at.step + 1}, "
                                 f"before that step updated anything: training diverged. {lower_lr(at.lrs)} "
                                 f"{at.saved}")
+    if at.world > 1 and _lost_peer(exc):
+        return RankLost(f"another process of this {at.world}-process run stopped (it was killed, ran out of memory, or "
+                        f"its machine went away): a collective with it failed in epoch {at.epoch} "
+                        f"({first_line(exc, 120)}). {at.saved} Continue with: {at.resume}")
     if _compile_failure(exc):
         return ConfigError(f"train.compile: torch.compile failed on this model here ({type(exc).__name__}: "
                            f"{str(exc).strip()[:160]}); set train.compile: false")
@@ -49,6 +56,18 @@ def lower_lr(lrs: str) -> str:
 def group_lrs(optimizer: torch.optim.Optimizer) -> str:
     """Each group's lr once (a group is two optimizer groups: with and without weight decay)."""
     return ", ".join(f"{g['name']} {g['lr']:g}" for g in optimizer.param_groups[::2])
+
+
+def _lost_peer(exc: Exception) -> bool:
+    """A collective that failed because a peer process is gone: torch.distributed's own error types, or the
+    RuntimeError gloo raises from inside torch.distributed or DDP's gradient all-reduce."""
+    if isinstance(exc, getattr(torch.distributed, "DistError", ())):
+        return True
+    if type(exc) is not RuntimeError:
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    inside = bool(frames) and any(part in frames[-1].filename for part in ("torch/distributed", "torch/nn/parallel"))
+    return inside or "gloo/transport" in str(exc)
 
 
 def _out_of_memory(exc: Exception) -> bool:

@@ -17,30 +17,71 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunSpec
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..files import refuse_inside, write_text
 
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # logger -> the module it needs
 
 
+PROBE_SECONDS = 5.0  # an MLflow tracking server that does not answer in this long is taken as unreachable
+
+
 def check_loggers(spec: RunSpec) -> None:
-    """Before any work: every logger asked for can be imported."""
+    """Before any work: every logger asked for can be imported, and an MLflow tracking URI can be reached (mlflow's
+    own client retries an unreachable server for minutes, and fails late in its own words)."""
     missing = [name for name in spec.loggers if name in PACKAGES and importlib.util.find_spec(PACKAGES[name]) is None]
     if missing:
         raise ConfigError(f"run.loggers has {', '.join(missing)}, which is not installed: "
                           "pip install 'finetune[loggers]'")
+    uri = spec.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if "mlflow" in spec.loggers and uri:
+        _check_tracking_uri(uri)
+
+
+def _check_tracking_uri(uri: str) -> None:
+    """An http(s) tracking server answers MLflow's REST API within PROBE_SECONDS (or asks for credentials, which
+    mlflow's client sends); any other store (a folder, a database, databricks) answers one cheap query."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        api = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+        try:
+            urllib.request.urlopen(api, timeout=PROBE_SECONDS).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (401, 403):
+                raise ConfigError(f"run.loggers mlflow: {uri} answers HTTP {exc.code} to MLflow's REST API: not an "
+                                  "MLflow tracking server? Fix run.mlflow_uri / $MLFLOW_TRACKING_URI, or drop mlflow "
+                                  "from run.loggers") from None
+        except (OSError, ValueError) as exc:  # URLError is an OSError: refused, no such host, timed out
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(f"run.loggers mlflow: the tracking server {uri} cannot be reached ({reason}, within "
+                              f"{PROBE_SECONDS:g} s); start it, fix run.mlflow_uri / $MLFLOW_TRACKING_URI, or drop "
+                              "mlflow from run.loggers") from None
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except (MlflowException, OSError, ValueError) as exc:
+        raise ConfigError(f"run.loggers mlflow: the tracking store {uri} cannot be used ({first_line(exc)}); fix "
+                          "run.mlflow_uri / $MLFLOW_TRACKING_URI, or drop mlflow from run.loggers") from None
 
 
 class Loggers:
     def __init__(self, spec: RunSpec, run_dir: Path, recipe: dict, data_root: Path | None, start_epoch: int):
         self.run_dir, self.tb, self.mlflow, self.run_id = Path(run_dir), None, None, None
         if "tensorboard" in spec.loggers:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step: a resumed run drops what a killed one logged past its last.pt
-            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_epoch)
+            self.tb = _tensorboard(self.run_dir / "tensorboard", start_epoch)
         if "mlflow" in spec.loggers:
-            self._open_mlflow(spec, recipe, data_root)
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self._open_mlflow(spec, recipe, data_root)
+            except (MlflowException, OSError) as exc:
+                raise ConfigError(f"run.loggers mlflow: cannot start the MLflow run ({first_line(exc)}); fix "
+                                  "run.mlflow_uri / $MLFLOW_TRACKING_URI, or drop mlflow from run.loggers") from None
 
     def _open_mlflow(self, spec: RunSpec, recipe: dict, data_root: Path | None) -> None:
         from mlflow.tracking import MlflowClient
@@ -99,6 +140,20 @@ class Loggers:
                 if (self.run_dir / name).is_file():
                     self.mlflow.log_artifact(self.run_id, str(self.run_dir / name))
             self.mlflow.set_terminated(self.run_id)
+
+
+def _tensorboard(folder: Path, start_epoch: int):
+    """TensorBoard's writer of RUN_DIR/tensorboard, or one line saying why that folder cannot be it."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"run.loggers tensorboard writes into {folder}, which is a file, not a folder: move it "
+                          "away, or drop tensorboard from run.loggers")
+    try:  # purge_step: a resumed run drops what a killed one logged past its last.pt
+        return SummaryWriter(str(folder), purge_step=start_epoch)
+    except OSError as exc:
+        raise ConfigError(f"run.loggers tensorboard cannot write into {folder} ({exc.strerror or exc}); drop "
+                          "tensorboard from run.loggers, or choose another run folder") from None
 
 
 def _confusion_figure(cm: np.ndarray, names: list[str], figure):

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import Recipe, RunSpec
 from ..console import literal, stderr_console, track
+from ..errors import ConfigError
 from ..files import atomic_write, refuse_inside
 from ..plotting import figure, save_png
 from .loop import frozen_batches, in_groups
@@ -39,6 +40,7 @@ class LrFind:
         return " ".join(f"--set strategy.lr.{g}={lr:.3g}" for g, lr in self.group_lrs.items())
 
 
+MIN_STEPS, MAX_STEPS = 10, 10_000  # the curve needs a few steps per decade; far past 10,000 the sweep only costs
 SMOOTHING = 0.9  # about ten steps: 0.98 (fastai's) lags a 200-step sweep by a decade of learning rate
 
 
@@ -52,6 +54,9 @@ class _Fixed:
 def lr_find(recipe: Recipe, output: Path | None = None, steps: int = 200, start: float = 1e-7, end: float = 10.0,
             console=None) -> LrFind:
     """Sweep the head's lr from `start` to `end` over `steps` optimizer steps (fewer when the loss diverges)."""
+    if not MIN_STEPS <= steps <= MAX_STEPS:
+        raise ConfigError(f"lr-find --steps {steps}: the sweep takes {MIN_STEPS} to {MAX_STEPS:,} steps (200 spread "
+                          "the 8 decades from 1e-7 to 10 finely enough)")
     console = console or stderr_console()
     setup = prepare(recipe, console)
     spec = RunSpec(dir=recipe.run.dir, name=f"lr-find-{recipe.run.name or 'recipe'}", output=output)

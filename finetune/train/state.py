@@ -186,7 +186,7 @@ class RunState:
             except Exception as exc:
                 error = as_user_error(exc, Situation(self.progress.epoch, self.progress.step,
                                                      group_lrs(self.step.optimizer), self.last_saved(), batch_size,
-                                                     image_size))
+                                                     image_size, self.dist.world, self._resume_command()))
                 if error is None:
                     exc.finetune_run_dir = self.run_dir  # where the command line writes the traceback (crash.log)
                     raise

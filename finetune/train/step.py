@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ConfigError, NonFiniteLoss
+from ..errors import ConfigError, NonFiniteLoss, first_line
 from ..runtime.device import Compute
 from .freeze import set_train_mode
 
@@ -148,8 +148,7 @@ def compiled(net: nn.Module) -> nn.Module:
     try:
         return torch.compile(net)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"train.compile: torch.compile is not supported here ({first}); set train.compile: "
+        raise ConfigError(f"train.compile: torch.compile is not supported here ({first_line(exc)}); set train.compile: "
                           "false") from None
 
 

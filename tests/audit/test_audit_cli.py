@@ -174,3 +174,12 @@ def test_audit_without_cleanlab_says_what_to_install(tmp_path):
                          text=True, cwd=tmp_path)
     assert out.returncode == 1
     assert "pip install 'finetune[audit]'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_more_folds_than_the_smallest_class_has_images_is_said(tmp_path):
+    root = tmp_path / "photos"
+    defective_folder(root)
+    out = audit(tmp_path, recipe(tmp_path, root), "--format", "json", "--folds", "1000", "--repeats", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    folds = json.loads(out.stdout)["accuracy"]["folds"]
+    assert folds < 1000 and f"1000 folds asked, but the smallest class has {folds} images: {folds}-fold" in out.stderr

@@ -115,3 +115,32 @@ def test_what_a_user_can_fix_is_one_line(data, tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.count("train.batch_size 8 is the batch over all 3 processes") == 1  # said once, by rank 0
     assert not (REPO / "runs").exists() or not any((REPO / "runs").glob("r*"))
+
+
+RANK_1_DIES = '''
+import os, signal, sys
+from finetune.train import state
+original = state.RunState.after_step
+def after_step(self):
+    if os.environ.get("RANK") == "1" and self.progress.global_step == 2:  # killed, as by the OOM killer
+        os.kill(os.getpid(), signal.SIGKILL)
+    original(self)
+state.RunState.after_step = after_step
+from finetune.cli import app
+app(sys.argv[1:], prog_name="finetune")
+'''
+
+
+def test_a_rank_that_dies_is_said_in_words_not_as_a_bug(data, tmp_path):
+    recipe = write_yaml(tmp_path / "r.yaml", tree(data, save_every=1))
+    driver = tmp_path / "dies.py"
+    driver.write_text(RANK_1_DIES)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(driver), "train", str(recipe), "--output", str(tmp_path / "run")],
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    ours = [line for line in out.stderr.splitlines() if line.startswith(("error:", "unexpected error:"))]
+    assert out.returncode != 0 and len(ours) == 1 and "This is a bug" not in ours[0], out.stderr[-3000:]
+    assert ours[0].startswith("error: another process of this 2-process run stopped"), ours  # said by rank 0
+    assert "holds the run as of epoch 1 step 2" in out.stderr and "--resume" in out.stderr
+    assert not (tmp_path / "run" / "crash.log").exists()

@@ -44,3 +44,54 @@ def test_a_logger_that_is_not_installed_is_one_line_before_any_work(tiny_tree, t
                                           r"'finetune\[loggers\]'"):
         fit(build_recipe(tiny_tree))
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_tensorboard_folder_that_is_a_file_is_one_line_before_the_epochs(tiny_tree, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tensorboard").write_text("not a folder")
+    tiny_tree["run"] = {**tiny_tree["run"], "output": str(run), "exist_ok": True, "loggers": ["tensorboard"]}
+    with pytest.raises(ConfigError, match=r"run.loggers tensorboard writes into .*tensorboard, which is a file"):
+        fit(build_recipe(tiny_tree))
+    assert not (run / "metrics.csv").exists() and (run / "tensorboard").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("http://127.0.0.1:9", r"the tracking server http://127.0.0.1:9 cannot be reached"),  # nothing listens
+    ("file:///proc/finetune-mlruns", r"the tracking store file:///proc/finetune-mlruns cannot be used"),
+], ids=["unreachable-server", "unwritable-store"])
+def test_an_mlflow_store_that_cannot_be_used_is_one_line_before_any_work(tiny_tree, tmp_path, uri, message):
+    import time
+
+    tiny_tree["run"] = {**tiny_tree["run"], "loggers": ["mlflow"], "mlflow_uri": uri}
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=message):
+        fit(build_recipe(tiny_tree))
+    assert time.monotonic() - start < 30  # mlflow's own client retried an unreachable server for minutes
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_http_tracking_uri_must_answer_mlflows_api():
+    import http.server
+    import threading
+
+    from finetune.config import RunSpec
+    from finetune.train.loggers import check_loggers
+
+    class Server(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # an MLflow server answers its REST API; anything else (a proxy, a web page) does not
+            self.send_response(200 if self.path.startswith("/mlflow/api/2.0/mlflow/experiments/search") else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        check_loggers(RunSpec(loggers=["mlflow"], mlflow_uri=f"{base}/mlflow"))
+        with pytest.raises(ConfigError, match="answers HTTP 404 to MLflow's REST API"):
+            check_loggers(RunSpec(loggers=["mlflow"], mlflow_uri=base))
+    finally:
+        server.shutdown()

@@ -28,3 +28,11 @@ def test_the_suggestion_is_a_tenth_of_the_lr_at_the_minimum_past_the_first_steps
     lrs = [10 ** (-6 + i / 4) for i in range(25)]
     loss = [0.1] + [1.0] * 9 + [1.0 - 0.05 * i ** 2 for i in range(1, 5)] + [0.15, 0.3] + [2.0] * 9  # low at 14
     assert suggest(lrs, loss) == pytest.approx(lrs[14] / 10)  # the unsettled first step does not count
+
+
+def test_a_runaway_number_of_steps_is_refused_before_any_work(tiny_tree, tmp_path):
+    from finetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"lr-find --steps 100000000: the sweep takes 10 to 10,000 steps"):
+        lr_find(build_recipe(tiny_tree), tmp_path / "sweep", steps=100_000_000)
+    assert not (tmp_path / "sweep").exists()
