@@ -3,7 +3,6 @@ for repeatability, decoding in a background thread, and worker processes stopped
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ import torch
 from ..config import DataSpec
 from ..preprocessing import Preprocessing
 from ..runtime.distributed import Dist
+from ..runtime.threads import usable_cpus
 from .folders import Splits
 from .images import ImageDataset
 from .mixing import MixedBatches
@@ -23,11 +23,10 @@ from .transforms import draft_size, eval_transform, train_transform
 
 
 def resolve_workers(workers: int | str) -> int:
-    """auto: one core stays with the main process (the forward pass), the rest decode, at most 4
-    (more adds memory and start-up time without feeding a CPU forward pass faster)."""
+    """auto: one of the CPUs this process may use stays with the main process (the forward pass), the rest decode,
+    at most 4 (more adds memory and start-up time without feeding a CPU forward pass faster)."""
     if workers == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return min(4, max(0, cores - 1))
+        return min(4, max(0, usable_cpus() - 1))
     return int(workers)
 
 

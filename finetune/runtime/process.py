@@ -8,7 +8,7 @@ found them. The `finetune` command is its own process, and there these settings 
 | --- | --- | --- |
 | heap | glibc keeps freed memory for the next batch (`memory.keep_freed_memory`) | FINETUNE_KEEP_HEAP=0 |
 | gc | the ~460,000 objects torch, torchvision and timm import are frozen out of collections | FINETUNE_GC_FREEZE=0 |
-| threads | the frozen forward pass measures its thread count on a busy machine (`threads`) | FINETUNE_TUNE_THREADS=0 |
+| threads | at most the usable CPUs per process (`threads`); measured on a busy machine | FINETUNE_TUNE_THREADS=0 |
 | warnings | Pillow's DecompressionBombWarning is silenced: finetune refuses those images with its own message | - |
 
 Call `tune_process()` yourself to get the same in a script of your own.
@@ -34,6 +34,8 @@ def tune_process(imports: tuple[str, ...] = ("torch", "torchvision", "timm")) ->
     if _on("FINETUNE_KEEP_HEAP"):
         memory.keep_freed_memory()
     threads.enable_tuning(_on("FINETUNE_TUNE_THREADS"))
+    if _on("FINETUNE_TUNE_THREADS") and "torch" in imports:
+        threads.fit_threads_to_cpus()
     from PIL import Image
 
     # Pillow warns between 1x and 2x its pixel limit; data.images.open_image refuses those with a clear error.

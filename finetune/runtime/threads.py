@@ -18,6 +18,7 @@ torch's thread count belongs to the whole process, so all of this is a policy th
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -27,6 +28,44 @@ from pathlib import Path
 import torch
 
 _tuning = False  # set by enable_tuning(), from the command line's entry
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity mask (taskset, a scheduler's cpuset) and its cgroup's CPU quota
+    (a container started with --cpus=2 on a 64-core host has 2, though it sees 64), whichever is smaller."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota)) if quota else cpus)
+
+
+def cgroup_cpu_quota(root: Path = CGROUP, membership: Path = Path("/proc/self/cgroup")) -> float | None:
+    """CPUs' worth of time the cgroup may use per period (cgroup v2 cpu.max, v1 cpu.cfs_quota_us), None without a
+    limit or off Linux."""
+    try:
+        parts = {}
+        for line in membership.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            parts[controllers] = path
+        if "" in parts:  # v2: one unified hierarchy
+            quota, period = (root / parts[""].lstrip("/") / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        cpu = next(path for names, path in parts.items() if "cpu" in names.split(","))
+        folder = next(f for f in (root / "cpu" / cpu.lstrip("/"), root / "cpu,cpuacct" / cpu.lstrip("/"),
+                                  root / "cpu") if (f / "cpu.cfs_quota_us").is_file())
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        return None if quota <= 0 else quota / int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
+def fit_threads_to_cpus() -> int:
+    """torch's thread count no higher than the usable CPUs, shared among the processes torchrun started on this
+    machine (LOCAL_WORLD_SIZE): a process-wide setting, made by the command line's entry. Returns the count."""
+    share = max(1, usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+    if share < torch.get_num_threads():
+        torch.set_num_threads(share)
+    return torch.get_num_threads()
 
 
 def enable_tuning(on: bool = True) -> None:

@@ -77,3 +77,42 @@ def test_cpu_clock_reads_the_machine_and_sees_a_busy_core():
 def _spin(stop):
     while not stop.is_set():
         pass
+
+
+@pytest.mark.parametrize("layout, quota", [
+    ({"cgroup": "0::/job\n", "job/cpu.max": "150000 100000\n"}, 1.5),  # v2, a container with --cpus=1.5
+    ({"cgroup": "0::/job\n", "job/cpu.max": "max 100000\n"}, None),  # v2, no limit
+    ({"cgroup": "4:cpu,cpuacct:/job\n1:name=systemd:/\n", "cpu/job/cpu.cfs_quota_us": "200000\n",
+      "cpu/job/cpu.cfs_period_us": "100000\n"}, 2.0),  # v1
+    ({"cgroup": "4:cpu,cpuacct:/\n", "cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+], ids=["v2", "v2-unlimited", "v1", "v1-unlimited"])
+def test_the_cgroup_cpu_quota_is_read_from_either_hierarchy(tmp_path, layout, quota):
+    from finetune.runtime.threads import cgroup_cpu_quota
+
+    for name, text in layout.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path, tmp_path / "cgroup") == quota
+
+
+def test_usable_cpus_is_the_smaller_of_affinity_and_quota(monkeypatch):
+    monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: 0.5)
+    assert threads.usable_cpus() == 1  # half a CPU's worth still runs one thread
+    monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: None)
+    assert threads.usable_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_the_command_lines_processes_share_the_cpus_they_may_use():
+    import subprocess
+    import sys
+
+    code = "from finetune.runtime import process; import torch; process.tune_process(('torch',)); " \
+           "print(torch.get_num_threads())"
+    cpus = len(os.sched_getaffinity(0))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "LOCAL_WORLD_SIZE": str(cpus), "OMP_NUM_THREADS": str(cpus)})
+    assert run.stdout.strip() == "1", run.stderr  # torchrun's processes on this machine divide its CPUs
+    opt_out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "LOCAL_WORLD_SIZE": str(cpus), "OMP_NUM_THREADS": str(cpus),
+                                  "FINETUNE_TUNE_THREADS": "0"})
+    assert opt_out.stdout.strip() == str(cpus)
