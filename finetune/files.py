@@ -32,9 +32,8 @@ def atomic_write(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        full = _disk_full(exc)
         Path(tmp).unlink(missing_ok=True)
-        if full:
+        if _disk_full(exc, path.parent):
             raise ResourceError(f"the disk is full: could not write {path} (the previous {path.name}, if any, is "
                                 "intact). Free some space and run again (train: --resume continues from last.pt)"
                                 ) from None
@@ -42,13 +41,23 @@ def atomic_write(path: Path, write) -> None:
     _fsync_dir(path.parent)
 
 
-def _disk_full(exc: BaseException) -> bool:
-    """No space left (or a quota reached): as an OSError, or as torch.save's RuntimeError from its zip writer."""
-    import errno
+FULL_DISK = 1 << 20  # bytes free: less than this after a failed write, and the disk was full
 
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(exc, RuntimeError) and "file write failed" in str(exc)
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """No space left (or a quota reached): an OSError says so; torch.save's zip writer only says "unexpected pos
+    576 vs 534" or "file write failed", so there the disk itself is asked, once the temporary file is gone."""
+    import errno
+    import shutil
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK
+    except OSError:
+        return False
 
 
 def write_text(path: Path, text: str) -> None:

@@ -458,11 +458,18 @@ def test_a_full_disk_is_said_in_words_and_the_previous_checkpoint_stays(tmp_path
     good = checkpoint_of({"w": torch.ones(3)}, metrics={"epoch": 1})
     good.save(path)
 
-    def no_space(obj, f):
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0; file write failed")
+    def no_space(obj, f):  # what torch 2.14's zip writer says when the disk fills, measured on a full tmpfs
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
 
+    import shutil
+
+    real_usage = shutil.disk_usage
     monkeypatch.setattr(torch, "save", no_space)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=4096))
     with pytest.raises(ResourceError, match=r"the disk is full: could not write .*last.pt"):
+        replace(good, metrics={"epoch": 2}).save(path)
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)  # room on the disk: the same error is not a full disk
+    with pytest.raises(RuntimeError, match="unexpected pos"):
         replace(good, metrics={"epoch": 2}).save(path)
     monkeypatch.undo()
 
