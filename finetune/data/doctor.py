@@ -102,8 +102,9 @@ def inspect_dataset(root: Path, console=None) -> Report:
         c = checks[p]
         if c.problem:
             meaning = KINDS[c.problem][1]
-            # a file training never looks at (.txt, .DS_Store, Thumbs.db, ._photo.jpg) cannot hurt it: not blocking
-            severity = "warning" if c.problem == "not-image" and not is_image_name(p) else ""
+            # a file training never looks at (.txt, .DS_Store, Thumbs.db, ._photo.jpg, a FIFO or a link to a folder
+            # not named like an image) cannot hurt it: not blocking
+            severity = "warning" if not is_image_name(p) else ""
             message = f"{c.detail}; {meaning}" if meaning and not severity else c.detail
             findings.append(Finding(c.problem, str(p), message, severity=severity))
         findings += [Finding(flag, str(p), f"{c.detail}: {KINDS[flag][1]}") for flag in c.flags]

@@ -26,10 +26,10 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from .folders import is_image_name
-from .images import open_image
+from .images import open_image, special_file
 
 # Bump when what a check finds changes, so cached answers from older code are not trusted.
-CHECK_VERSION = f"1/pillow-{PIL.__version__}"
+CHECK_VERSION = f"2/pillow-{PIL.__version__}"
 SMALL_SIDE = 32  # pixels; smaller images are upscaled a lot by any pretrained model's preprocessing
 FORMATS = {".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".png": {"PNG"}, ".gif": {"GIF"}, ".bmp": {"BMP"},
            ".webp": {"WEBP"}, ".tif": {"TIFF"}, ".tiff": {"TIFF"}}
@@ -66,7 +66,7 @@ def check_file(path: Path) -> FileCheck:
     path = Path(path)
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read forever, a device never end
-            return FileCheck("unreadable", "not a regular file (a FIFO, socket or device)")
+            return FileCheck("unreadable", f"not a regular file: {special_file(path)}")
     except OSError as exc:
         return FileCheck("unreadable", f"cannot read: {exc.strerror or exc}")
     if not is_image_name(path):

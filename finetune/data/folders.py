@@ -39,8 +39,10 @@ def scan_classes(folder: Path, keep=is_image_name) -> dict[str, list[Path]]:
     """{class name: sorted paths kept by `keep` (image names by default)} for the class subfolders of
     `folder`, in sorted class order."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    # not only regular files: a FIFO or a broken link named like an image is reported by the file checks, not lost
-    return {c: sorted(p for p in (folder / c).rglob("*") if not p.is_dir() and keep(p)) for c in classes}
+    # not only regular files: a FIFO, a broken link named like an image, or a link to a folder (which rglob does not
+    # follow: it may loop) is reported by the file checks, not lost
+    return {c: sorted(p for p in (folder / c).rglob("*") if (p.is_symlink() or not p.is_dir()) and keep(p))
+            for c in classes}
 
 
 def find_val_folder(root: Path) -> Path | None:

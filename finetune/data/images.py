@@ -37,13 +37,28 @@ def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     """Open any image as correct RGB: EXIF rotation applied, transparency composited on white,
     CMYK and 16-bit converted, first frame of an animation. Used identically by train, val and predict."""
     if not stat.S_ISREG(os.stat(path).st_mode):  # reading a FIFO would wait forever, a device never end
-        raise DataError(f"{path} is not a regular file (a FIFO, socket or device)")
+        raise DataError(f"{path} is not a regular file: {special_file(Path(path))}")
     with open_image(path) as im:
         if draft_size and im.format == "JPEG":
             # Decode at reduced scale when the file is much larger than needed (a no-op otherwise).
             im.draft("RGB", (draft_size, draft_size))
         im.seek(0)
         return to_rgb(ImageOps.exif_transpose(im))  # a new image (a copy where nothing turns): safe after close
+
+
+def special_file(path: Path) -> str:
+    """What a path that is no regular file is, in words: a FIFO, a socket, a device, a folder (through a symbolic
+    link: which, and whether it loops back to a folder that holds it)."""
+    mode = path.stat().st_mode
+    kind = next((what for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                                        (stat.S_ISDIR, "a folder")) if test(mode)), "a special file")
+    if not path.is_symlink():
+        return kind
+    target = path.resolve()
+    if stat.S_ISDIR(mode) and (target == path.parent.resolve() or target in path.parent.resolve().parents):
+        return f"a symbolic link to {os.readlink(path)}, a folder that holds it: a loop, not followed"
+    return f"{kind} through a symbolic link to {os.readlink(path)}" + (", not followed" if stat.S_ISDIR(mode) else "")
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

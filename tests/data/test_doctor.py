@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COLORS, make_image, stable_seed
+from conftest import COLORS, make_folder, make_image, stable_seed
 from PIL import Image
 
 from finetune.data.doctor import inspect_dataset
@@ -178,7 +178,6 @@ def test_second_scan_reads_nothing_and_changed_files_are_rechecked(image_folder,
 
 
 def test_dataset_level_findings(tmp_path):
-    from conftest import make_folder
 
     root = make_folder(tmp_path / "d", {"": 0})
     for i in range(8):
@@ -206,3 +205,19 @@ def test_training_fails_before_any_epoch_when_a_class_has_no_usable_images(image
     with pytest.raises(DataError, match="no usable training images.*red.*finetune inspect"):
         fit(build_recipe(tiny_tree))
     assert not (Path(tiny_tree["run"]["dir"])).exists()  # failed before creating a run
+
+
+def test_inspect_names_fifos_device_links_and_folder_loops(tmp_path):
+    import os
+
+    from finetune.data.doctor import inspect_dataset
+
+    root = make_folder(tmp_path / "data", {"train": 2, "val": 1})
+    os.mkfifo(root / "train" / "red" / "pipe.jpg")
+    (root / "train" / "red" / "zero.jpg").symlink_to("/dev/zero")
+    (root / "train" / "blue" / "loop").symlink_to("..")
+    found = {Path(f.path).name: f for f in inspect_dataset(root).findings}
+    assert "a FIFO (named pipe)" in found["pipe.jpg"].message and found["pipe.jpg"].severity == "error"
+    assert "a character device through a symbolic link to /dev/zero" in found["zero.jpg"].message
+    loop = found["loop"]  # not followed (rglob does not), and said so; training never looks at it: a warning
+    assert "a folder that holds it: a loop, not followed" in loop.message and loop.severity == "warning"
