@@ -3,8 +3,8 @@
 The small public API, imported lazily so `import finetune` (and the CLI's --help) stays fast:
     load_recipe(path, overrides) -> Recipe
     fit(recipe) -> run folder
-    predict(checkpoint, paths) -> [Prediction]
-    evaluate(checkpoint, data) -> report dict (and CSV/PNG/JSON files)
+    predict(source, paths, *, top_k=1, ...) -> [Prediction]
+    evaluate(source, data, *, output=None, ...) -> Evaluation (and CSV/PNG/JSON files)
     export(checkpoint, format) -> ExportResult (onnx | torchscript | safetensors, parity-checked)
 They live in the sub-packages (train.loop, deploy.predict, ...), so importing a module never replaces the
 function of the same name on this package. A call changes nothing process-wide: the command line's process

@@ -36,9 +36,11 @@ def make_folder(root: Path, per_class: dict[str, int], classes=COLORS, ext=".png
 
 @pytest.fixture(autouse=True)
 def feature_cache_dir(tmp_path, monkeypatch) -> Path:
-    """Cached features go to tmp_path, never to the user's ~/.cache (subprocesses inherit the variable)."""
-    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "feature-cache"))
-    return tmp_path / "feature-cache"
+    """The cache (features, file checks, logs) goes to tmp_path, never to the user's ~/.cache (subprocesses
+    inherit the variable)."""
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FINETUNE_CACHE", raising=False)
+    return tmp_path / "cache" / "features"
 
 
 @pytest.fixture
@@ -65,12 +67,6 @@ def write_yaml(path: Path, tree: dict) -> Path:
 
     path.write_text(yaml.safe_dump(tree))
     return path
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    """Each test (and the CLI subprocesses it starts) caches file checks in its own folder, never ~/.cache."""
-    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 def checkpoint_of(state: dict, class_names=("blue", "red"), **fields):

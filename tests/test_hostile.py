@@ -34,9 +34,9 @@ REPO = Path(__file__).parents[1]
 @pytest.fixture(autouse=True)
 def _untuned(monkeypatch):
     """The CLI runs in this process here: its process tuning (gc freeze, thread policy) would outlive the test."""
-    import finetune.cli
+    import finetune.runtime.process
 
-    monkeypatch.setattr(finetune.cli, "_tune", lambda imports=(): None)
+    monkeypatch.setattr(finetune.runtime.process, "tune_process", lambda imports=(): None)
 
 
 def one_line_error(stderr: str, *words: str) -> str:
@@ -133,8 +133,8 @@ def test_no_command_writes_inside_the_dataset(tiny_tree, image_folder, tmp_path,
         trained(tiny_tree, run__output=str(image_folder / "runs" / "x"))
     with pytest.raises(ConfigError, match="features.dir .* is inside the dataset"):
         trained(tiny_tree, features__dir=str(image_folder / "cache"))
-    monkeypatch.setenv("FINETUNE_CACHE", str(image_folder / "checks-cache"))  # the file-check cache: not used there
-    run = trained(tiny_tree, train__epochs=1)
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(image_folder / "cache"))  # the file checks' cache: not used there
+    run = trained(tiny_tree, train__epochs=1, features__dir=str(tmp_path / "features"))
     monkeypatch.undo()
     # evaluate on a train/ + val/ root: DATA/eval is inside DATA even though val/ is what is scored
     code, _, err = cli("evaluate", run / "best.pt", image_folder, "--output", image_folder / "eval")
@@ -291,7 +291,6 @@ def test_an_unwritable_cache_means_training_without_it(tiny_tree, tmp_path, monk
     (tmp_path / "a-file").write_text("in the way")
     reference = trained(tiny_tree, features__dir=str(tmp_path / "cache"))
     monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # a folder under a file
-    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path / "a-file" / "checks"))
     run = trained(tiny_tree)
     err = capsys.readouterr().err
     assert err.count("cannot be written (Not a directory): the frozen part runs every epoch instead") == 1
@@ -305,13 +304,13 @@ def test_a_damaged_file_check_row_or_database_is_checked_again(image_folder, mon
 
     paths = sorted(image_folder.rglob("*.png"))
     first = filecheck.check_files(paths)
-    with sqlite3.connect(filecheck.cache_dir() / "filecheck.sqlite") as db:
+    with sqlite3.connect(filecheck.cache_dir("files") / "filecheck.sqlite") as db:
         db.execute("UPDATE checks SET result = '{not json' WHERE path = ?", (os.path.abspath(paths[0]),))
         db.execute("UPDATE checks SET result = '[1, 2]' WHERE path = ?", (os.path.abspath(paths[1]),))
     assert filecheck.check_files(paths) == first
     code, _, err = cli("inspect", image_folder)
     assert code == 0, err
-    (filecheck.cache_dir() / "filecheck.sqlite").write_bytes(os.urandom(4096))  # the whole database garbage
+    (filecheck.cache_dir("files") / "filecheck.sqlite").write_bytes(os.urandom(4096))  # the whole database garbage
     assert filecheck.check_files(paths) == first
     calls = []
     monkeypatch.setattr(filecheck, "check_file", lambda p: calls.append(p))

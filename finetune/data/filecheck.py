@@ -7,7 +7,7 @@ is decoded at 1/8 scale to tell truncation from harmless trailing data), PNG chu
 limit are refused from the header alone.
 
 Results are cached per file by (absolute path, size, mtime) in the user cache directory
-($FINETUNE_CACHE, else $XDG_CACHE_HOME/finetune or ~/.cache/finetune), never under the dataset.
+(finetune.cache: `files/` under $FINETUNE_CACHE_DIR, else ~/.cache/finetune), never under the dataset.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import PIL
 from PIL import Image, UnidentifiedImageError
 
+from ..cache import cache_dir
 from ..errors import DataError
 from .folders import is_image_name
 from .images import open_image, special_file
@@ -195,19 +196,13 @@ def _sniff(head: bytes) -> str:
 # ---------------------------------------------------------------- many files, cached
 
 
-def cache_dir() -> Path:
-    if os.environ.get("FINETUNE_CACHE"):
-        return Path(os.environ["FINETUNE_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finetune"
-
-
 class _Cache:
     """(path, size, mtime) -> FileCheck in SQLite, so concurrent runs share it safely. Best effort:
     a cache that cannot be opened or written (read-only home, odd filesystem) just means re-checking."""
 
     def __init__(self, root: Path | None = None):
         try:
-            folder = cache_dir()
+            folder = cache_dir("files")
             if root is not None and _inside(folder, root):  # never written into the dataset being checked
                 raise OSError("the cache folder is inside the dataset")
             folder.mkdir(parents=True, exist_ok=True)

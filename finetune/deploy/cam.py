@@ -85,12 +85,18 @@ class Explainer:
         return buf.getvalue()
 
 
-def check_cam_folder(folder: Path, inputs: list[str]) -> None:
-    """Before predicting: `predict --cam DIR` never writes inside a folder it reads photos from, and needs grad-cam."""
+def check_cam_folder(folder: Path, inputs: list[str], photos: list[Path], source) -> None:
+    """Before predicting: `predict --cam DIR` needs grad-cam and a torch checkpoint, and never writes inside a folder
+    it reads photos from: a folder given, or the folder of any photo however it was named (a file, a glob, an
+    @list), where heatmaps would become new images of the wrong class."""
+    if not isinstance(source, Checkpoint):
+        raise ConfigError("--cam follows gradients through the torch model: give the .pt checkpoint, not an .onnx "
+                          "export")
     require()
-    for item in inputs:
-        if Path(item).expanduser().is_dir():
-            refuse_inside(folder, Path(item), "--cam", DataError)
+    read_from = [Path(item).expanduser() for item in inputs if Path(item).expanduser().is_dir()]
+    read_from += sorted({Path(p).expanduser().absolute().parent for p in photos})
+    for root in read_from:
+        refuse_inside(folder, root, "--cam", DataError)
     make_folder(folder, "--cam", DataError)
 
 
@@ -104,10 +110,10 @@ def write_cams(ckpt: Checkpoint, predictions, folder: Path, console=None) -> lis
     with progress(console or stderr_console()) as bar:
         task = bar.add_task("grad-cam", total=len(readable))
         for number, p in enumerate(readable, 1):
-            out = folder / f"{number:04d}-{_safe(Path(p.path).stem)}-{_safe(p.top[0]['label'])}.jpg"
+            out = folder / f"{number:04d}-{_safe(Path(p.path).stem)}-{_safe(p.top[0].label)}.jpg"
             if out.exists():
                 raise DataError(f"--cam {folder} already holds {out.name}: choose an empty folder")
-            jpeg = explainer.overlay(Path(p.path), p.top[0]["index"])
+            jpeg = explainer.overlay(Path(p.path), p.top[0].index)
             atomic_write(out, lambda f, data=jpeg: f.write(data))
             written.append(out)
             bar.advance(task)

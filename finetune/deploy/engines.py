@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -24,6 +25,19 @@ from ..preprocessing import Preprocessing
 
 ENGINES = ("auto", "torch", "onnxruntime")
 Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ModelSource(Protocol):
+    """What predict and evaluate need from a model, whichever file it came from: a Checkpoint (torch) or an
+    OnnxModel (onnxruntime)."""
+    class_names: list[str]
+    preprocessing: Preprocessing
+
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def reject_threshold(self) -> float | None: ...
 
 
 @dataclass
@@ -61,6 +75,10 @@ class OnnxModel:
             raise CheckpointError(f"{path} is not an ONNX model exported by finetune (its metadata lacks valid class "
                                   "names, preprocessing or temperature); export one with: finetune export CHECKPOINT "
                                   "--format onnx") from None
+        outputs = session.get_outputs()[0].shape[-1]  # the class axis: a fixed size in every finetune export
+        if isinstance(outputs, int) and outputs != len(names):
+            raise CheckpointError(f"{path} disagrees with itself: its metadata names {len(names)} classes, the model "
+                                  f"has {outputs} outputs; export it again from its checkpoint (finetune export)")
         return cls(path, names, pre, temperature, info.get("quantization"), info, session)
 
     @property
@@ -70,7 +88,7 @@ class OnnxModel:
         return float(threshold) if isinstance(threshold, (int, float)) and 0 <= threshold <= 1 else None
 
 
-def load_source(checkpoint: Path | Checkpoint | OnnxModel) -> Checkpoint | OnnxModel:
+def load_source(checkpoint: Path | ModelSource) -> ModelSource:
     """A Checkpoint or OnnxModel as given, else read from its path: `.onnx` is an export, anything else a checkpoint."""
     if isinstance(checkpoint, (Checkpoint, OnnxModel)):
         return checkpoint

@@ -8,15 +8,17 @@ name to the checkpoint's class order; a class the checkpoint does not know is re
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..data.folders import find_val_folder, scan_classes
 from ..data.lists import is_list_argument, read_path_list
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..files import atomic_write, make_folder, refuse_inside
 from ..metrics import (
     averaged_scores,
@@ -28,9 +30,50 @@ from ..metrics import (
     top_k_accuracy,
     wilson_interval,
 )
-from .engines import load_source, resolve_engine
+from .engines import ModelSource, load_source, resolve_engine
 from .plots import plot_confusion, plot_mistakes
 from .predict import predict
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A wrong answer given with confidence: the image, its class, what the model said, and how sure it was."""
+    path: str
+    true: str
+    predicted: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate` found; `to_dict()` is the JSON form (report.json, `--format json`)."""
+    checkpoint: str
+    data: str
+    output: Path
+    images: int  # scored (readable, of a known class)
+    classes: list[str]
+    raw: bool
+    tta: bool
+    engine: str
+    top1: float
+    top1_interval: tuple[float, float]  # 95% Wilson interval
+    top5: float | None  # only with more than 5 classes
+    ece: float
+    calibration: dict[str, float]  # temperature, ece_raw / ece_calibrated, nll_raw / nll_calibrated
+    per_class: list[dict]  # class, precision, recall, f1, recall_interval, support
+    macro: dict[str, float]
+    weighted: dict[str, float]
+    confusion_matrix: list[list[int]]
+    mistakes: list[Mistake]  # most confident first
+    unknown_classes: dict[str, int]  # class folders the checkpoint does not know: images in each
+    unreadable: list[dict]  # path, error
+    files: dict[str, str | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "mistakes"}
+        d.update(output=str(self.output), top1_interval=list(self.top1_interval),
+                 most_confident_mistakes=[vars(m) for m in self.mistakes])
+        return d
 
 
 def resolve_data_folder(data: Path, class_names: list[str]) -> Path:
@@ -66,16 +109,19 @@ def default_output(checkpoint: Path, data: Path) -> Path:
     return Path(checkpoint).resolve().parent / f"eval-{Path(checkpoint).stem}-{Path(data).resolve().name}"
 
 
-def evaluate(checkpoint: Path, data: Path, output: Path | None = None, tta: bool = False, raw: bool = False,
-             batch_size: int = 32, device: str = "auto", mistakes: int = 16, console=None,
-             engine: str = "auto") -> dict:
-    """Score the checkpoint (or an .onnx exported by finetune) on DATA, write CSV/PNG/JSON files into output,
-    return the report dict. `engine`: auto, torch or onnxruntime (deploy.engines)."""
-    ckpt = load_source(checkpoint)
+def evaluate(source: ModelSource | Path, data: Path | str, *, output: Path | None = None, tta: bool = False,
+             raw: bool = False, batch_size: int = 32, device: str = "auto", mistakes: int = 16, console=None,
+             engine: str = "auto") -> Evaluation:
+    """Score the checkpoint (or an .onnx exported by finetune) on DATA, write CSV/PNG/JSON files into output.
+    `engine`: auto, torch or onnxruntime (deploy.engines)."""
+    checkpoint = source if isinstance(source, (str, Path)) else getattr(source, "path", None)  # a Checkpoint: none
+    if checkpoint is None and output is None:
+        raise ConfigError("evaluate: give output= for a checkpoint read in memory (there is no file to put it beside)")
+    ckpt = load_source(source)
     engine = resolve_engine(engine, ckpt, device)
     names = ckpt.class_names
     folder, found, image_folders = labelled_images(data, names)
-    output = Path(output) if output is not None else default_output(checkpoint, folder)
+    output = Path(output) if output is not None else default_output(Path(checkpoint), folder)
     for root in image_folders:
         refuse_inside(output, root, "the output folder", DataError)
     unknown = {c: len(paths) for c, paths in found.items() if c not in names}
@@ -89,7 +135,7 @@ def evaluate(checkpoint: Path, data: Path, output: Path | None = None, tta: bool
                         "DATA must hold one folder per class")
     make_folder(output, "the output folder", DataError)
 
-    results = predict(ckpt, [p for p, _ in samples], top_k=1, batch_size=batch_size, device=device,
+    results = predict(ckpt, [p for p, _ in samples], batch_size=batch_size, device=device,
                       tta=tta, raw=True, console=console, engine=engine)
     scored = [(r, label) for r, (_, label) in zip(results, samples) if r.error is None]
     if not scored:
@@ -104,30 +150,27 @@ def evaluate(checkpoint: Path, data: Path, output: Path | None = None, tta: bool
 
     confidence = probs.max(axis=1)
     wrong = sorted(np.flatnonzero(predicted != labels), key=lambda i: -confidence[i])[:mistakes]
-    worst = [{"path": scored[i][0].path, "true": names[labels[i]], "predicted": names[predicted[i]],
-              "prob": float(confidence[i])} for i in wrong]
-    report = {
-        "checkpoint": str(checkpoint), "data": str(folder), "output": str(output), "images": int(len(labels)),
-        "classes": names, "raw": raw, "tta": tta, "engine": engine,
-        "top1": top_k_accuracy(probs, labels, 1),
+    evaluation = Evaluation(
+        checkpoint=str(checkpoint), data=str(folder), output=output, images=int(len(labels)), classes=names,
+        raw=raw, tta=tta, engine=engine, top1=top_k_accuracy(probs, labels, 1),
         # 95% Wilson intervals: what the accuracy could be on more images like these (metrics.wilson_interval)
-        "top1_interval": list(wilson_interval(int((predicted == labels).sum()), len(labels))),
-        "top5": top_k_accuracy(probs, labels, 5) if len(names) > 5 else None,
-        "ece": expected_calibration_error(probs, labels),
-        "calibration": {"temperature": t, "ece_raw": expected_calibration_error(softmax(logits), labels),
-                        "ece_calibrated": expected_calibration_error(softmax(logits, t), labels),
-                        "nll_raw": nll(logits, labels), "nll_calibrated": nll(logits, labels, t)},
-        "per_class": [{"class": n, **{k: float(scores[k][i]) for k in ("precision", "recall", "f1")},
-                       "recall_interval": list(wilson_interval(int(cm[i, i]), int(scores["support"][i]))),
-                       "support": int(scores["support"][i])} for i, n in enumerate(names)],
+        top1_interval=wilson_interval(int((predicted == labels).sum()), len(labels)),
+        top5=top_k_accuracy(probs, labels, 5) if len(names) > 5 else None,
+        ece=expected_calibration_error(probs, labels),
+        calibration={"temperature": t, "ece_raw": expected_calibration_error(softmax(logits), labels),
+                     "ece_calibrated": expected_calibration_error(softmax(logits, t), labels),
+                     "nll_raw": nll(logits, labels), "nll_calibrated": nll(logits, labels, t)},
+        per_class=[{"class": n, **{k: float(scores[k][i]) for k in ("precision", "recall", "f1")},
+                    "recall_interval": list(wilson_interval(int(cm[i, i]), int(scores["support"][i]))),
+                    "support": int(scores["support"][i])} for i, n in enumerate(names)],
         **averaged_scores(cm),
-        "confusion_matrix": cm.tolist(),
-        "most_confident_mistakes": worst,
-        "unknown_classes": unknown,
-        "unreadable": [{"path": r.path, "error": r.error} for r in results if r.error],
-    }
-    report["files"] = _write_files(output, report, scored, probs, ckpt.preprocessing.size)
-    return report
+        confusion_matrix=cm.tolist(),
+        mistakes=[Mistake(scored[i][0].path, names[labels[i]], names[predicted[i]], float(confidence[i]))
+                  for i in wrong],
+        unknown_classes=unknown,
+        unreadable=[{"path": r.path, "error": r.error} for r in results if r.error])
+    files = _write_files(output, evaluation.to_dict(), scored, probs, ckpt.preprocessing.size)
+    return dataclasses.replace(evaluation, files=files)
 
 
 def _write_files(output: Path, report: dict, scored, probs: np.ndarray, image_size: int) -> dict:

@@ -1,12 +1,11 @@
-"""What an evaluation shows: the confusion matrix and the most confident mistakes as PNGs, and the tables
-printed by `finetune evaluate`."""
+"""What an evaluation shows as pictures: the confusion matrix and the most confident mistakes as PNGs (the tables
+`finetune evaluate` prints are deploy.render's)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from ..console import literal
 from ..plotting import figure, save_png
 
 
@@ -64,55 +63,3 @@ def _as_seen(image, size: int):
     from PIL import ImageOps
 
     return ImageOps.fit(image, (size, size))
-
-
-def print_evaluation(console, report: dict) -> None:
-    """The rich table form of `finetune evaluate`."""
-    from rich.table import Table
-
-    r = report
-    head = Table(title=f"evaluate {literal(r['checkpoint'])} on {literal(r['data'])}", show_header=False,
-                 title_justify="left")
-    head.add_column(style="bold")
-    head.add_column()
-    head.add_row("images", f"{r['images']} scored")
-    lo, hi = r["top1_interval"]
-    head.add_row("top-1 accuracy", f"{r['top1']:.4f} (95% interval {lo:.3f}-{hi:.3f}, Wilson, {r['images']} images)")
-    if r["top5"] is not None:
-        head.add_row("top-5 accuracy", f"{r['top5']:.4f}")
-    c = r["calibration"]
-    probs = "raw softmax" if r["raw"] else f"calibrated, T = {c['temperature']:.3f}"
-    head.add_row("ECE", f"{r['ece']:.4f} ({probs}; raw {c['ece_raw']:.4f}, calibrated {c['ece_calibrated']:.4f})")
-    head.add_row("NLL", f"raw {c['nll_raw']:.4f}, calibrated {c['nll_calibrated']:.4f}")
-    head.add_row("TTA", "horizontal flip (mean of logits)" if r["tta"] else "off")
-    if r["unknown_classes"]:
-        unknown = literal(", ".join(f"{k} ({n} images)" for k, n in r["unknown_classes"].items()))
-        head.add_row("[yellow]not scored[/]", f"classes the checkpoint does not know: {unknown}")
-    if r["unreadable"]:
-        head.add_row("[yellow]unreadable[/]", f"{len(r['unreadable'])} file(s), listed in the JSON output")
-    console.print(head)
-
-    per = Table("class", "precision", "recall", "recall 95%", "F1", "support", title="per class",
-                title_justify="left")
-    def scores(s: dict) -> list[str]:
-        interval = f"{s['recall_interval'][0]:.3f}-{s['recall_interval'][1]:.3f}" if "recall_interval" in s else ""
-        return [f"{s['precision']:.4f}", f"{s['recall']:.4f}", interval, f"{s['f1']:.4f}", str(s["support"])]
-
-    for row in r["per_class"]:
-        per.add_row(literal(row["class"]), *scores(row))
-    per.add_section()
-    for name in ("macro", "weighted"):
-        per.add_row(f"[bold]{name} avg[/]", *scores(r[name]))
-    console.print(per)
-
-    names = r["classes"]
-    if len(names) <= 12:
-        cm = Table("true \\ predicted", *map(literal, names), title="confusion matrix", title_justify="left")
-        for name, counts in zip(names, r["confusion_matrix"]):
-            i = names.index(name)
-            cm.add_row(literal(name), *(f"[bold]{n}[/]" if j == i else str(n) for j, n in enumerate(counts)))
-        console.print(cm)
-    files = Table(show_header=False, title=f"written to {literal(r['output'])}", title_justify="left")
-    for key, value in r["files"].items():
-        files.add_row(key, literal(Path(value).name) if value else "[dim]none (no mistakes)[/]")
-    console.print(files)

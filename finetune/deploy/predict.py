@@ -1,4 +1,4 @@
-"""predict(checkpoint, paths): class probabilities for image files, folders and globs."""
+"""predict(source, paths): class probabilities for image files, folders, globs and @lists."""
 
 from __future__ import annotations
 
@@ -19,14 +19,22 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..models.folding import fold_checked
 from ..runtime.device import resolve_device
 from ..runtime.threads import tuned_threads
-from .engines import OnnxModel, load_source, onnxruntime_runner, resolve_engine
+from .engines import ModelSource, load_source, onnxruntime_runner, resolve_engine
 from .loading import load_model
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One of an image's most likely classes."""
+    label: str
+    index: int  # in the model's class order
+    prob: float  # calibrated unless predict(raw=True)
 
 
 @dataclass
 class Prediction:
     path: str
-    top: list[dict] = field(default_factory=list)  # [{"label", "index", "prob"}], most likely first
+    top: list[Ranked] = field(default_factory=list)  # most likely first
     error: str | None = None  # set when the file could not be read; top is then empty
     logits: list[float] | None = None  # raw logits of every class (for evaluate; not in to_dict)
     rejected: bool | None = None  # with --reject: its calibrated confidence is below the threshold
@@ -36,10 +44,10 @@ class Prediction:
         """What the image is said to be: the top class, `unknown` when rejected, None when unreadable."""
         if self.error or not self.top:
             return None
-        return UNKNOWN if self.rejected else self.top[0]["label"]
+        return UNKNOWN if self.rejected else self.top[0].label
 
     def to_dict(self) -> dict:
-        d = {"path": self.path, "top": self.top}
+        d = {"path": self.path, "top": [vars(t) for t in self.top]}
         if self.rejected is not None and not self.error:
             d.update(label=self.label, rejected=self.rejected)
         if self.error:
@@ -134,16 +142,16 @@ def torch_runner(ckpt: Checkpoint, dev: torch.device):
     return fold_checked(model, probe.to(dev, memory_format=torch.channels_last))
 
 
-def predict(checkpoint: Path | Checkpoint | OnnxModel, paths: list[Path], top_k: int = 5, batch_size: int = 32,
+def predict(source: ModelSource | Path, paths: list[Path], *, top_k: int = 1, batch_size: int = 32,
             device: str = "auto", workers: int | None = None, tta: bool = False, raw: bool = False,
             console=None, engine: str = "auto", reject: str | float | None = None) -> list[Prediction]:
     """Top-k classes per image. Probabilities are temperature-calibrated (the checkpoint's temperature) unless raw.
     `reject` ("none of these"): auto or a probability P; an image whose calibrated top-1 probability is below the
     threshold (the stored one for auto) is marked rejected and labelled `unknown` (raw or not: the threshold is
     on the calibrated probability).
-    `checkpoint`: a path (a checkpoint, or an .onnx exported by finetune), or a Checkpoint / OnnxModel already
+    `source`: a path (a checkpoint, or an .onnx exported by finetune), or a Checkpoint / OnnxModel already
     read (evaluate hands over its own). `engine` (deploy.engines): auto, torch or onnxruntime."""
-    ckpt = load_source(checkpoint)
+    ckpt = load_source(source)
     engine = resolve_engine(engine, ckpt, device)
     threshold = resolve_reject(reject, ckpt)
     temperature = 1.0 if raw else ckpt.temperature
@@ -174,7 +182,7 @@ def predict(checkpoint: Path | Checkpoint | OnnxModel, paths: list[Path], top_k:
                     results[i].logits = logits[row].tolist()
                     if threshold is not None:
                         results[i].rejected = bool(confidence[row] < threshold)
-                    results[i].top = [{"label": names[j], "index": int(j), "prob": round(float(p), 6)}
+                    results[i].top = [Ranked(names[j], int(j), round(float(p), 6))
                                       for p, j in zip(top_p[row].tolist(), top_i[row].tolist())]
             bar.advance(task, len(idx) + len(errors))
     return results

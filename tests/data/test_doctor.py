@@ -167,7 +167,7 @@ def test_second_scan_reads_nothing_and_changed_files_are_rechecked(image_folder,
     log = io.StringIO()
     first = check_files(paths, Console(file=log))
     assert log.getvalue() == ""  # no progress bar, not even its blank line, where stderr is not a terminal
-    cache_files = list(filecheck.cache_dir().iterdir())
+    cache_files = list(filecheck.cache_dir("files").iterdir())
     assert cache_files and not any(image_folder in p.parents for p in cache_files)
     calls = []
     real = filecheck.check_file

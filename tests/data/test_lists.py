@@ -15,9 +15,9 @@ from finetune.errors import DataError
 
 @pytest.fixture(autouse=True)
 def _untuned(monkeypatch):
-    import finetune.cli
+    import finetune.runtime.process
 
-    monkeypatch.setattr(finetune.cli, "_tune", lambda imports=(): None)
+    monkeypatch.setattr(finetune.runtime.process, "tune_process", lambda imports=(): None)
 
 
 @pytest.fixture(scope="module")

@@ -68,18 +68,26 @@ def test_predict_cam_writes_one_heatmap_per_readable_photo_and_never_inside_the_
     pt = tmp_path / "model.pt"
     ckpt.save(pt)
     val = image_folder / "val"
-    (tmp_path / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "broken.png").write_bytes(b"not an image")
 
     def predict(*args):
         return subprocess.run([sys.executable, "-m", "finetune", "predict", str(pt), *args], capture_output=True,
                               text=True)
 
     before = sorted(p.name for p in val.rglob("*"))
-    inside = predict(str(val), "--cam", str(val / "red" / "cams"))
-    assert inside.returncode == 1 and "inside the dataset" in inside.stderr and "Traceback" not in inside.stderr
+    one = next((val / "red").glob("*.png"))
+    listed = tmp_path / "photos.txt"
+    listed.write_text(f"{one}\n")
+    # however the photos are named (a folder, a glob, an @list, one file), DIR inside a folder they come from is
+    # refused before any work: heatmaps there would be new training images of the wrong class
+    for photos in (str(val), str(val / "*" / "*.png"), f"@{listed}", str(one)):
+        inside = predict(photos, "--cam", str(val / "red" / "cams"))
+        assert inside.returncode == 1, photos
+        assert "inside the dataset" in inside.stderr and "Traceback" not in inside.stderr, photos
     assert sorted(p.name for p in val.rglob("*")) == before
 
-    out = predict(str(val), str(tmp_path / "broken.png"), "--cam", str(tmp_path / "cams"), "--format", "json")
+    out = predict(str(val), str(tmp_path / "loose" / "broken.png"), "--cam", str(tmp_path / "cams"), "--format", "json")
     assert out.returncode == 0, out.stderr
     cams = sorted((tmp_path / "cams").iterdir())
     assert len(cams) == len(list(val.rglob("*.png")))  # the unreadable file gets none

@@ -22,9 +22,9 @@ TEMPERATURE = 2.5
 
 @pytest.fixture(autouse=True)
 def _untuned(monkeypatch):
-    import finetune.cli
+    import finetune.runtime.process
 
-    monkeypatch.setattr(finetune.cli, "_tune", lambda imports=(): None)
+    monkeypatch.setattr(finetune.runtime.process, "tune_process", lambda imports=(): None)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +55,11 @@ def test_onnxruntime_predicts_what_torch_predicts_with_the_temperature_and_tta(m
         broken = [r for r in results if r.path.endswith("broken.png")]
         assert len(broken) == 1 and broken[0].error and broken[0].top == [], name  # reported, not dropped
         for r, t in zip(results, runs["torch"]):
-            assert r.path == t.path and [x["label"] for x in r.top] == [x["label"] for x in t.top], name
+            assert r.path == t.path and [x.label for x in r.top] == [x.label for x in t.top], name
             if r.logits is not None:
                 probs = (torch.tensor(r.logits) / TEMPERATURE).softmax(0)  # calibrated, as torch's
-                assert r.top[0]["prob"] == pytest.approx(float(probs.max()), abs=1e-5)
-                assert r.top[0]["prob"] == pytest.approx(t.top[0]["prob"], abs=1e-4), name
+                assert r.top[0].prob == pytest.approx(float(probs.max()), abs=1e-5)
+                assert r.top[0].prob == pytest.approx(t.top[0].prob, abs=1e-4), name
     assert len(sessions) == 2
     tta = {e: predict(model["pt"], paths, tta=True, engine=e) for e in ("torch", "onnxruntime")}
     plain = runs["onnxruntime, checkpoint"]
@@ -97,16 +97,17 @@ def test_every_output_format_is_the_same_with_either_engine(model, fmt):
 
 
 def test_evaluate_with_onnxruntime_scores_what_torch_scores(model, tmp_path):
-    reports = {e: evaluate(model["pt"], model["images"], tmp_path / e, engine=e) for e in ("torch", "onnxruntime")}
-    reports["onnx"] = evaluate(model["onnx"], model["images"], tmp_path / "onnx")
+    reports = {e: evaluate(model["pt"], model["images"], output=tmp_path / e, engine=e)
+               for e in ("torch", "onnxruntime")}
+    reports["onnx"] = evaluate(model["onnx"], model["images"], output=tmp_path / "onnx")
     for name, report in reports.items():
-        assert report["confusion_matrix"] == reports["torch"]["confusion_matrix"], name
-        assert report["top1"] == reports["torch"]["top1"] and len(report["unreadable"]) == 1, name
-        assert report["calibration"]["temperature"] == TEMPERATURE
-        assert report["ece"] == pytest.approx(reports["torch"]["ece"], abs=1e-4)
-    assert [reports[k]["engine"] for k in ("torch", "onnxruntime", "onnx")] == ["torch", "onnxruntime", "onnxruntime"]
+        assert report.confusion_matrix == reports["torch"].confusion_matrix, name
+        assert report.top1 == reports["torch"].top1 and len(report.unreadable) == 1, name
+        assert report.calibration["temperature"] == TEMPERATURE
+        assert report.ece == pytest.approx(reports["torch"].ece, abs=1e-4)
+    assert [reports[k].engine for k in ("torch", "onnxruntime", "onnx")] == ["torch", "onnxruntime", "onnxruntime"]
     code, out, err = cli("evaluate", model["onnx"], model["images"], "--output", tmp_path / "cli", "--format", "json")
-    assert code == 0 and json.loads(out)["top1"] == reports["torch"]["top1"], err
+    assert code == 0 and json.loads(out)["top1"] == reports["torch"].top1, err
 
 
 def test_engine_refusals_are_one_line(model, tmp_path, monkeypatch):
@@ -130,3 +131,17 @@ def test_engine_refusals_are_one_line(model, tmp_path, monkeypatch):
     monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name: None)
     code, _, err = cli("predict", model["pt"], model["images"], "--engine", "onnxruntime")
     assert code == 1 and "needs onnxruntime, which is not installed" in err and "Traceback" not in err
+
+
+def test_an_onnx_whose_class_names_disagree_with_its_outputs_is_refused_in_one_line(model, tmp_path):
+    import onnx
+
+    for names, why in ((["blue", "red", "green"], "names 3 classes, the model has 2 outputs"),
+                       (["blue"], "not an ONNX model exported by finetune")):  # fewer: no IndexError later
+        proto = onnx.load(str(model["onnx"]))
+        entry = next(p for p in proto.metadata_props if p.key == "finetune")
+        entry.value = json.dumps({**json.loads(entry.value), "class_names": names})
+        path = tmp_path / f"{len(names)}-names.onnx"
+        onnx.save(proto, str(path))
+        code, _, err = cli("predict", path, model["images"])
+        assert code == 1 and len(err.strip().splitlines()) == 1 and why in err, err

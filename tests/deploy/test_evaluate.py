@@ -47,31 +47,31 @@ def test_evaluate_reports_metrics_files_and_unknown_classes(trained, image_folde
     before = snapshot(image_folder)
     report = evaluate(trained, image_folder, tta=True)
 
-    assert report["data"] == str(image_folder / "val")
-    assert report["unknown_classes"] == {"green": 3}
-    assert report["images"] == 8 and sum(map(sum, report["confusion_matrix"])) == 8
-    assert [r["class"] for r in report["per_class"]] == ["blue", "red"]
-    assert sum(r["support"] for r in report["per_class"]) == 8
-    assert report["top1"] == pytest.approx(sum(report["confusion_matrix"][i][i] for i in range(2)) / 8)
-    assert report["top5"] is None  # only 2 classes
-    assert report["tta"] and 0 <= report["ece"] <= 1
+    assert report.data == str(image_folder / "val")
+    assert report.unknown_classes == {"green": 3}
+    assert report.images == 8 and sum(map(sum, report.confusion_matrix)) == 8
+    assert [r["class"] for r in report.per_class] == ["blue", "red"]
+    assert sum(r["support"] for r in report.per_class) == 8
+    assert report.top1 == pytest.approx(sum(report.confusion_matrix[i][i] for i in range(2)) / 8)
+    assert report.top5 is None  # only 2 classes
+    assert report.tta and 0 <= report.ece <= 1
     assert snapshot(image_folder) == before  # nothing written into the dataset
 
     out = trained.parent / "eval-best-val"  # next to the checkpoint
-    assert report["output"] == str(out)
+    assert report.output == out
     rows = list(csv.reader((out / "confusion_matrix.csv").open()))
     assert rows[0] == ["true \\ predicted", "blue", "red"]
     assert sum(int(n) for row in rows[1:] for n in row[1:]) == 8
     for png in ("confusion_matrix.png", "confusion_matrix_normalized.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list(csv.DictReader((out / "predictions.csv").open()))) == 8
-    assert json.loads((out / "report.json").read_text())["confusion_matrix"] == report["confusion_matrix"]
+    assert json.loads((out / "report.json").read_text())["confusion_matrix"] == report.confusion_matrix
 
     # honest accuracy: a 95% Wilson interval around the accuracy and each class's recall, in every output
-    lo, hi = report["top1_interval"]
-    assert lo <= report["top1"] <= hi and hi - lo > 0.2  # 8 images cannot pin it down
+    lo, hi = report.top1_interval
+    assert lo <= report.top1 <= hi and hi - lo > 0.2  # 8 images cannot pin it down
     assert json.loads((out / "report.json").read_text())["top1_interval"] == [lo, hi]
-    for row in report["per_class"]:
+    for row in report.per_class:
         assert row["recall_interval"][0] <= row["recall"] <= row["recall_interval"][1]
     per_class = list(csv.DictReader((out / "per_class.csv").open()))
     assert [r["class"] for r in per_class[:2]] == ["blue", "red"]

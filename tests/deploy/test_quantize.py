@@ -18,9 +18,9 @@ from finetune.errors import ExportError
 
 @pytest.fixture(autouse=True)
 def _untuned(monkeypatch):
-    import finetune.cli
+    import finetune.runtime.process
 
-    monkeypatch.setattr(finetune.cli, "_tune", lambda imports=(): None)
+    monkeypatch.setattr(finetune.runtime.process, "tune_process", lambda imports=(): None)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_int8_export_is_quantized_loads_in_onnxruntime_and_says_agreement_accura
     assert logits.shape == (5, 2)  # the batch axis stays dynamic
 
     results = predict(path, sorted((data / "val").rglob("*.png")))  # predict runs it (engine auto)
-    assert sum(r.top[0]["label"] == r.path.split("/")[-2] for r in results) >= 7
+    assert sum(r.top[0].label == r.path.split("/")[-2] for r in results) >= 7
 
 
 def test_calibration_folder_without_labels_and_the_accuracy_gate(trained, tmp_path):

@@ -39,7 +39,7 @@ def world(tmp_path_factory):
 
 def rejected_share(checkpoint, folder, **kw) -> float:
     results = predict(checkpoint, expand_paths([str(folder)]), reject="auto", **kw)
-    assert all(r.label == ("unknown" if r.rejected else r.top[0]["label"]) for r in results)
+    assert all(r.label == ("unknown" if r.rejected else r.top[0].label) for r in results)
     return sum(r.rejected for r in results) / len(results)
 
 

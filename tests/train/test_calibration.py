@@ -61,9 +61,9 @@ def test_fit_stores_temperature_and_curves_and_predict_applies_it(tiny_tree, ima
     for c, r in zip(calibrated, raw):
         assert c.logits == r.logits
         expected = torch.tensor(c.logits).div(2.5).softmax(0)
-        assert [t["prob"] for t in c.top] == pytest.approx(sorted(expected.tolist(), reverse=True), abs=1e-5)
-        assert r.top[0]["prob"] == pytest.approx(torch.tensor(r.logits).softmax(0).max().item(), abs=1e-5)
-        assert r.top[0]["label"] == c.top[0]["label"]
+        assert [t.prob for t in c.top] == pytest.approx(sorted(expected.tolist(), reverse=True), abs=1e-5)
+        assert r.top[0].prob == pytest.approx(torch.tensor(r.logits).softmax(0).max().item(), abs=1e-5)
+        assert r.top[0].label == c.top[0].label
 
 
 class LeftColumn(torch.nn.Module):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...cache import cache_dir
 from ...console import literal
 from ...data.images import PAD, PAD_LABEL
 from ...errors import ConfigError
@@ -143,10 +144,8 @@ def store_root(features_dir: Path | None, data_root: Path) -> Path:
     """features.dir, else the cache folder's features/; never inside the dataset."""
     if features_dir is not None:
         root = Path(features_dir).expanduser()
-    elif os.environ.get("FINETUNE_CACHE_DIR"):
-        root = Path(os.environ["FINETUNE_CACHE_DIR"]).expanduser()
     else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finetune" / "features"
+        root = cache_dir("features")
     data = Path(data_root).expanduser().resolve()
     if root.resolve() == data or data in root.resolve().parents:
         raise ConfigError(f"features.dir {root} is inside the dataset {data}; finetune never writes there. "

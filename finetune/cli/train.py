@@ -1,0 +1,160 @@
+"""`finetune train`, `lr-find` and `ablate`: the commands that train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import FinetuneError
+from .app import app
+from .boundary import command, tune, write_run_report
+from .options import DataOpt, Device, SetOpt
+
+
+@app.command()
+@command
+def train(
+    recipe: Annotated[Optional[Path], typer.Argument(
+        help="Recipe YAML file (see recipes/); not with --resume.")] = None,
+    data: DataOpt = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Run folder to create (default: a new folder under runs/).")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", metavar="RUN_DIR", help="Continue the run in this folder from its last.pt, with its own "
+                                            "recipe.yaml.")] = None,
+    exist_ok: Annotated[bool, typer.Option(
+        "--exist-ok", help="Reuse the run folder if it exists (its checkpoints are overwritten) instead of making "
+                           "NAME-2.")] = False,
+    nproc: Annotated[Optional[int], typer.Option(
+        "--nproc", min=1, help="Train data-parallel on N processes of this machine (one per GPU, or on the CPU): "
+                               "starts torchrun for you. For several machines run torchrun yourself.")] = None,
+):
+    """Train a classifier as RECIPE says and write best.pt, last.pt, metrics.csv and recipe.yaml into a run folder.
+
+    A stopped run (Ctrl-C, SIGTERM, a crash) continues where it left off with --resume RUN_DIR. Without
+    data.augment in the recipe, feature-extract trains on the frozen features computed once (no augmentation)
+    and the other strategies use standard augmentation. Data parallel: `torchrun --nproc_per_node=N -m finetune
+    train RECIPE` (or --nproc N); train.batch_size is then the batch over all processes.
+    """
+    from ..config import load_recipe
+    from ..errors import ConfigError
+
+    if resume is not None and (recipe is not None or output is not None or exist_ok):
+        raise ConfigError("--resume RUN_DIR continues that run with its own recipe.yaml; leave out RECIPE, "
+                          "--output and --exist-ok")
+    if resume is None and recipe is None:
+        raise ConfigError("give a RECIPE file to start a run, or --resume RUN_DIR to continue one")
+    overrides = [*(set_ or []), *(["run.exist_ok=true"] if exist_ok else [])]
+    if resume is not None:
+        tune()
+        from ..train.resume import load_run_recipe
+
+        config = load_run_recipe(resume, overrides, data=data)
+    else:
+        config = load_recipe(recipe, overrides, data=data, output=output)  # a mistake in it fails before torch
+        tune()
+    if nproc is not None:  # the recipe is valid: now the processes
+        import sys
+
+        from ..runtime.launch import check_nproc, relaunch
+        from ..train.setup import check_batch
+
+        check_batch(config.train.batch_size, nproc)
+        check_nproc(nproc, config.train.device)
+        raise typer.Exit(relaunch(nproc, sys.argv[1:]))
+    from ..runtime.distributed import from_environment, launched, shutdown
+    from ..runtime.process import die_with_launcher
+    from ..train.loop import fit
+
+    if launched():
+        die_with_launcher()
+    dist = from_environment(config.train.device, config.train.dist_backend)
+    try:
+        run_dir = fit(config, resume_dir=resume, dist=dist)
+    except KeyboardInterrupt:  # before training started: nothing to save
+        raise FinetuneError("interrupted before the first epoch; nothing was trained") from None
+    finally:
+        shutdown(dist)
+    if dist.main:
+        typer.echo(f"report: {write_run_report(run_dir)}", err=True)
+        typer.echo(str(run_dir))
+
+
+@app.command("lr-find")
+@command
+def lr_find(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (see recipes/).")],
+    data: DataOpt = None,
+    set_: SetOpt = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Folder for lr_find.csv and lr_find.png (default: a new runs/lr-find-NAME).")] = None,
+    steps: Annotated[int, typer.Option(min=10, help="Optimizer steps in the sweep.")] = 200,
+):
+    """Find a learning rate: train a fresh copy of the recipe's model while the lr grows from 1e-7 to 10.
+
+    Writes lr_find.csv and lr_find.png (the loss against the lr) into a new folder, prints the suggested lr
+    for the head (where the loss falls fastest) and for the other groups at the recipe's ratios, and the
+    --set line to train with it. Existing runs are not touched.
+    """
+    from ..config import load_recipe
+
+    config = load_recipe(recipe, set_ or [], data=data)
+    tune()
+    from ..train.lr_find import lr_find as run_lr_find
+
+    result = run_lr_find(config, output, steps)
+    typer.echo(f"finetune train {recipe} {result.set_line}")
+
+
+@app.command()
+@command
+def ablate(
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="ImageFolder root (train/ and val/, or class folders split 80/20); default: the shipped "
+                       "data/sample textures at 32 px.")] = None,
+    depths: Annotated[str, typer.Option(
+        help="Comma-separated depths 6n+2; a plain net and its residual twin train at each.")] = "20,56",
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs for every net (the same schedule for all).")] = 8,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Folder to create for the results (default: a new runs/ablate, runs/ablate-2, ...).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=2, help="Images per SGD step.")] = 16,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate of the cosine schedule (He et al.: 0.1).")
+                  ] = 0.1,
+    image_size: Annotated[int, typer.Option(min=8, help="Images are resized to SIZE x SIZE pixels.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seeds the init, the data order and the split.")] = 0,
+    device: Device = "auto",
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (ignored on the CPU).")] = True,
+):
+    """The degradation experiment of He et al. 2015: plain CIFAR nets and their residual twins, side by side.
+
+    Trains, from random init and on the same data in the same order, a plain net (no shortcuts) and a ResNet of
+    each depth with SGD (lr 0.1, momentum 0.9, weight decay 1e-4, cosine). Writes ablation.csv (train and
+    validation error per epoch and net), gradflow.csv, errors.png (training and validation error curves) and
+    gradflow.png (gradient norm per layer at init and after epoch 1).
+    """
+    from ..errors import ConfigError
+
+    try:
+        depth_list = tuple(int(d) for d in depths.split(",") if d.strip())
+    except ValueError:
+        raise ConfigError(f"--depths {depths!r}: give comma-separated integers such as 20,56") from None
+    tune(("torch",))
+    from ..console import stderr_console
+    from ..lab.ablate import AblationSpec, check_depths, default_data, run_ablation
+
+    check_depths(depth_list)
+    spec = AblationSpec(data if data is not None else default_data(), output=output, depths=depth_list,
+                        epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
+                        device=device, amp=amp)
+    result = run_ablation(spec, console=stderr_console())
+    for row in result.final():
+        typer.echo(f"{row['net']:>10}: train error {100 * row['train_error']:5.1f}%  val error "
+                   f"{100 * row['val_error']:5.1f}%  ({row['seconds']:.0f} s)", err=True)
+    typer.echo(f"{len(result.rows)} epochs of {len(result.final())} nets in {result.seconds:.0f} s", err=True)
+    typer.echo(str(result.output))
+
+

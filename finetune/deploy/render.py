@@ -1,0 +1,117 @@
+"""What `finetune predict`, `evaluate` and `export` print: tables for people, JSON and CSV for programs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+from ..console import literal
+from .evaluate import Evaluation
+from .predict import Prediction
+
+
+def print_predictions(results: list[Prediction], format: str, rejecting: bool, console=None) -> None:
+    """`format`: table, json (Prediction.to_dict per image) or csv (one row per ranked class, an unreadable file
+    one row with its error). With --reject the CSV says what each image was called (its top label, or unknown)."""
+    if format == "json":
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    elif format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", *(["prediction"] if rejecting else []), "rank", "label", "index", "prob", "error"])
+        for r in results:
+            said = [r.label or ""] if rejecting else []
+            for rank, t in enumerate(r.top, 1):
+                writer.writerow([r.path, *said, rank, t.label, t.index, t.prob, ""])
+            if r.error:
+                writer.writerow([r.path, *said, "", "", "", "", r.error])
+    else:
+        from rich.console import Console
+
+        (console or Console()).print(prediction_table(results))
+
+
+def prediction_table(results: list[Prediction]):
+    from rich.table import Table
+
+    table = Table("path", "prediction", "probability")
+    for r in results:
+        probs = "\n".join(f"{t.prob:.3f}" for t in r.top)
+        if r.error:
+            table.add_row(literal(r.path), "[red]unreadable[/]", literal(r.error))
+        elif r.rejected:  # --reject: below the threshold, the classes it was closest to stay visible
+            closest = literal("\n".join(f"({t.label})" for t in r.top))
+            table.add_row(literal(r.path), f"[yellow]unknown[/]\n{closest}", "\n" + probs)
+        else:
+            table.add_row(literal(r.path), literal("\n".join(t.label for t in r.top)), probs)
+    return table
+
+
+def int8_lines(check) -> list[str]:
+    """What an INT8 export says about itself (deploy.quantize's check): agreement, accuracy before/after, speed."""
+    skipped = f", {check.unreadable} unreadable left out" if check.unreadable else ""
+    lines = [f"int8: top-1 agreement with fp32 {check.agreement:.3f} on {check.images} images "
+             f"({check.source}{skipped})"]
+    if check.accuracy_fp32 is not None:
+        lines.append(f"int8: top-1 accuracy fp32 {check.accuracy_fp32:.3f} -> int8 {check.accuracy_int8:.3f} "
+                     f"({0.0 - check.drop:+.1f} points, {check.labelled} labelled images; measured on the calibration "
+                     "images, so optimistic)")
+    else:
+        lines.append("int8: no labels among the calibration images (no class folders), so accuracy was not checked")
+    lines.append(f"int8: speed on this CPU (onnxruntime, batch {check.batch}, median of {check.rounds} alternating "
+                 f"runs): fp32 {check.fp32_images_per_s:.1f} images/s, int8 {check.int8_images_per_s:.1f} images/s "
+                 f"({check.speedup:.2f}x)")
+    return lines
+
+
+def print_evaluation(console, evaluation: Evaluation) -> None:
+    """The rich table form of `finetune evaluate`."""
+    from rich.table import Table
+
+    r = evaluation.to_dict()
+    head = Table(title=f"evaluate {literal(r['checkpoint'])} on {literal(r['data'])}", show_header=False,
+                 title_justify="left")
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("images", f"{r['images']} scored")
+    lo, hi = r["top1_interval"]
+    head.add_row("top-1 accuracy", f"{r['top1']:.4f} (95% interval {lo:.3f}-{hi:.3f}, Wilson, {r['images']} images)")
+    if r["top5"] is not None:
+        head.add_row("top-5 accuracy", f"{r['top5']:.4f}")
+    c = r["calibration"]
+    probs = "raw softmax" if r["raw"] else f"calibrated, T = {c['temperature']:.3f}"
+    head.add_row("ECE", f"{r['ece']:.4f} ({probs}; raw {c['ece_raw']:.4f}, calibrated {c['ece_calibrated']:.4f})")
+    head.add_row("NLL", f"raw {c['nll_raw']:.4f}, calibrated {c['nll_calibrated']:.4f}")
+    head.add_row("TTA", "horizontal flip (mean of logits)" if r["tta"] else "off")
+    if r["unknown_classes"]:
+        unknown = literal(", ".join(f"{k} ({n} images)" for k, n in r["unknown_classes"].items()))
+        head.add_row("[yellow]not scored[/]", f"classes the checkpoint does not know: {unknown}")
+    if r["unreadable"]:
+        head.add_row("[yellow]unreadable[/]", f"{len(r['unreadable'])} file(s), listed in the JSON output")
+    console.print(head)
+
+    per = Table("class", "precision", "recall", "recall 95%", "F1", "support", title="per class",
+                title_justify="left")
+    def scores(s: dict) -> list[str]:
+        interval = f"{s['recall_interval'][0]:.3f}-{s['recall_interval'][1]:.3f}" if "recall_interval" in s else ""
+        return [f"{s['precision']:.4f}", f"{s['recall']:.4f}", interval, f"{s['f1']:.4f}", str(s["support"])]
+
+    for row in r["per_class"]:
+        per.add_row(literal(row["class"]), *scores(row))
+    per.add_section()
+    for name in ("macro", "weighted"):
+        per.add_row(f"[bold]{name} avg[/]", *scores(r[name]))
+    console.print(per)
+
+    names = r["classes"]
+    if len(names) <= 12:
+        cm = Table("true \\ predicted", *map(literal, names), title="confusion matrix", title_justify="left")
+        for name, counts in zip(names, r["confusion_matrix"]):
+            i = names.index(name)
+            cm.add_row(literal(name), *(f"[bold]{n}[/]" if j == i else str(n) for j, n in enumerate(counts)))
+        console.print(cm)
+    files = Table(show_header=False, title=f"written to {literal(r['output'])}", title_justify="left")
+    for key, value in r["files"].items():
+        files.add_row(key, literal(Path(value).name) if value else "[dim]none (no mistakes)[/]")
+    console.print(files)
