@@ -21,6 +21,54 @@ from .preprocessing import Preprocessing
 FORMAT = "finetune/1"
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """`predict --reject auto`: below this calibrated top-1 probability an image is `unknown`, chosen on val at the
+    end of training to reject `false_rejection` of the images the model gets right; with the rates it measured."""
+    threshold: float
+    false_rejection: float = 0.05
+    score: str = "calibrated top-1 probability"
+    correct_images: int = 0
+    rejected_correct: float = 0.0
+    rejected_wrong: float | None = None  # None when every val image was right
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Rejection:
+        threshold = d.get("threshold") if isinstance(d, dict) else None
+        if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
+            raise ValueError(f"the rejection threshold {threshold!r} is not a probability")
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted on val at the end of training (Guo et al. 2017), what it did to the NLL and ECE,
+    and the rejection threshold. Older checkpoints hold only some of these; what is missing takes its default."""
+    temperature: float = 1.0
+    fitted: bool = True  # False: kept at 1, for the reason in kept_because
+    kept_because: str | None = None
+    images: int = 0  # val images it was fitted on
+    reject: Rejection | None = None
+    nll_before: float | None = None
+    nll_after: float | None = None
+    ece_before: float | None = None
+    ece_after: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        if not isinstance(d, dict):
+            raise ValueError("calibration must be a dict")
+        t = d.get("temperature", 1.0)
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+            raise ValueError(f"the calibration temperature {t!r} is not a positive number")
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        fields["reject"] = Rejection.from_dict(d["reject"]) if d.get("reject") is not None else None
+        return cls(**fields)
+
+    def to_dict(self) -> dict:
+        return {**vars(self), "reject": vars(self.reject) if self.reject else None}
+
+
 @dataclass
 class Checkpoint:
     model: ModelSpec  # the architecture; its weights are `state`, so model.weights is None
@@ -30,22 +78,26 @@ class Checkpoint:
     strategy: str  # what was trained: feature-extract | last-stage | full
     state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     metrics: dict = field(default_factory=dict)  # the epoch row these weights scored
-    calibration: dict | None = None  # temperature scaling, fitted on val at the end of training
+    calibration: Calibration | None = None  # temperature scaling, fitted on val at the end of training
     recipe: dict = field(default_factory=dict, repr=False)  # the fully resolved recipe
     environment: dict = field(default_factory=dict, repr=False)  # seed and library versions
     resume: dict | None = field(default=None, repr=False)  # last.pt: optimizer, scheduler, RNG, progress
 
+    def __post_init__(self):
+        if isinstance(self.calibration, dict):  # as stored on disk
+            self.calibration = Calibration.from_dict(self.calibration)
+
     @property
     def temperature(self) -> float:
         """Divides the logits before the softmax; 1 when the checkpoint was never calibrated."""
-        return float((self.calibration or {}).get("temperature", 1.0))
+        return float(self.calibration.temperature) if self.calibration else 1.0
 
     @property
     def reject_threshold(self) -> float | None:
         """`predict --reject auto`: the calibrated top-1 probability below which an image is `unknown`, chosen on
         val at the end of training (calibration.rejection_threshold); None for checkpoints from before it."""
-        reject = (self.calibration or {}).get("reject")
-        return float(reject["threshold"]) if reject else None
+        reject = self.calibration.reject if self.calibration else None
+        return float(reject.threshold) if reject else None
 
     def with_state(self, state: dict[str, torch.Tensor], **changes) -> Checkpoint:
         """This checkpoint holding `state` (copied to the CPU), with other fields replaced as given."""
@@ -55,7 +107,7 @@ class Checkpoint:
         return {"model": self.model.model_dump(mode="json", exclude={"weights"}), "class_names": list(self.class_names),
                 "preprocessing": self.preprocessing.to_dict(), "head_name": self.head_name, "strategy": self.strategy,
                 "recipe": self.recipe, "environment": self.environment, "metrics": self.metrics,
-                **({"calibration": self.calibration} if self.calibration is not None else {})}
+                **({"calibration": self.calibration.to_dict()} if self.calibration is not None else {})}
 
     def save(self, path: Path) -> None:
         payload = {"format": FORMAT, "meta": self.meta(), "model": {k: v.detach().cpu() for k, v in self.state.items()}}
@@ -89,25 +141,9 @@ class Checkpoint:
         bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
         if bad is not None:
             raise ValueError(f"the weight {bad} holds NaN or inf (a damaged file, or a run that diverged)")
-        _check_calibration(meta.get("calibration"))
         return cls(model=ModelSpec.model_validate({**meta["model"], "weights": None}), class_names=names,
                    preprocessing=Preprocessing.from_dict(meta["preprocessing"]), head_name=str(meta["head_name"]),
                    strategy=str(meta["strategy"]), state=state, metrics=dict(meta.get("metrics") or {}),
-                   calibration=meta.get("calibration"), recipe=meta.get("recipe") or {},
+                   calibration=Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None,
+                   recipe=meta.get("recipe") or {},
                    environment=meta.get("environment") or {}, resume=payload.get("resume"))
-
-
-def _check_calibration(calibration) -> None:
-    """A stored temperature and rejection threshold are numbers predict can use (a damaged file is refused here)."""
-    if calibration is None:
-        return
-    if not isinstance(calibration, dict):
-        raise ValueError("calibration must be a dict")
-    t = calibration.get("temperature", 1.0)
-    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
-        raise ValueError(f"the calibration temperature {t!r} is not a positive number")
-    reject = calibration.get("reject")
-    if reject is not None:
-        threshold = reject.get("threshold") if isinstance(reject, dict) else None
-        if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
-            raise ValueError(f"the rejection threshold {threshold!r} is not a probability")

@@ -111,3 +111,16 @@ def test_a_hand_edited_checkpoint_is_not_valid(tmp_path, edit, detail):
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match=f"is not a valid finetune checkpoint: .*{detail}"):
         Checkpoint.load(path)
+
+
+def test_an_older_calibration_with_only_a_temperature_loads_with_defaults(tmp_path):
+    from finetune.checkpoint import Calibration
+
+    path = tmp_path / "old.pt"
+    checkpoint_of({"w": torch.zeros(2)}).save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["meta"]["calibration"] = {"temperature": 1.7}  # as written before the rest was stored
+    torch.save(payload, path)
+    loaded = Checkpoint.load(path)
+    assert loaded.calibration == Calibration(temperature=1.7)
+    assert loaded.temperature == 1.7 and loaded.reject_threshold is None

@@ -108,13 +108,13 @@ def _training(run_dir: Path) -> str:
 
 def _calibration(run_dir: Path) -> str:
     best = _best(run_dir)
-    c = (best.calibration if best else None) or {}
-    if not c:
+    c = best.calibration if best else None
+    if c is None:
         return _section("calibration", "Calibration", "<p>best.pt holds no calibration.</p>")
-    kept = "" if c.get("fitted") else f" (kept at 1: {c.get('kept_because') or 'no temperature lowers the NLL'})"
-    items = [("temperature", f"{c.get('temperature', 1):.3f}{kept}"),
-             ("ECE on val", f"{c.get('ece_before', 0):.4f} raw, {c.get('ece_after', 0):.4f} calibrated"),
-             ("NLL on val", f"{c.get('nll_before', 0):.4f} raw, {c.get('nll_after', 0):.4f} calibrated")]
+    kept = "" if c.fitted else f" (kept at 1: {c.kept_because or 'no temperature lowers the NLL'})"
+    items = [("temperature", f"{c.temperature:.3f}{kept}"),
+             ("ECE on val", f"{c.ece_before or 0:.4f} raw, {c.ece_after or 0:.4f} calibrated"),
+             ("NLL on val", f"{c.nll_before or 0:.4f} raw, {c.nll_after or 0:.4f} calibrated")]
     note = ("<p>Measured on the images the temperature was fitted on, so optimistic: <code>finetune evaluate</code> "
             "on held-out images gives the honest figure.</p>")
     return _section("calibration", "Calibration", _image(run_dir / "reliability.png", "reliability diagram", "square")

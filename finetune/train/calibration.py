@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 
+from ..checkpoint import Calibration, Rejection
 from ..console import track
 from ..metrics import expected_calibration_error, nll, softmax
 from ..runtime.device import Compute
@@ -57,7 +58,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, str 
 
 
 def rejection_threshold(logits: np.ndarray, labels: np.ndarray, temperature: float,
-                        false_rejection: float = FALSE_REJECTION) -> dict | None:
+                        false_rejection: float = FALSE_REJECTION) -> Rejection | None:
     """The calibrated top-1 probability below which `predict --reject auto` says `unknown`: the largest threshold
     that rejects at most `false_rejection` of the val images the model gets right (a photo of something else
     usually gets a lower confidence than those). With its measured rates on val; None without a correct val image.
@@ -69,21 +70,20 @@ def rejection_threshold(logits: np.ndarray, labels: np.ndarray, temperature: flo
         return None
     ranked = np.sort(confidence[correct])
     threshold = float(ranked[int(np.floor(false_rejection * len(ranked)))])
-    return {"threshold": threshold, "false_rejection": false_rejection, "score": "calibrated top-1 probability",
-            "correct_images": int(correct.sum()),
-            "rejected_correct": float(np.mean(confidence[correct] < threshold)),
-            "rejected_wrong": float(np.mean(confidence[~correct] < threshold)) if (~correct).any() else None}
+    return Rejection(threshold=threshold, false_rejection=false_rejection, correct_images=int(correct.sum()),
+                     rejected_correct=float(np.mean(confidence[correct] < threshold)),
+                     rejected_wrong=float(np.mean(confidence[~correct] < threshold)) if (~correct).any() else None)
 
 
-def calibration_summary(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """Fit T, measure NLL and ECE before and after, and choose the rejection threshold: the dict stored as
-    meta["calibration"]."""
+def calibration_summary(logits: np.ndarray, labels: np.ndarray) -> Calibration:
+    """Fit T, measure NLL and ECE before and after, and choose the rejection threshold (stored in both
+    checkpoints)."""
     t, kept = fit_temperature(logits, labels)
-    return {"temperature": t, "fitted": kept is None, "kept_because": kept, "images": int(len(labels)),
-            "reject": rejection_threshold(logits, labels, t),
-            "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t),
-            "ece_before": expected_calibration_error(softmax(logits), labels),
-            "ece_after": expected_calibration_error(softmax(logits, t), labels)}
+    return Calibration(temperature=t, fitted=kept is None, kept_because=kept, images=int(len(labels)),
+                       reject=rejection_threshold(logits, labels, t),
+                       nll_before=nll(logits, labels), nll_after=nll(logits, labels, t),
+                       ece_before=expected_calibration_error(softmax(logits), labels),
+                       ece_after=expected_calibration_error(softmax(logits, t), labels))
 
 
 def collect_logits(net, batches, compute: Compute, label: str, console=None) -> tuple[np.ndarray, np.ndarray]:

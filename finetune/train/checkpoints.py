@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import Calibration, Checkpoint
 from ..errors import CheckpointError
 
 
@@ -39,12 +39,12 @@ class CheckpointWriter:
             self.best.save(self.best_path)
 
     def write_last(self, state: dict[str, torch.Tensor], metrics: dict, resume: dict,
-                   calibration: dict | None = None) -> None:
+                   calibration: Calibration | None = None) -> None:
         if self.main:
             replace(self.template, state=state, metrics=metrics, calibration=calibration,
                     resume=resume).save(self.last_path)
 
-    def write_best_calibration(self, best: Checkpoint, calibration: dict) -> None:
+    def write_best_calibration(self, best: Checkpoint, calibration: Calibration) -> None:
         """best.pt once more, with the temperature fitted on its weights."""
         self.best = replace(best, calibration=calibration)
         if self.main:

@@ -99,19 +99,16 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
     if stopped:
         table.add_row("stopped early", f"after epoch {last['epoch']}: {stopped}")
     c = calibration
-    if c["fitted"]:
-        table.add_row("calibration",
-                      f"temperature {c['temperature']:.3f} (best.pt, fitted on {c['images']} val images)")
+    if c.fitted:
+        table.add_row("calibration", f"temperature {c.temperature:.3f} (best.pt, fitted on {c.images} val images)")
     else:
-        why = c.get("kept_because") or "no temperature lowers the NLL"
-        table.add_row("calibration", f"temperature kept at 1: {why}")
-    table.add_row("ECE on val", f"{c['ece_before']:.4f} raw -> {c['ece_after']:.4f} calibrated "
-                                f"(NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}; same images T was fitted on)")
+        table.add_row("calibration", f"temperature kept at 1: {c.kept_because or 'no temperature lowers the NLL'}")
+    table.add_row("ECE on val", f"{c.ece_before:.4f} raw -> {c.ece_after:.4f} calibrated "
+                                f"(NLL {c.nll_before:.4f} -> {c.nll_after:.4f}; same images T was fitted on)")
     plots = "head_sweep.csv, head_sweep.png" if "head_l2" in last else "curves.png"
-    if c.get("reject"):
-        r = c["reject"]
-        table.add_row("predict --reject auto", f"unknown below a calibrated confidence of {r['threshold']:.3f}: "
-                      f"rejects {r['rejected_correct']:.1%} of the {r['correct_images']} correctly classified val "
-                      f"images (target {r['false_rejection']:.0%})")
+    if r := c.reject:
+        table.add_row("predict --reject auto", f"unknown below a calibrated confidence of {r.threshold:.3f}: "
+                      f"rejects {r.rejected_correct:.1%} of the {r.correct_images} correctly classified val "
+                      f"images (target {r.false_rejection:.0%})")
     table.add_row("files", f"best.pt, last.pt, metrics.csv, {plots}, recipe.yaml")
     console.print(table)

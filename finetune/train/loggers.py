@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import Calibration
 from ..config import RunSpec
 from ..errors import ConfigError, first_line
 from ..files import refuse_inside, write_text
@@ -117,7 +118,7 @@ class Loggers:
             for key, value in scores.items():
                 self.mlflow.log_metric(self.run_id, key, float(value), step=row["epoch"])
 
-    def end(self, calibration: dict, confusion: np.ndarray | None, class_names: list[str]) -> None:
+    def end(self, calibration: Calibration, confusion: np.ndarray | None, class_names: list[str]) -> None:
         """The run's last word: the calibration, the curves and the confusion matrix of best.pt on val."""
         if self.tb is not None:
             from PIL import Image
@@ -130,12 +131,12 @@ class Loggers:
 
                 self.tb.add_figure("confusion_matrix (best.pt, val)", _confusion_figure(confusion, class_names,
                                                                                         figure))
-            self.tb.add_scalar("calibration/temperature", calibration.get("temperature", 1.0))
+            self.tb.add_scalar("calibration/temperature", calibration.temperature)
             self.tb.close()
         if self.mlflow is not None:
             for key in ("temperature", "ece_before", "ece_after", "nll_before", "nll_after"):
-                if key in calibration:
-                    self.mlflow.log_metric(self.run_id, f"calibration_{key}", float(calibration[key]))
+                if getattr(calibration, key) is not None:
+                    self.mlflow.log_metric(self.run_id, f"calibration_{key}", float(getattr(calibration, key)))
             for name in ("best.pt", "curves.png", "metrics.csv"):
                 if (self.run_dir / name).is_file():
                     self.mlflow.log_artifact(self.run_id, str(self.run_dir / name))

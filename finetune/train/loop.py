@@ -176,7 +176,7 @@ class Epochs:
         run, setup, cfg = self.state, self.setup, self.setup.train
         calibration, val = calibrate_run(run, setup.step.scored_net, self.val_batches, setup.compute, self.console)
         if val is not None and self.main:
-            plot_reliability(run.run_dir / "reliability.png", *val, calibration["temperature"])
+            plot_reliability(run.run_dir / "reliability.png", *val, calibration.temperature)
         if self.loggers is not None:
             k = len(setup.splits.class_names)
             self.loggers.end(calibration, confusion_matrix(val[1], val[0].argmax(1), k) if val else None,

@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import torch
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import Calibration, Checkpoint
 from ..errors import CheckpointError, ConfigError, FinetuneError, RunInterrupted, TrainingDiverged
 from ..metrics import epoch_rank
 from ..runtime.distributed import Dist
@@ -29,7 +29,7 @@ class RunState:
     def __init__(self, writer: CheckpointWriter, step: TrainStep, stop: StopGuard, save_every: int | None = None):
         self.writer, self.step, self.stop, self.save_every = writer, step, stop, save_every
         self.progress, self.tally = Progress(), Tally()
-        self.last_calibration: dict | None = None  # last.pt's, once calibrated
+        self.last_calibration: Calibration | None = None  # last.pt's, once calibrated
         self.saved: Progress | None = None  # what last.pt holds
         self._epoch_start = time.perf_counter()
 
@@ -110,7 +110,7 @@ class RunState:
         self.save()
         self._stop_if_asked(save=False)
 
-    def save(self, calibration: dict | None = None) -> None:
+    def save(self, calibration: Calibration | None = None) -> None:
         """last.pt (every rank calls this at the same step: the epoch's totals so far are summed over the ranks)."""
         p = self.progress
         if p.step:

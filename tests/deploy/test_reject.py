@@ -4,6 +4,7 @@ format and with either engine; the threshold chosen at the end of training trave
 import csv
 import io
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -44,9 +45,9 @@ def rejected_share(checkpoint, folder, **kw) -> float:
 
 
 def test_held_out_classes_are_unknown_and_known_ones_rejected_at_about_the_stated_rate(world):
-    reject = Checkpoint.load(world["best"]).calibration["reject"]
-    assert reject["false_rejection"] == FALSE_REJECTION and 0 < reject["threshold"] <= 1
-    assert reject["rejected_correct"] <= FALSE_REJECTION  # on val, by construction
+    reject = Checkpoint.load(world["best"]).calibration.reject
+    assert reject.false_rejection == FALSE_REJECTION and 0 < reject.threshold <= 1
+    assert reject.rejected_correct <= FALSE_REJECTION  # on val, by construction
     assert rejected_share(world["best"], world["unknown"]) >= 0.7
     assert rejected_share(world["best"], world["known"]) <= 0.25  # fresh known images: about 5%, loosely on 30
     # a number instead of auto: 0 rejects nothing, 1 everything
@@ -80,7 +81,7 @@ def test_the_threshold_travels_in_the_onnx_export_and_works_with_onnxruntime(wor
 def test_old_checkpoints_load_and_say_what_to_do_for_auto(world, tmp_path):
     ckpt = Checkpoint.load(world["best"])
     old = tmp_path / "old.pt"
-    ckpt.calibration = {k: v for k, v in ckpt.calibration.items() if k != "reject"}  # as before thresholds
+    ckpt.calibration = replace(ckpt.calibration, reject=None)  # as before thresholds
     ckpt.save(old)
     assert Checkpoint.load(old).reject_threshold is None
     with pytest.raises(CheckpointError, match="stores no rejection threshold"):

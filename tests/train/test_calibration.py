@@ -30,7 +30,7 @@ def test_temperature_undoes_a_known_miscalibration(scale):
     assert kept is None and t == pytest.approx(scale, rel=0.1)
     assert nll(logits, labels, t) < nll(logits, labels) - 0.02
     s = calibration_summary(logits, labels)
-    assert s["nll_after"] < s["nll_before"] and s["ece_after"] < s["ece_before"] / 2
+    assert s.nll_after < s.nll_before and s.ece_after < s.ece_before / 2
     assert (softmax(logits, t).argmax(1) == logits.argmax(1)).all()  # accuracy unchanged
 
 
@@ -49,8 +49,8 @@ def test_fit_stores_temperature_and_curves_and_predict_applies_it(tiny_tree, ima
     assert (run_dir / "curves.png").stat().st_size > 10_000
     for name in ("best.pt", "last.pt"):
         calib = Checkpoint.load(run_dir / name).calibration
-        assert {"temperature", "fitted", "ece_before", "ece_after", "nll_before", "nll_after"} <= set(calib)
-        assert calib["nll_after"] <= calib["nll_before"] + 1e-9
+        assert calib.fitted in (True, False) and calib.temperature > 0 and calib.images == 8
+        assert calib.nll_after <= calib.nll_before + 1e-9 and calib.ece_after is not None
     assert Checkpoint.load(run_dir / "last.pt").resume is not None  # rewriting it with T kept the resume state
 
     best = Checkpoint.load(run_dir / "best.pt")

@@ -1,3 +1,4 @@
+from finetune.checkpoint import Calibration
 from finetune.train import curves as report
 from finetune.train.curves import CurvesPlot
 
@@ -28,7 +29,7 @@ def test_summary_names_the_epoch_best_pt_holds(tmp_path):
 
     rows = [dict(ROWS[0], epoch=1, val_acc=0.96, val_loss=0.26, seconds=1.0),
             dict(ROWS[0], epoch=2, val_acc=0.96, val_loss=0.13, seconds=1.0)]
-    calibration = {"fitted": False, "ece_before": 0.1, "ece_after": 0.1, "nll_before": 0.2, "nll_after": 0.2}
+    calibration = Calibration(fitted=False, ece_before=0.1, ece_after=0.1, nll_before=0.2, nll_after=0.2)
     console = Console(record=True, width=120)
     report.print_run_summary(console, rows, calibration, tmp_path)
     assert "epoch 2: val acc 0.9600" in console.export_text()
