@@ -55,7 +55,7 @@ class ModelAdapter(ABC):
         """Replace the head with `head` for num_classes; returns the feature width it takes. The old head's
         parameters leave the model."""
         name = self.head_name(model)
-        width = model.get_submodule(name).in_features
+        width = head_width(model.get_submodule(name))
         model.set_submodule(name, build_head(head, width, num_classes))
         return width
 
@@ -85,6 +85,11 @@ def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Module:
         nn.Dropout(spec.hidden_dropout),
         nn.Linear(spec.hidden, num_classes),
     )
+
+
+def head_width(head: nn.Module) -> int:
+    """The feature width a head takes: its first Linear's inputs (a head of ours may be Dropout, Linear, ...)."""
+    return next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
 
 
 def module_name(model: nn.Module, module: nn.Module) -> str | None:

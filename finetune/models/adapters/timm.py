@@ -11,7 +11,7 @@ from ...errors import CheckpointError, ConfigError
 from ...preprocessing import Preprocessing
 from ..packaged import packaged_weights
 from ..weights import is_weights_name, load_weights, read_state_dict
-from .base import HeadInput, ModelAdapter, build_head, module_name, outermost_prefixes
+from .base import HeadInput, ModelAdapter, build_head, head_width, module_name, outermost_prefixes
 
 
 class TimmAdapter(ModelAdapter):
@@ -55,7 +55,7 @@ class TimmAdapter(ModelAdapter):
         """timm's reset_classifier: the model makes its own head (and pooling) for num_classes; a head with
         dropout or a hidden layer is ours, put where timm's was."""
         name = self.head_name(model)
-        width = model.get_classifier().in_features
+        width = head_width(model.get_classifier())
         if head.type == "linear" and not head.dropout:
             model.reset_classifier(num_classes)
         else:
