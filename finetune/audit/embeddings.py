@@ -70,7 +70,8 @@ def load_embeddings(recipe: Recipe, console) -> Embeddings:
     model.to(compute.device, memory_format=torch.channels_last)
     pre = info.preprocessing
     images = {name: ImageDataset(getattr(splits, name), eval_transform(pre), pre.resize, pre.size) for name in SPLITS}
-    split = frozen_split(model, plan, FeaturePlan(cached=True, train_views=1), images["val"], compute, console)
+    split = frozen_split(model, plan, FeaturePlan(cached=True, train_views=1), images["val"], compute, console,
+                         info.head_input)
     if split is None:
         raise ConfigError(f"{recipe.model.name}: the audit needs the model's pooled features, and the model could "
                           "not be cut before its head (see the line above)")

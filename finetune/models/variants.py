@@ -193,9 +193,3 @@ def variant(name: str, num_classes: int = 1000, cifar_stem: bool = False) -> nn.
     net, block, layers = VARIANTS[name]
     return net(block, layers, num_classes=num_classes, cifar_stem=cifar_stem)
 
-
-def last_stage(name: str) -> list[str]:
-    """Parameter-name prefixes of the last stage: the last layerN and the final BN-ReLU that belongs to it."""
-    if name in WIDE_CIFAR:
-        return ["layer3", "final_bn"]
-    return ["layer4", "final_bn"] if name.startswith("preact_") else ["layer4"]

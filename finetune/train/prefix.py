@@ -11,14 +11,18 @@ everything before the last stage. Training needs the prefix's output, never its 
 - `Split.tail(features)`: the model itself, its forward run with the prefix modules stood in for by
   identities, so it trains on prefix outputs as it would on images and its state_dict is untouched.
 
-The prefix is found by watching one forward pass: the modules that finish before the boundary starts.
-A forward that does more than call modules in order (a ViT adding position embeddings, say) would not
-survive the cut, so every split is checked against the full model on real images and not used when
-the two disagree.
+When only the head trains, its input comes from the model's own feature seam where its adapter has one
+(`ModelInfo.head_input`: timm's forward_features + forward_head(pre_logits=True), our ResNets'
+forward_features). Otherwise, and where that seam does not reproduce the model, the generic cut: the
+prefix is found by watching one forward pass (the modules that finish before the boundary starts) and the
+frozen copy stops at the boundary. A forward that does more than call modules in order (a ViT adding
+position embeddings, say) would not survive that cut, so every split is checked against the full model on
+real images and not used when the two disagree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +67,7 @@ class Split:
     fast: nn.Module  # frozen copy, BatchNorm folded, stops at the boundary
     tail: nn.Module  # the model with the prefix skipped (or the head alone, when only the head trains)
     only_boundary: bool = False  # only the boundary module trains: its input is all it needs
+    head_input: Callable | None = None  # (fast, images) -> the head's input by the model's feature seam
 
     def tail_of(self, model: nn.Module) -> nn.Module:
         """The same cut of another copy of the model (its moving average, say): what runs on prefix outputs."""
@@ -70,6 +75,8 @@ class Split:
 
     def prefix(self, images: torch.Tensor) -> torch.Tensor:
         """The boundary's input for these images (the caller picks no_grad or inference_mode, and autocast)."""
+        if self.head_input is not None:
+            return self.head_input(self.fast, images)
         try:
             self.fast(images)
         except _Stop as stop:
@@ -77,11 +84,12 @@ class Split:
         raise RuntimeError(f"the model's forward never reached {self.boundary}")
 
 
-def split_frozen(model: nn.Module, roots: list[str], images: torch.Tensor,
-                 frozen_bn: str = "eval") -> tuple[Split | None, str]:
+def split_frozen(model: nn.Module, roots: list[str], images: torch.Tensor, frozen_bn: str = "eval",
+                 head_input: Callable | None = None) -> tuple[Split | None, str]:
     """(the split at whichever of `roots` (trained modules) runs first, "") or (None, why not).
 
-    `images` (a few real, preprocessed ones on the model's device) drive the probe and the check.
+    `images` (a few real, preprocessed ones on the model's device) drive the probe and the check. `head_input`
+    (the adapter's feature seam) makes the prefix when the head, roots[0], is the boundary and all that trains.
     """
     was_training = model.training
     model.eval()
@@ -104,17 +112,23 @@ def split_frozen(model: nn.Module, roots: list[str], images: torch.Tensor,
             if random_parts:
                 return None, f"{', '.join(random_parts[:3])} before {boundary} is random in training"
             fast = folded_copy(model, images[:2])
-            fast.get_submodule(boundary).register_forward_pre_hook(_raise_stop)
             tail = model.get_submodule(boundary) if only_boundary else _SkipPrefix(model, skipped)
-            split = Split(boundary, skipped, fast, tail, only_boundary)
             expected = model(images).float()
-            try:
-                got = split.tail(split.prefix(images)).float()
-            except Exception:  # the forward does more than call its modules in order
-                got = None
+            split = None
+            if head_input is not None and only_boundary and boundary == roots[0]:
+                split = Split(boundary, skipped, fast, tail, only_boundary, head_input)
+                split = split if same_output(split.tail(split.prefix(images)).float(), expected) else None
+            if split is None:  # the generic cut: the frozen copy stops where the boundary starts
+                fast.get_submodule(boundary).register_forward_pre_hook(_raise_stop)
+                split = Split(boundary, skipped, fast, tail, only_boundary)
+                try:
+                    got = split.tail(split.prefix(images)).float()
+                except Exception:  # the forward does more than call its modules in order
+                    got = None
+                split = split if got is not None and same_output(got, expected) else None
     finally:
         model.train(was_training)
-    if got is None or not same_output(got, expected):
+    if split is None:
         return None, f"running the model from {boundary} on does not reproduce its forward"
     return split, ""
 

@@ -83,7 +83,7 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
                              balance.sampler, pin_memory=compute.device.type == "cuda")
     # the frozen prefix runs once per image where it can (its outputs stored); each step trains the rest alone
     features = plan_features(recipe)
-    split = frozen_split(model, plan, features, loaders.val_images, compute, console)
+    split = frozen_split(model, plan, features, loaders.val_images, compute, console, info.head_input)
     frozen = None if split is None else FrozenFeatures(
         FeatureStore(store_root(recipe.features.dir, recipe.data.root)),
         FeatureKey.of(recipe.model, info.preprocessing), compute, console, seed=cfg.seed,

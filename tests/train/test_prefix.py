@@ -78,3 +78,21 @@ def test_model_level_dropout_before_the_head_is_not_skipped():
     plan_freeze(model, info, StrategySpec()).apply(model)
     split, why = split_frozen(model, [info.head_name], torch.randn(2, 3, 32, 32))
     assert split is None and "(model) before classifier is random in training" in why
+
+
+def test_feature_extract_takes_the_heads_input_from_the_adapters_seam_with_the_generic_cuts_numbers():
+    for source, name in (("scratch", "resnet18"), ("timm", "test_efficientnet")):
+        torch.manual_seed(0)
+        model, info = create_model(ModelSpec(source=source, name=name, weights=None), 3)
+        plan = plan_freeze(model, info, StrategySpec(name="feature-extract"))
+        plan.apply(model)
+        images = torch.randn(4, 3, 32, 32)
+        seam, why = split_frozen(model, list(plan.roots), images, head_input=info.head_input)
+        generic, _ = split_frozen(model, list(plan.roots), images)
+        assert why == "" and seam.head_input is info.head_input and generic.head_input is None
+        with torch.no_grad():
+            assert torch.equal(seam.prefix(images), generic.prefix(images))  # the same stored features as before
+        # a seam that does not give the head's input is not used: the generic cut stands in
+        zeros = torch.zeros(len(images), info.feature_dim)
+        wrong, why = split_frozen(model, list(plan.roots), images, head_input=lambda m, x, zeros=zeros: zeros)
+        assert why == "" and wrong.head_input is None

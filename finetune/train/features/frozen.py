@@ -20,6 +20,7 @@ from ...config import FeaturePlan
 from ...console import literal, progress
 from ...data.images import ImageDataset
 from ...data.loading import Loaders, one_pass_loader, prefetched
+from ...models.adapters import HeadInput
 from ...runtime.device import Compute
 from ...runtime.threads import tuned_threads
 from ..freeze import FreezePlan
@@ -32,13 +33,14 @@ PROBE_IMAGES = 4  # real val images that drive the cut and check it reproduces t
 
 
 def frozen_split(model: nn.Module, plan: FreezePlan, features: FeaturePlan, val_images: ImageDataset,
-                 compute: Compute, console) -> Split | None:
+                 compute: Compute, console, head_input: HeadInput | None = None) -> Split | None:
     """The model cut at its frozen prefix, when the feature plan stores one and the cut reproduces the model's
-    forward on real images; else None (the whole model runs every step), saying why."""
+    forward on real images; else None (the whole model runs every step), saying why. `head_input`: the model
+    adapter's feature seam (ModelInfo.head_input), the prefix when only the head trains."""
     if not features.cached:
         return None
     probe = torch.stack([val_images[i][0] for i in range(min(PROBE_IMAGES, len(val_images)))])
-    split, why = split_frozen(model, list(plan.roots), compute.to_device(probe), plan.frozen_bn)
+    split, why = split_frozen(model, list(plan.roots), compute.to_device(probe), plan.frozen_bn, head_input)
     if split is None:
         console.print(f"features: the whole model runs every step: {literal(why)}", style="dim")
     return split
