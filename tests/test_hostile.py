@@ -317,23 +317,6 @@ def test_a_damaged_file_check_row_or_database_is_checked_again(image_folder, mon
     assert filecheck.check_files(paths) == first and calls == []  # rebuilt: cached again, nothing re-read
 
 
-def test_file_checks_stream_large_files(tmp_path):
-    import tracemalloc
-
-    from finetune.data.filecheck import check_file
-
-    huge = tmp_path / "huge.jpg"
-    with open(huge, "wb") as f:
-        for _ in range(64):
-            f.write(os.urandom(1 << 20))
-    tracemalloc.start()
-    result = check_file(huge)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert result.problem == "not-image" and result.digest
-    assert peak < 16 << 20  # 64 MiB hashed in chunks, never held whole
-
-
 # ---------------------------------------------------------------- runs: one per folder, never mixed, never lost
 
 

@@ -16,7 +16,6 @@ from conftest import COLORS, make_folder, make_image, stable_seed
 from PIL import Image
 
 from finetune.data.doctor import inspect_dataset
-from finetune.data.filecheck import check_files
 from finetune.errors import DataError
 
 
@@ -156,25 +155,6 @@ def test_train_and_predict_survive_the_corpus_and_never_touch_it(corpus, tiny_tr
     assert all(r.error and not r.top for r in results[: len(bad)]), [r for r in results[: len(bad)] if not r.error]
     assert all(r.top and not r.error for r in results[len(bad):])
     assert tree_hashes(root) == before  # not a byte changed, not a file added, by inspect, train or predict
-
-
-def test_second_scan_reads_nothing_and_changed_files_are_rechecked(image_folder, monkeypatch, tmp_path):
-    from rich.console import Console
-
-    import finetune.data.filecheck as filecheck
-
-    paths = sorted(image_folder.rglob("*.png"))
-    log = io.StringIO()
-    first = check_files(paths, Console(file=log))
-    assert log.getvalue() == ""  # no progress bar, not even its blank line, where stderr is not a terminal
-    cache_files = list(filecheck.cache_dir("files").iterdir())
-    assert cache_files and not any(image_folder in p.parents for p in cache_files)
-    calls = []
-    real = filecheck.check_file
-    monkeypatch.setattr(filecheck, "check_file", lambda p: calls.append(p) or real(p))
-    assert check_files(paths) == first and calls == []
-    paths[0].write_bytes(paths[0].read_bytes()[:40])  # the file changes: size and mtime
-    assert check_files(paths)[paths[0]].problem == "truncated" and calls == [paths[0]]
 
 
 def test_dataset_level_findings(tmp_path):

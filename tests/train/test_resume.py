@@ -15,7 +15,6 @@ from conftest import PAUSED_CLI, make_folder, write_yaml
 
 from finetune.config import build_recipe
 from finetune.console import quiet_console
-from finetune.data.sampling import EpochSampler
 from finetune.errors import ConfigError, ResourceError, RunInterrupted
 from finetune.train.checkpoints import CheckpointWriter
 from finetune.train.loop import fit
@@ -233,23 +232,6 @@ def test_out_of_memory_says_what_to_lower_and_keeps_last_epoch(tmp_path, image_f
         fit(recipe)
     p = progress(tmp_path / "runs" / "t")
     assert (p["epoch"], p["step"], len(p["rows"])) == (2, 0, 1)
-
-
-def test_epoch_sampler_order_is_a_function_of_seed_and_epoch():
-    def order(seed, epoch, skip=0):
-        s = EpochSampler(10, seed)
-        s.set_epoch(epoch, skip)
-        return list(s)
-
-    assert order(0, 1) == order(0, 1)
-    assert sorted(i for i, _ in order(0, 1)) == list(range(10))
-    assert order(0, 1) != order(0, 2) and order(0, 1) != order(1, 1)
-    assert order(0, 2, skip=4) == order(0, 2)[4:]
-
-    balanced = EpochSampler(10, 0, weights=[1.0] * 9 + [0.0])  # a weighted draw: same guarantees
-    balanced.set_epoch(3)
-    drawn = list(balanced)
-    assert len(drawn) == 10 and 9 not in {i for i, _ in drawn} and drawn == list(balanced)
 
 
 def test_best_is_the_highest_val_acc_and_ties_go_to_the_lower_val_loss(tmp_path):
