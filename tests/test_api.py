@@ -4,6 +4,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 
 def test_public_api_is_functions_even_after_their_modules_are_imported():
     import finetune.deploy.evaluate  # noqa: F401  (what the CLI and tests import)
@@ -41,6 +43,7 @@ print("TRAINING MODULES", sorted(m for m in sys.modules if m.startswith("finetun
 """
 
 
+@pytest.mark.slow
 def test_fit_and_predict_leave_the_interpreter_as_they_found_it(tiny_tree, image_folder, tmp_path):
     from conftest import write_yaml
 

@@ -61,6 +61,7 @@ def test_an_interrupted_write_leaves_the_old_checkpoint_loadable(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["torch.save", "pickle"])
 def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(tmp_path, style):
     marker = tmp_path / "pwned"

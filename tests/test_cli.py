@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import write_yaml
 
 
@@ -20,6 +21,7 @@ def commands() -> list[str]:
     return [c.name or c.callback.__name__ for c in app.registered_commands]
 
 
+@pytest.mark.slow
 def test_help_for_every_command():
     out = finetune("--help")
     assert out.returncode == 0
@@ -42,6 +44,7 @@ def test_every_option_and_argument_says_what_it_is_for():
             assert getattr(param, "help", None), f"{name} {param.name}"
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom finetune.cli import app\n"
             "for args in [['--help'], ['--version']] + [[c, '--help'] for c in sys.argv[1:]]:\n"
@@ -54,6 +57,7 @@ def test_help_does_not_import_torch():
     assert "HEAVY []" in out.stdout, out.stdout[-300:]
 
 
+@pytest.mark.slow
 def test_version_and_shell_completion():
     from finetune import __version__
 
@@ -69,6 +73,7 @@ def test_version_and_shell_completion():
         assert out.returncode == 0 and set(out.stdout.split()) == expected, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_train_then_predict_round_trip(tiny_tree, image_folder, tmp_path):
     recipe = write_yaml(tmp_path / "tiny.yaml", tiny_tree)
     out = finetune("train", recipe, "--set", "train.epochs=4")
@@ -100,6 +105,7 @@ def test_train_then_predict_round_trip(tiny_tree, image_folder, tmp_path):
     assert out.returncode == 0 and out.stdout.count("red") >= 2
 
 
+@pytest.mark.slow
 def test_user_mistakes_are_one_line_errors_not_tracebacks(tmp_path, tiny_tree):
     bad = write_yaml(tmp_path / "bad.yaml", {**tiny_tree, "optim": {"lr": 0.1}})
     for args in (["train", bad], ["train", tmp_path / "missing.yaml"],

@@ -113,6 +113,7 @@ def test_numbers_are_finite_and_in_range_or_refused_before_work(tiny_tree, tmp_p
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_resume_set_is_validated_and_a_non_utf8_run_recipe_is_refused(tiny_tree, tmp_path):
     run = trained(tiny_tree, train__epochs=1)
     code, _, err = cli("train", "--resume", run, "--set", "data.workers=-3")
@@ -127,6 +128,7 @@ def test_resume_set_is_validated_and_a_non_utf8_run_recipe_is_refused(tiny_tree,
 # ---------------------------------------------------------------- the dataset is read-only to us
 
 
+@pytest.mark.slow
 def test_no_command_writes_inside_the_dataset(tiny_tree, image_folder, tmp_path, monkeypatch):
     before = snapshot(image_folder)
     with pytest.raises(ConfigError, match="the run folder .* is inside the dataset"):
@@ -188,6 +190,7 @@ def test_a_zip_bomb_is_refused_before_it_is_inflated(tmp_path):
 # ---------------------------------------------------------------- exports never destroy a checkpoint
 
 
+@pytest.mark.slow
 def test_export_never_overwrites_a_checkpoint_and_says_why_it_cannot_write(tiny_tree, tmp_path):
     run = trained(tiny_tree, train__epochs=1)
     before = (run / "best.pt").read_bytes()
@@ -216,6 +219,7 @@ def test_export_never_overwrites_a_checkpoint_and_says_why_it_cannot_write(tiny_
 # ---------------------------------------------------------------- names are printed literally, paths never vanish
 
 
+@pytest.mark.slow
 def test_markup_in_names_is_printed_literally_and_named_paths_never_vanish(tiny_tree, tmp_path):
     classes = {"[bold]": (30, 60, 220), "x[/y]": (220, 40, 30)}
     root = make_folder(tmp_path / "odd", {"train": 8, "val": 4}, classes=classes)
@@ -241,6 +245,7 @@ def test_markup_in_names_is_printed_literally_and_named_paths_never_vanish(tiny_
     assert code == 0 and "[bold]" in out and "x[" in out, err
 
 
+@pytest.mark.slow
 def test_a_fifo_named_like_an_image_is_reported_by_inspect_train_and_predict_not_lost(tiny_tree, tmp_path):
     root = make_folder(tmp_path / "data", {"train": 8, "val": 4})
     fifo = root / "train" / "red" / "zz.jpg"
@@ -263,6 +268,7 @@ def _entries(cache: Path) -> list[Path]:
     return [p for p in cache.iterdir() if not p.name.startswith(".")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["overwritten", "random", "truncated", "labels-missing"])
 def test_a_damaged_feature_cache_is_recomputed_not_trusted(tiny_tree, tmp_path, damage, capsys):
     cache = tmp_path / "cache"
@@ -287,6 +293,7 @@ def test_a_damaged_feature_cache_is_recomputed_not_trusted(tiny_tree, tmp_path, 
     assert metrics(again) == metrics(clean)  # trained on recomputed features, not on the damage
 
 
+@pytest.mark.slow
 def test_an_unwritable_cache_means_training_without_it(tiny_tree, tmp_path, monkeypatch, capsys):
     (tmp_path / "a-file").write_text("in the way")
     reference = trained(tiny_tree, features__dir=str(tmp_path / "cache"))
@@ -320,6 +327,7 @@ def test_a_damaged_file_check_row_or_database_is_checked_again(image_folder, mon
 # ---------------------------------------------------------------- runs: one per folder, never mixed, never lost
 
 
+@pytest.mark.slow
 def test_one_run_per_folder_and_a_stale_lock_is_taken_over(tiny_tree, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -343,6 +351,7 @@ def test_one_run_per_folder_and_a_stale_lock_is_taken_over(tiny_tree, tmp_path, 
     assert not (run / ".lock").exists() and not list(run.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_reused_folder_never_mixes_two_runs(tiny_tree, tmp_path, monkeypatch):
     run = trained(tiny_tree, run__output=str(tmp_path / "run"))
     import finetune.train.loop as loop
@@ -358,6 +367,7 @@ def test_a_reused_folder_never_mixes_two_runs(tiny_tree, tmp_path, monkeypatch):
     assert load_recipe(run / "recipe.yaml").train.seed == 1
 
 
+@pytest.mark.slow
 def test_resume_refuses_data_whose_classes_changed(tiny_tree, image_folder, tmp_path):
     run = trained(tiny_tree, train__epochs=1)
     renamed = tmp_path / "renamed"
@@ -372,6 +382,7 @@ def test_resume_refuses_data_whose_classes_changed(tiny_tree, image_folder, tmp_
 # ---------------------------------------------------------------- training: a diverging run stops, honestly
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_saves_no_nan(tiny_tree, tmp_path):
     tiny_tree["optim"] = {"name": "sgd", "momentum": 0.9}
     tiny_tree["strategy"] = {"name": "full", "lr": {"head": 10.0, "last_stage": 10.0, "backbone": 10.0}}
@@ -409,6 +420,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_saves_no_nan(tin
                    workers=0)[0].top
 
 
+@pytest.mark.slow
 def test_an_image_that_vanishes_mid_run_is_skipped_and_listed(tiny_tree, tmp_path, monkeypatch, capsys):
     import finetune.train.setup as setup
 
@@ -500,6 +512,7 @@ def run_script(script: str, *args, env=None, wait=True):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_sigterm_while_computing_features_saves_a_resumable_run(tiny_tree, tmp_path):
     recipe = write_yaml(tmp_path / "r.yaml", tiny_tree)
     marker = tmp_path / "paused"
@@ -520,6 +533,7 @@ def test_sigterm_while_computing_features_saves_a_resumable_run(tiny_tree, tmp_p
     assert metrics(tmp_path / "run") == metrics(reference)
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_is_one_line_and_a_crash_log(tiny_tree, tmp_path):
     recipe = write_yaml(tmp_path / "r.yaml", tiny_tree)
     out = run_script(BUG_IN_TRAINING, "train", recipe, "--output", tmp_path / "run")

@@ -21,6 +21,7 @@ from conftest import write_yaml
 from PIL import Image
 
 pytest.importorskip("cleanlab", reason="finetune audit needs the audit extra: pip install 'finetune[audit]'")
+pytestmark = pytest.mark.slow  # every test here runs finetune audit in a subprocess
 
 PIXELNET = '''
 import torch

@@ -16,6 +16,7 @@ def blobs(n_per=20, d=48, flip=(3, 30), seed=0):
     return x.astype(np.float32), y, given
 
 
+@pytest.mark.slow
 def test_flipped_labels_are_judged_by_heads_that_never_saw_them():
     x, truth, given = blobs()
     probs, acc = out_of_fold(x, given, ["a", "b"], folds=4, repeats=1)

@@ -26,6 +26,7 @@ def test_balanced_sampler_draws_classes_equally_and_is_seeded():
     assert 0.4 < share[1] / (share[0] + share[1]) < 0.6  # 10% of the data, about half the draws
 
 
+@pytest.mark.slow
 def test_training_with_both_records_them_in_the_run_folder(tmp_path, tiny_tree):
     from finetune.config import build_recipe
     from finetune.train.loop import fit

@@ -100,6 +100,7 @@ def corpus(tmp_path):
     return root, make_corpus(root)
 
 
+@pytest.mark.slow
 def test_json_names_every_bad_file_with_its_kind(corpus):
     root, kinds = corpus
     out = subprocess.run([sys.executable, "-m", "finetune", "inspect", root, "--format", "json"],
@@ -123,6 +124,7 @@ def test_json_names_every_bad_file_with_its_kind(corpus):
     assert "leakage" in strict.stdout and "too-large" in strict.stdout
 
 
+@pytest.mark.slow
 def test_train_and_predict_survive_the_corpus_and_never_touch_it(corpus, tiny_tree, tmp_path):
     from finetune.config import build_recipe
     from finetune.deploy.predict import predict

@@ -42,6 +42,7 @@ def test_txt_and_csv_lists_resolve_relative_to_the_list_and_keep_every_line(tmp_
         read_path_list(f"@{tmp_path / 'latin1.txt'}")
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_read_lists(trained, tmp_path):
     best, data = trained
     images = sorted((data / "val").rglob("*.png"))

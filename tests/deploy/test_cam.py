@@ -59,6 +59,7 @@ def test_a_model_with_no_convolutional_stage_is_said_so():
         cam_layer(model, ckpt)
 
 
+@pytest.mark.slow
 def test_predict_cam_writes_one_heatmap_per_readable_photo_and_never_inside_the_photos(tmp_path, image_folder):
     import json
     import subprocess

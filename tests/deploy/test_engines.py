@@ -17,6 +17,8 @@ from finetune.deploy.export import export
 from finetune.deploy.predict import predict
 from finetune.errors import CheckpointError, ConfigError
 
+pytestmark = pytest.mark.slow  # every test here trains, or reads a fixture that does
+
 TEMPERATURE = 2.5
 
 

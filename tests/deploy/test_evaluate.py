@@ -14,6 +14,8 @@ from finetune.deploy.evaluate import evaluate
 from finetune.errors import DataError
 from finetune.train.loop import fit
 
+pytestmark = pytest.mark.slow  # every test here trains a model, or runs finetune in a subprocess
+
 
 def finetune(*args):
     return subprocess.run([sys.executable, "-m", "finetune", *map(str, args)], capture_output=True, text=True)

@@ -103,6 +103,7 @@ for name in ("tv", "timm"):
 """
 
 
+@pytest.mark.slow
 def test_safetensors_loads_into_plain_torchvision_and_timm_without_finetune(tmp_path):
     from safetensors.torch import save_file
 
@@ -121,6 +122,7 @@ def test_safetensors_loads_into_plain_torchvision_and_timm_without_finetune(tmp_
     assert "tv resnet18" in out.stdout and "timm test_efficientnet" in out.stdout
 
 
+@pytest.mark.slow
 def test_safetensors_refuses_what_plain_models_cannot_hold(tmp_path):
     mlp = make_checkpoint(tmp_path / "mlp.pt", head={"type": "mlp", "hidden": 16})
     with pytest.raises(ExportError, match="MLP head"):

@@ -15,6 +15,8 @@ from finetune.deploy.export import export
 from finetune.deploy.predict import predict
 from finetune.errors import ExportError
 
+pytestmark = pytest.mark.slow  # every test here trains, or reads a fixture that does
+
 
 @pytest.fixture(autouse=True)
 def _untuned(monkeypatch):

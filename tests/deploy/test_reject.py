@@ -20,6 +20,8 @@ from finetune.errors import CheckpointError, ConfigError
 from finetune.train.calibration import FALSE_REJECTION
 from finetune.train.loop import fit
 
+pytestmark = pytest.mark.slow  # every test here trains, or reads a fixture that does
+
 KNOWN = {"blue": (30, 60, 220), "red": (220, 40, 30), "yellow": (220, 210, 30)}
 HELD_OUT = {"green": (30, 200, 40), "gray": (128, 128, 128)}  # never in training
 

@@ -11,6 +11,8 @@ from finetune.deploy.evaluate import evaluate
 from finetune.deploy.report import write_report
 from finetune.train.loop import fit
 
+pytestmark = pytest.mark.slow  # every test here trains, or reads a fixture that does
+
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 CHECK = """<script>
 addEventListener("load", () => {

@@ -24,6 +24,7 @@ def _read(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_one_epoch_writes_the_csvs_and_pngs_with_the_right_rows(tiny, tmp_path):
     spec = AblationSpec(tiny, output=tmp_path / "out", depths=(8, 14), epochs=1, batch_size=4, image_size=16)
     result = run_ablation(spec)
@@ -55,6 +56,7 @@ def test_every_net_sees_the_same_batches(tiny):
     assert data.train_x.shape[1:] == (3, 16, 16) and data.train_x.dtype == torch.uint8
 
 
+@pytest.mark.slow
 def test_never_overwrites_and_never_writes_into_the_dataset(tiny, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("mine")
@@ -69,6 +71,7 @@ def test_never_overwrites_and_never_writes_into_the_dataset(tiny, tmp_path):
         run_ablation(AblationSpec(tiny, output=tmp_path / "new", depths=(10,), epochs=1))
 
 
+@pytest.mark.slow
 def test_command_line_defaults_to_a_new_folder_under_runs(tiny, tmp_path):
     args = [sys.executable, "-m", "finetune", "ablate", "--data", str(tiny), "--depths", "8", "--epochs", "1",
             "--batch-size", "4", "--image-size", "16"]

@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test here starts a Python subprocess
+
 CHECK = r"""
 import gc, os, sys, warnings
 from finetune.runtime import process, threads

@@ -102,6 +102,7 @@ def test_usable_cpus_is_the_smaller_of_affinity_and_quota(monkeypatch):
     assert threads.usable_cpus() == len(os.sched_getaffinity(0))
 
 
+@pytest.mark.slow
 def test_the_command_lines_processes_share_the_cpus_they_may_use():
     import subprocess
     import sys

@@ -43,6 +43,7 @@ def test_no_finite_optimum_keeps_temperature_one_and_says_why():
     assert t == 1.0 and kept.startswith("the NLL is lowest at a temperature beyond 0.05-20")
 
 
+@pytest.mark.slow
 def test_fit_stores_temperature_and_curves_and_predict_applies_it(tiny_tree, image_folder):
     tiny_tree["model"]["head"] = {"dropout": 0.2}
     run_dir = fit(build_recipe(tiny_tree))

@@ -13,6 +13,8 @@ import pytest
 import torch
 from conftest import PAUSED_CLI, make_folder, write_yaml
 
+pytestmark = pytest.mark.slow  # every test here starts torchrun or finetune in subprocesses
+
 REPO = Path(__file__).parents[2]
 TOLERANCE = 1e-6  # gloo sums the ranks' gradients in another order than one process: float32 rounding only
 

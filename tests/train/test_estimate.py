@@ -41,6 +41,7 @@ def test_probe_times_a_few_images_and_leaves_the_model_as_it_was():
     assert decode >= 0 and 0 < forward < 1 and model.training
 
 
+@pytest.mark.slow
 def test_train_prints_the_estimate_before_the_feature_pass(tiny_tree, capsys):
     fit(build_recipe(tiny_tree))
     err = capsys.readouterr().err

@@ -43,6 +43,7 @@ def _same_as_uncached(tree, tmp_path, cached, run_c, epochs, rel):
     return *states, run_u
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_training_reach_the_same_result(tiny_tree, tmp_path):
     # Same seed, same batches (the cached path reuses the image loader's sampler); the only differences are
     # fp16 storage of the features and the frozen BatchNorm folded into its conv. Tolerance: identical
@@ -60,6 +61,7 @@ def test_cached_and_uncached_training_reach_the_same_result(tiny_tree, tmp_path)
     assert tc["temperature"] == pytest.approx(tu["temperature"], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_cache_hit_miss_and_invalidation(tiny_tree, image_folder, tmp_path, monkeypatch):
     from finetune.train.features.store import FeatureStore
 
@@ -100,6 +102,7 @@ def test_cache_hit_miss_and_invalidation(tiny_tree, image_folder, tmp_path, monk
     assert len(computed) == 9
 
 
+@pytest.mark.slow
 def test_last_stage_caches_the_last_stages_input_with_the_same_result(tiny_tree, tmp_path):
     # The frozen part before the last stage runs once per image; every step trains the last stage and head
     # on its stored output. That output is stored in fp16 (relative rounding 5e-4) and the prefix's BatchNorm is
@@ -115,6 +118,7 @@ def test_last_stage_caches_the_last_stages_input_with_the_same_result(tiny_tree,
     # like a last-stage BatchNorm bias's here, into a full lr-sized step either way)
 
 
+@pytest.mark.slow
 def test_features_are_fp16_and_memory_mapped(tiny_tree, tmp_path):
     _fit(tiny_tree, tmp_path, train__epochs=1)
     for name in _entries(tmp_path):
@@ -127,6 +131,7 @@ def test_features_are_fp16_and_memory_mapped(tiny_tree, tmp_path):
         assert x.dtype == torch.float32 and y in (0, 1)
 
 
+@pytest.mark.slow
 def test_augmentation_recomputes_by_default_or_caches_k_views(tiny_tree, tmp_path):
     rows, _ = _fit(tiny_tree, tmp_path, train__epochs=1, data__augment="flip")
     # default views 0: train's frozen part runs every epoch on fresh augmentations; val (fixed transform) is cached
@@ -142,6 +147,7 @@ def test_augmentation_recomputes_by_default_or_caches_k_views(tiny_tree, tmp_pat
     assert len(rows) == 3 and float(rows[-1]["val_acc"]) > 0.5
 
 
+@pytest.mark.slow
 def test_only_feature_extract_uses_the_cache(tiny_tree, tmp_path):
     tiny_tree["strategy"] = {"name": "full", "lr": {"head": 0.01, "last_stage": 0.01, "backbone": 0.01}}
     _fit(tiny_tree, tmp_path, train__epochs=1)

@@ -76,6 +76,7 @@ def test_nothing_to_train_is_an_error():
         _plan(model, ModelInfo("1", [], 4, None), "feature-extract")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["feature-extract", "last-stage"])
 def test_frozen_bn_running_stats_are_bit_identical_after_training(strategy, tiny_tree, monkeypatch):
     import finetune.train.setup as setup
@@ -103,6 +104,7 @@ def test_frozen_bn_running_stats_are_bit_identical_after_training(strategy, tiny
         assert not torch.equal(after["bn2.running_mean"].cpu(), captured["before"]["bn2.running_mean"])
 
 
+@pytest.mark.slow
 def test_freeze_epochs_trains_the_head_alone_first_then_unfreezes(tiny_tree, monkeypatch):
     import csv
 
@@ -162,6 +164,7 @@ def test_layer_decay_gives_each_block_its_group_lr_times_decay_to_the_depth():
             assert lr_of["conv1.weight"] == pytest.approx(LRS["backbone"] * 0.5 ** 9)
 
 
+@pytest.mark.slow
 def test_frozen_bn_train_lets_frozen_statistics_adapt_and_turns_the_cache_off(tiny_tree, tmp_path, monkeypatch):
     import finetune.train.setup as setup
 

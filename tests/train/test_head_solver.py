@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +31,7 @@ def sgd_head(x, y, classes, l2, epochs=100, lr=0.05, seed=0):
     return linear.weight.detach(), linear.bias.detach()
 
 
+@pytest.mark.slow
 def test_lbfgs_loss_is_at_most_the_sgd_heads_and_accuracy_matches():
     x, y = blobs()
     vx, vy = blobs(seed=1)

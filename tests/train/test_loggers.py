@@ -9,6 +9,7 @@ from finetune.errors import ConfigError
 from finetune.train.loop import fit
 
 
+@pytest.mark.slow
 def test_tensorboard_and_mlflow_get_every_epoch_and_best_pt(tiny_tree, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

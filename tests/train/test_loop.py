@@ -19,6 +19,7 @@ def metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_different_seed_different_run(tiny_tree, tmp_path):
     tiny_tree["data"]["augment"] = "standard"  # random crops and flips: the seed must pin them down
     runs = [fit(build_recipe({**tiny_tree, "train": {**tiny_tree["train"], "seed": seed}})) for seed in (0, 0, 7)]
@@ -34,6 +35,7 @@ def test_same_seed_same_metrics_different_seed_different_run(tiny_tree, tmp_path
     assert torch.load(runs[2] / "best.pt", weights_only=True)["meta"]["environment"]["seed"] == 7
 
 
+@pytest.mark.slow
 def test_loader_workers_are_stopped_when_fit_returns(tiny_tree, monkeypatch):
     """Not left to exit, where torch 2.11 waited 5 s for each (data.loading.stopped_workers). The loaders are kept
     alive here, as a caller's frame or a traceback would keep them: their workers must be gone all the same."""
@@ -77,6 +79,7 @@ def test_too_little_disk_fails_before_the_run_folder_is_made(tiny_tree, tmp_path
     assert not (tmp_path / "runs" / "t").exists()
 
 
+@pytest.mark.slow
 def test_ema_is_evaluated_beside_the_raw_weights_and_is_what_the_checkpoints_hold(tiny_tree, monkeypatch):
     from finetune.train import state
 
@@ -99,6 +102,7 @@ def test_ema_is_evaluated_beside_the_raw_weights_and_is_what_the_checkpoints_hol
     assert not torch.equal(seen["ema"], seen["raw"])
 
 
+@pytest.mark.slow
 def test_early_stop_ends_the_run_says_so_and_stays_stopped(tiny_tree, capsys):
     from finetune.train.loop import stopped_early
     from finetune.train.resume import load_run_recipe
@@ -127,6 +131,7 @@ def _bn_resnet_tree(root: Path, tmp_path: Path, per_class: int, extra: int = 0, 
             "train": {"epochs": 1, "batch_size": batch}, "run": {"output": str(tmp_path / "run")}}
 
 
+@pytest.mark.slow
 def test_the_ragged_last_batch_is_left_out_and_said_so(tmp_path, capsys):
     # 57 train images in batches of 8: 7 full batches and one of a single image, which crashed BatchNorm
     run = fit(build_recipe(_bn_resnet_tree(tmp_path / "data", tmp_path, per_class=28, extra=1)))
@@ -135,6 +140,7 @@ def test_the_ragged_last_batch_is_left_out_and_said_so(tmp_path, capsys):
     assert "each epoch leaves out its last 1 train image(s)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_batch_of_one_image_for_batchnorm_is_refused_before_work(tmp_path):
     tree = _bn_resnet_tree(tmp_path / "data", tmp_path, per_class=4, batch=1)
     with pytest.raises(ConfigError, match=r"a training batch would hold a single image \(train.batch_size 1, on "

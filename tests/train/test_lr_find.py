@@ -9,6 +9,7 @@ from finetune.train.loop import fit
 from finetune.train.lr_find import lr_find, suggest
 
 
+@pytest.mark.slow
 def test_lr_find_writes_its_curve_and_touches_no_run(tiny_tree, tmp_path):
     run = fit(build_recipe(tiny_tree))
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}

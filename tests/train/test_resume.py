@@ -84,6 +84,7 @@ def reference(tmp_path_factory):
     return recipe, tmp / "reference"
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference, tmp_path):
     recipe, ref = reference
     run = tmp_path / "killed"
@@ -103,6 +104,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference, tmp_path):
     assert_same_run(ref, run)
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_stay_bit_identical_with_every_technique_on(tmp_path):
     """freeze_epochs, layer decay, EMA, mixup + cutmix, random erasing, accumulation and clipping together:
     16 images in batches of 2, 2 batches per optimizer step, so 4 steps per epoch."""
@@ -128,6 +130,7 @@ def test_sigkill_and_resume_stay_bit_identical_with_every_technique_on(tmp_path)
     assert float(rows[0]["lr_last_stage"]) == 0 < float(rows[1]["lr_last_stage"]) and "val_acc_raw" in rows[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_finishes_the_step_saves_last_pt_and_resumes(reference, tmp_path, sig):
     recipe, ref = reference
@@ -172,6 +175,7 @@ def test_a_signal_during_the_setup_stops_at_once_even_inside_code_that_catches_e
         raise AssertionError("the stop was swallowed")
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_changes_nothing(reference, tmp_path):
     _, ref = reference
     before = (ref / "metrics.csv").read_text(), (ref / "last.pt").read_bytes()
@@ -179,6 +183,7 @@ def test_resume_of_a_finished_run_changes_nothing(reference, tmp_path):
     assert ((ref / "metrics.csv").read_text(), (ref / "last.pt").read_bytes()) == before
 
 
+@pytest.mark.slow
 def test_resume_refuses_to_change_what_the_run_computes(reference):
     _, ref = reference
     with pytest.raises(ConfigError, match="--set train.batch_size would change it"):
@@ -186,6 +191,7 @@ def test_resume_refuses_to_change_what_the_run_computes(reference):
     assert load_run_recipe(ref, ["data.workers=1"]).data.workers == 1
 
 
+@pytest.mark.slow
 def test_resume_refuses_an_edited_recipe(reference, tmp_path):
     _, ref = reference
     run = tmp_path / "copy"
@@ -197,6 +203,7 @@ def test_resume_refuses_an_edited_recipe(reference, tmp_path):
         load_run_recipe(run)
 
 
+@pytest.mark.slow
 def test_resume_reads_recipe_yaml_safely(tmp_path):
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
@@ -207,6 +214,7 @@ def test_resume_reads_recipe_yaml_safely(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_resume_without_last_pt_says_how_to_restart(tmp_path, image_folder):
     run = tmp_path / "run"
     run.mkdir()
@@ -215,6 +223,7 @@ def test_resume_without_last_pt_says_how_to_restart(tmp_path, image_folder):
     assert out.returncode == 1 and "has no last.pt" in out.stderr and "--exist-ok" in out.stderr
 
 
+@pytest.mark.slow
 def test_out_of_memory_says_what_to_lower_and_keeps_last_epoch(tmp_path, image_folder, monkeypatch):
     from finetune.train import state
 

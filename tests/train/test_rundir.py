@@ -32,6 +32,7 @@ def test_too_little_disk_for_checkpoints_is_refused(tmp_path, monkeypatch):
     check_disk_space(tmp_path, model, optimizer)
 
 
+@pytest.mark.slow
 def test_the_run_records_the_data_root_absolute_so_it_is_found_from_any_folder(tiny_tree, tmp_path, monkeypatch):
     from pathlib import Path
 

@@ -33,6 +33,7 @@ def test_lbfgs_where_it_cannot_run_is_refused_with_the_reason(change, what):
         build_recipe(change)
 
 
+@pytest.mark.slow
 def test_fit_solves_the_head_writes_the_sweep_and_an_ordinary_checkpoint(tiny_tree, capsys):
     run = fit(build_recipe(lbfgs_tree(tiny_tree)))
     rows = list(csv.DictReader((run / "metrics.csv").open()))
@@ -63,6 +64,7 @@ def test_fit_solves_the_head_writes_the_sweep_and_an_ordinary_checkpoint(tiny_tr
     assert torch.equal(Checkpoint.load(run / "best.pt").state["classifier.weight"], best.state["classifier.weight"])
 
 
+@pytest.mark.slow
 def test_non_finite_features_stop_the_run_before_anything_is_saved(tiny_tree, monkeypatch):
     import finetune.train.solved as solved
 
@@ -80,6 +82,7 @@ def test_non_finite_features_stop_the_run_before_anything_is_saved(tiny_tree, mo
     assert not list((Path(tiny_tree["run"]["output"])).glob("*.pt"))
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_solve_stops_with_metrics_csv_written_and_resume_keeps_it(tiny_tree, monkeypatch):
     import os
     import signal
@@ -104,6 +107,7 @@ def test_sigterm_during_the_solve_stops_with_metrics_csv_written_and_resume_keep
     assert (run / "metrics.csv").read_text() == written
 
 
+@pytest.mark.slow
 def test_a_run_trained_by_sgd_before_head_solver_existed_resumes_by_epochs(tiny_tree, monkeypatch):
     from finetune.train.resume import load_run_recipe
     from finetune.train.state import RunState
