@@ -38,9 +38,9 @@ def make_folder(root: Path, per_class: dict[str, int], classes=COLORS, ext=".png
 def feature_cache_dir(tmp_path, monkeypatch) -> Path:
     """The cache (features, file checks, logs) goes to tmp_path, never to the user's ~/.cache (subprocesses
     inherit the variable)."""
-    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "finetune-cache"))
     monkeypatch.delenv("FINETUNE_CACHE", raising=False)
-    return tmp_path / "cache" / "features"
+    return tmp_path / "finetune-cache" / "features"
 
 
 @pytest.fixture

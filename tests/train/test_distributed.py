@@ -66,7 +66,7 @@ def test_two_processes_train_as_one_and_rank_0_writes_the_one_run_folder(data, t
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     assert two.stdout.strip().splitlines() == [str(tmp_path / "two")]  # rank 0 prints the run folder, once
     assert_same(tmp_path / "one", tmp_path / "two")
-    made = sorted(p.name for p in tmp_path.iterdir() if p.name != "feature-cache")
+    made = sorted(p.name for p in tmp_path.iterdir() if p.name != "finetune-cache")
     assert made == ["one", "r.yaml", "two"]  # no second run folder, nothing else
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     assert torch.load(tmp_path / "two" / "last.pt", weights_only=True)["resume"]["progress"]["world"] == 2

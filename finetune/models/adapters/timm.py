@@ -45,6 +45,8 @@ class TimmAdapter(ModelAdapter):
                              tuple(cfg["std"]))
 
     def head_name(self, model: nn.Module) -> str:
+        if not hasattr(model, "get_classifier"):  # registered with timm without its model API: its config says
+            return (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
         name = module_name(model, model.get_classifier())
         if not name:  # a tuple of heads (distilled ViTs), or none: nothing one Linear can replace
             raise ConfigError(f"{type(model).__name__} has no single classifier module to replace; "
@@ -54,6 +56,8 @@ class TimmAdapter(ModelAdapter):
     def reset_head(self, model: nn.Module, num_classes: int, head: HeadSpec) -> int:
         """timm's reset_classifier: the model makes its own head (and pooling) for num_classes; a head with
         dropout or a hidden layer is ours, put where timm's was."""
+        if not hasattr(model, "reset_classifier"):
+            return super().reset_head(model, num_classes, head)
         name = self.head_name(model)
         width = head_width(model.get_classifier())
         if head.type == "linear" and not head.dropout:
