@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import nn
 
 from ..checkpoint import Checkpoint
 from ..console import progress, stderr_console
+from ..data.folders import is_image_name
 from ..data.images import load_rgb
 from ..data.transforms import ResizeCrop, eval_transform
 from ..errors import ConfigError, DataError
@@ -85,17 +87,36 @@ class Explainer:
         return buf.getvalue()
 
 
+SPLITS = {"train", "val", "valid", "validation", "test"}
+
+
+def dataset_of(photo: Path) -> Path:
+    """The folder a photo's dataset starts at, as far as its place says: ROOT/SPLIT/CLASS/photo, ROOT/CLASS/photo
+    (every folder beside its own holds images too: class folders), or else the photo's own folder."""
+    folder = photo.parent
+    up = folder.parent
+    if up.name.lower() in SPLITS:
+        return up.parent
+    try:
+        others = [d for d in up.iterdir() if d.is_dir() and not d.name.startswith(".") and d != folder]
+        classes = others and all(any(map(is_image_name, itertools.islice(d.iterdir(), 100))) for d in others)
+    except OSError:
+        return folder
+    return up if classes else folder
+
+
 def check_cam_folder(folder: Path, inputs: list[str], photos: list[Path], source) -> None:
     """Before predicting: `predict --cam DIR` needs grad-cam and a torch checkpoint, and never writes inside a folder
-    it reads photos from: a folder given, or the folder of any photo however it was named (a file, a glob, an
-    @list), where heatmaps would become new images of the wrong class."""
+    it reads photos from: a folder given, the dataset of any photo however it was named (a file, a glob, an
+    @list; `dataset_of`), or the data the model was trained on, where heatmaps would become new images of the
+    wrong class."""
     if not isinstance(source, Checkpoint):
         raise ConfigError("--cam follows gradients through the torch model: give the .pt checkpoint, not an .onnx "
                           "export")
     require()
     read_from = [Path(item).expanduser() for item in inputs if Path(item).expanduser().is_dir()]
-    read_from += sorted({Path(p).expanduser().absolute().parent for p in photos})
-    for root in read_from:
+    read_from += sorted({dataset_of(Path(p).expanduser().absolute()) for p in photos})
+    for root in [*read_from, (source.recipe.get("data") or {}).get("root")]:  # and the set the model learnt from
         refuse_inside(folder, root, "--cam", DataError)
     make_folder(folder, "--cam", DataError)
 
