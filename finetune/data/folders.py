@@ -5,6 +5,7 @@ Nothing here writes under the dataset root.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +34,20 @@ class Splits:
 
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def dataset_of(photo: Path) -> Path:
+    """The folder a photo's dataset starts at, as far as its place says: ROOT/SPLIT/CLASS/photo, ROOT/CLASS/photo
+    when every other folder beside CLASS holds images too, or else the photo's own folder."""
+    folder, up = photo.parent, photo.parent.parent
+    if up.name.lower() in ("train", "test", *VAL_FOLDERS):
+        return up.parent
+    try:
+        others = [d for d in up.iterdir() if d.is_dir() and not d.name.startswith(".") and d != folder]
+        classes = bool(others) and all(any(map(is_image_name, itertools.islice(d.iterdir(), 100))) for d in others)
+    except OSError:
+        return folder
+    return up if classes else folder
 
 
 def scan_classes(folder: Path, keep=is_image_name) -> dict[str, list[Path]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from torch import nn
 
 from ..checkpoint import Checkpoint
 from ..console import progress, stderr_console
-from ..data.folders import is_image_name
+from ..data.folders import dataset_of
 from ..data.images import load_rgb
 from ..data.transforms import ResizeCrop, eval_transform
 from ..errors import ConfigError, DataError
@@ -85,24 +84,6 @@ class Explainer:
         buf = io.BytesIO()
         Image.fromarray(out).save(buf, "JPEG", quality=88)
         return buf.getvalue()
-
-
-SPLITS = {"train", "val", "valid", "validation", "test"}
-
-
-def dataset_of(photo: Path) -> Path:
-    """The folder a photo's dataset starts at, as far as its place says: ROOT/SPLIT/CLASS/photo, ROOT/CLASS/photo
-    (every folder beside its own holds images too: class folders), or else the photo's own folder."""
-    folder = photo.parent
-    up = folder.parent
-    if up.name.lower() in SPLITS:
-        return up.parent
-    try:
-        others = [d for d in up.iterdir() if d.is_dir() and not d.name.startswith(".") and d != folder]
-        classes = others and all(any(map(is_image_name, itertools.islice(d.iterdir(), 100))) for d in others)
-    except OSError:
-        return folder
-    return up if classes else folder
 
 
 def check_cam_folder(folder: Path, inputs: list[str], photos: list[Path], source) -> None:

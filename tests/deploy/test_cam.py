@@ -81,7 +81,6 @@ def test_predict_cam_writes_one_heatmap_per_readable_photo_and_never_inside_the_
     listed = tmp_path / "photos.txt"
     listed.write_text(f"{one}\n")
     # however the photos are named (a folder, a glob, an @list, one file), DIR inside a folder they come from is
-    # refused before any work: heatmaps there would be new training images of the wrong class
     # refused before any work: heatmaps there would be new training images of the wrong class. The same for
     # another split or class of that dataset (ROOT/SPLIT/CLASS/photo): a new class folder of training images
     for photos in (str(val), str(val / "*" / "*.png"), f"@{listed}", str(one)):
@@ -103,16 +102,3 @@ def test_predict_cam_writes_one_heatmap_per_readable_photo_and_never_inside_the_
     again = predict(str(val), "--cam", str(tmp_path / "cams"))
     assert again.returncode == 1 and "already holds" in again.stderr  # never replaced
 
-
-def test_the_dataset_of_a_photo_is_read_off_its_place(tmp_path):
-    from finetune.deploy.cam import dataset_of
-
-    for photo in ("data/train/ants/1.jpg", "data/val/bees/1.jpg", "flat/ants/1.jpg", "flat/bees/1.jpg", "loose/1.jpg",
-                  "docs/notes.txt"):
-        (tmp_path / photo).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / photo).touch()
-    assert dataset_of(tmp_path / "data/val/bees/1.jpg") == tmp_path / "data"  # ROOT/SPLIT/CLASS
-    assert dataset_of(tmp_path / "flat/ants/1.jpg") == tmp_path / "flat"  # ROOT/CLASS beside other classes
-    assert dataset_of(tmp_path / "loose/1.jpg") == tmp_path / "loose"  # beside folders that are no classes
-    (tmp_path / "loose").rename(tmp_path / "flat" / "loose")
-    assert dataset_of(tmp_path / "flat/loose/1.jpg") == tmp_path / "flat"  # one more class folder
