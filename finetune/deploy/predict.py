@@ -142,6 +142,18 @@ def torch_runner(ckpt: Checkpoint, dev: torch.device):
     return fold_checked(model, probe.to(dev, memory_format=torch.channels_last))
 
 
+def rank(logits: torch.Tensor, names: list[str], k: int, temperature: float, calibration: float,
+         threshold: float | None) -> list[tuple[list[Ranked], bool | None]]:
+    """Each row of logits as its top-k classes (probabilities at `temperature`) and whether it is rejected (its
+    top-1 probability at the calibration temperature below `threshold`; None when rejection is off). predict and
+    the server (deploy.serve) both rank through this."""
+    top_p, top_i = (logits / temperature).softmax(1).topk(k, dim=1)
+    confidence = (logits / calibration).softmax(1).amax(1)
+    return [([Ranked(names[j], int(j), round(float(p), 6)) for p, j in zip(ps, js)],
+             None if threshold is None else bool(c < threshold))
+            for ps, js, c in zip(top_p.tolist(), top_i.tolist(), confidence.tolist())]
+
+
 def predict(source: ModelSource | Path, paths: list[Path], *, top_k: int = 1, batch_size: int = 32,
             device: str = "auto", workers: int | None = None, tta: bool = False, raw: bool = False,
             console=None, engine: str = "auto", reject: str | float | None = None) -> list[Prediction]:
@@ -176,13 +188,8 @@ def predict(source: ModelSource | Path, paths: list[Path], *, top_k: int = 1, ba
             if idx:
                 batch = images.to(dev, memory_format=torch.channels_last) if engine == "torch" else images
                 logits = forward(model, batch, tta).cpu()
-                top_p, top_i = (logits / temperature).softmax(1).topk(k, dim=1)
-                confidence = (logits / ckpt.temperature).softmax(1).amax(1)
-                for row, i in enumerate(idx):
-                    results[i].logits = logits[row].tolist()
-                    if threshold is not None:
-                        results[i].rejected = bool(confidence[row] < threshold)
-                    results[i].top = [Ranked(names[j], int(j), round(float(p), 6))
-                                      for p, j in zip(top_p[row].tolist(), top_i[row].tolist())]
+                ranked = rank(logits, names, k, temperature, ckpt.temperature, threshold)
+                for row, (i, (top, rejected)) in enumerate(zip(idx, ranked)):
+                    results[i].logits, results[i].top, results[i].rejected = logits[row].tolist(), top, rejected
             bar.advance(task, len(idx) + len(errors))
     return results
