@@ -1,0 +1,153 @@
+"""create_app(source, settings): the FastAPI application of `finetune serve`. It reads nothing and writes nothing
+after start-up: the model is loaded once, uploads are decoded in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from typing import Optional
+
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ...data.transforms import eval_transform
+from ..engines import ModelSource, load_source, onnxruntime_runner, resolve_engine
+from ..predict import Prediction, forward, rank, resolve_reject, torch_runner
+from .batcher import Batcher, QueueFull
+from .decode import TooLarge, decode
+from .metrics import Metrics
+from .settings import ServeSettings
+
+
+class JsonImage(BaseModel):
+    name: str = "image"
+    data: str  # base64
+
+
+class JsonRequest(BaseModel):
+    images: list[JsonImage]
+    top_k: int = 1
+    reject: Optional[str] = None
+    tta: bool = False
+
+
+def _runner(source, engine: str, device: str):
+    if engine == "torch":
+        dev = torch.device(device)
+        model = torch_runner(source, dev)
+        return lambda images, tta: forward(model, images.to(dev, memory_format=torch.channels_last), tta)
+    model = onnxruntime_runner(source)
+    return lambda images, tta: forward(model, images, tta)
+
+
+def create_app(source: ModelSource | str, settings: ServeSettings = ServeSettings()) -> FastAPI:
+    from ... import __version__
+
+    source = load_source(source)
+    engine = resolve_engine(settings.engine, source, settings.device)
+    names, pre = source.class_names, source.preprocessing
+    transform = eval_transform(pre)
+    metrics = Metrics()
+    batcher = Batcher(_runner(source, engine, settings.device), settings.max_batch, settings.max_wait_ms,
+                      settings.max_queue, on_batch=metrics.batch)
+    decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="finetune-decode")
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()  # uvicorn stops accepting first: in-flight requests finish
+        decoders.shutdown()
+
+    app = FastAPI(title="finetune serve", version=__version__, lifespan=lifespan,
+                  description=f"Image classification with {len(names)} classes; see docs/serve.md.")
+
+    async def classify(uploads: list[tuple[str, bytes]], top_k: int, reject: str | None, tta: bool):
+        start = time.perf_counter()
+        if not uploads:
+            raise HTTPException(422, "no image in the request")
+        if len(uploads) > settings.max_images:
+            raise HTTPException(413, f"{len(uploads)} images in one request; at most {settings.max_images}")
+        try:
+            threshold = resolve_reject(reject, source)
+        except Exception as exc:
+            raise HTTPException(422, str(exc)) from None
+        loop = asyncio.get_running_loop()
+        results = [Prediction(name) for name, _ in uploads]
+        jobs = [loop.run_in_executor(decoders, decode, data, transform, pre.resize, settings.max_bytes,
+                                     settings.max_pixels) for _, data in uploads]
+        tensors = await asyncio.gather(*jobs, return_exceptions=True)
+        good, too_large = [], False
+        for i, t in enumerate(tensors):
+            if isinstance(t, BaseException):
+                results[i].error = f"{type(t).__name__}: {t}"
+                too_large |= isinstance(t, TooLarge)
+            else:
+                good.append(i)
+        if not good:
+            metrics.request("error")
+            raise HTTPException(413 if too_large else 422,
+                                [r.to_dict() for r in results] if len(results) > 1 else results[0].error)
+        try:
+            futures = batcher.submit([tensors[i] for i in good], tta)
+        except QueueFull as exc:
+            metrics.request("busy")
+            return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "1"})
+        logits = torch.stack(await asyncio.gather(*futures))
+        k = max(1, min(top_k, len(names)))
+        for i, (top, rejected) in zip(good, rank(logits, names, k, source.temperature, source.temperature,
+                                                 threshold)):
+            results[i].top, results[i].rejected = top, rejected
+        metrics.request("ok", len(good), time.perf_counter() - start)
+        return [r.to_dict() for r in results]
+
+    @app.post("/predict", summary="Top-k classes of one or several images (multipart files or JSON base64)")
+    async def predict(request: Request):
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                body = JsonRequest.model_validate(await request.json())
+                uploads = [(im.name, base64.b64decode(im.data, validate=True)) for im in body.images]
+            except Exception as exc:
+                raise HTTPException(422, f"a JSON body is {{images: [{{name, data (base64)}}], top_k, reject, "
+                                         f"tta}}: {exc}") from None
+            return await classify(uploads, body.top_k, body.reject, body.tta)
+        try:
+            form = await request.form(max_files=settings.max_images)
+        except StarletteHTTPException as exc:  # Starlette's 400 for a form over its limits
+            code = 413 if "Too many" in str(exc.detail) else 422
+            raise HTTPException(code, f"{exc.detail} (at most {settings.max_images} images per request)") from None
+        uploads = [(f.filename or "image", await f.read()) for f in form.getlist("files") if hasattr(f, "read")]
+        tta = str(form.get("tta", "false")).lower() in ("1", "true", "yes", "on")
+        reject = form.get("reject") or None
+        try:
+            top_k = int(form.get("top_k", 1))
+        except ValueError:
+            raise HTTPException(422, "top_k is a whole number") from None
+        return await classify(uploads, top_k, reject, tta)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info():
+        return {"classes": names, "preprocessing": vars(pre), "engine": engine, "version": __version__,
+                "temperature": source.temperature, "reject_threshold": source.reject_threshold,
+                "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return (files(__package__) / "page.html").read_text(encoding="utf-8")
+
+    return app
