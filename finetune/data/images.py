@@ -39,11 +39,16 @@ def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     if not stat.S_ISREG(os.stat(path).st_mode):  # reading a FIFO would wait forever, a device never end
         raise DataError(f"{path} is not a regular file: {special_file(Path(path))}")
     with open_image(path) as im:
-        if draft_size and im.format == "JPEG":
-            # Decode at reduced scale when the file is much larger than needed (a no-op otherwise).
-            im.draft("RGB", (draft_size, draft_size))
-        im.seek(0)
-        return to_rgb(ImageOps.exif_transpose(im))  # a new image (a copy where nothing turns): safe after close
+        return decode_rgb(im, draft_size)
+
+
+def decode_rgb(im: Image.Image, draft_size: int | None = None) -> Image.Image:
+    """load_rgb's decoding of an image already opened (the server opens uploads from memory)."""
+    if draft_size and im.format == "JPEG":
+        # Decode at reduced scale when the file is much larger than needed (a no-op otherwise).
+        im.draft("RGB", (draft_size, draft_size))
+    im.seek(0)
+    return to_rgb(ImageOps.exif_transpose(im))  # a new image (a copy where nothing turns): safe after close
 
 
 def special_file(path: Path) -> str:

@@ -68,10 +68,13 @@ class Explainer:
 
     def overlay(self, path: Path, target: int | None = None) -> bytes:
         """A JPEG of the photo as the model saw it, with the heatmap of `target` (default: the top class)."""
+        return self.overlay_rgb(load_rgb(Path(path), self.ckpt.preprocessing.resize), target)
+
+    def overlay_rgb(self, image, target: int | None = None) -> bytes:
+        """overlay() of an RGB image already read (the server's uploads)."""
         from pytorch_grad_cam.utils.image import show_cam_on_image
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        image = load_rgb(Path(path), self.ckpt.preprocessing.resize)
         x = self.transform(image)[None].to(self.device)
         if target is None:
             with torch.no_grad():

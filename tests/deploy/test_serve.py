@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,6 +116,7 @@ def _same(served, offline):
 def test_the_app_answers_as_offline_predict_and_reports_bad_images_one_by_one(tiny):
     from fastapi.testclient import TestClient
 
+    from finetune.checkpoint import Checkpoint
     from finetune.deploy.serve.app import create_app
     from finetune.deploy.serve.settings import ServeSettings
 
@@ -145,6 +147,19 @@ def test_the_app_answers_as_offline_predict_and_reports_bad_images_one_by_one(ti
         page = client.get("/").text
         assert "<script>" in page and "http://" not in page and "https://" not in page  # works offline
         assert "/predict" in client.get("/openapi.json").text
+        assert info["cam"] is True
+        r = client.post("/cam", files={"file": (photos[0].name, photos[0].read_bytes(), "image/png")},
+                        data={"label": "red"})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
+        from finetune.deploy.cam import Explainer
+
+        assert r.content == Explainer(Checkpoint.load(ckpt)).overlay(photos[0], 1)  # as predict --cam draws it
+        assert client.post("/cam", files={"file": ("a.png", photos[0].read_bytes())},
+                           data={"label": "green"}).status_code == 422
+    with TestClient(create_app(ckpt, ServeSettings(engine="torch", max_pixels=100))) as client:
+        r = client.post("/predict", files=files[:1])  # the fixture's photos are 32x32: over 100 pixels
+        assert r.status_code == 413 and "pixels" in r.text
+        assert client.post("/cam", files={"file": ("a.png", photos[0].read_bytes())}).status_code == 413
 
 
 def _free_port() -> int:
@@ -153,23 +168,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tiny, tmp_path):
-    ckpt, _ = tiny
+def _start(ckpt, cwd, *flags):
+    """`finetune serve CKPT` in a subprocess on a free port, from a folder of its own; (process, url) once healthy."""
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's finetune, from a folder of its own
-    proc = subprocess.Popen([sys.executable, "-m", "finetune", "serve", str(ckpt), "--port", str(port),
-                             "--engine", "torch", "--max-wait-ms", "20"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's finetune
+    proc = subprocess.Popen([sys.executable, "-m", "finetune", "serve", str(ckpt), "--port", str(port), *flags],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
+                return proc, url
         except httpx.HTTPError:
             if proc.poll() is not None:
                 raise AssertionError(proc.stderr.read()) from None
             time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the server did not answer /health in 30 s")
+
+
+@pytest.fixture
+def server(tiny, tmp_path):
+    proc, url = _start(tiny[0], tmp_path, "--engine", "torch", "--max-wait-ms", "20")
     yield proc, url, tmp_path
     if proc.poll() is None:
         proc.kill()
@@ -223,3 +243,67 @@ def test_the_port_in_use_and_a_missing_model_are_one_line_errors(tiny, tmp_path)
     assert code == 1 and "--port" in err and "Traceback" not in err
 
 
+
+
+@pytest.mark.slow
+def test_a_full_queue_answers_503_with_retry_after_and_the_rest_are_served(tiny, tmp_path):
+    ckpt, data = tiny
+    photos = _photos(data)
+    proc, url = _start(ckpt, tmp_path, "--engine", "torch", "--max-batch", "1", "--max-wait-ms", "0",
+                       "--max-queue", "2", "--max-images", "2")
+    pair = [("files", (p.name, p.read_bytes(), "image/png")) for p in photos[:2]]
+
+    def ask(_):
+        return httpx.post(url + "/predict", files=pair, data={"tta": "true"}, timeout=60)
+
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(ask, range(96)))
+    finally:
+        proc.kill()
+        proc.wait()
+    codes = [a.status_code for a in answers]
+    busy = [a for a in answers if a.status_code == 503]
+    assert set(codes) == {200, 503}, codes  # a queue of 2 images and 32 clients: some wait, none are lost
+    assert all(a.headers["retry-after"] == "1" and "waiting" in a.json()["detail"] for a in busy)
+
+
+def test_a_queue_smaller_than_one_request_is_refused_at_start():
+    from finetune.deploy.serve.settings import ServeSettings
+    from finetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--max-queue"):
+        ServeSettings(max_queue=4, max_images=8)
+
+
+BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium or Chrome here: install Debian's chromium (.ci/run does) "
+                                            "to check the page in a real browser")
+def test_the_page_in_a_real_browser_uploads_photos_and_shows_the_top_classes_and_grad_cam(tiny, server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ckpt, data = tiny
+    _, url, cwd = server
+    photos = _photos(data)[:2]
+    offline = _expected(ckpt, photos)
+    problems = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which(BROWSER), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 390, "height": 1200})
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('info').textContent.includes('2 classes')")
+        page.check("#cam")  # offered: the server has the .pt checkpoint and grad-cam
+        page.fill("#k", "2")
+        page.set_input_files("#pick", [str(p) for p in photos])
+        page.wait_for_function("document.querySelectorAll('.card img.cam').length == 2", timeout=60_000)
+        shown = {c.query_selector("h3").text_content(): [r.text_content() for r in c.query_selector_all(".cls")]
+                 for c in page.query_selector_all(".card")}
+        drawn = page.evaluate("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth)")
+        page.screenshot(path=str(cwd.parent / "page.png"))
+        browser.close()
+    assert shown == {Path(o["path"]).name: [t["label"] for t in o["top"]] for o in offline}
+    assert drawn and not problems, problems

@@ -12,16 +12,20 @@ from importlib.resources import files
 from typing import Optional
 
 import torch
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ...checkpoint import Checkpoint
 from ...data.transforms import eval_transform
+from ...errors import FinetuneError
+from ..cam import Explainer
+from ..cam import require as require_cam
 from ..engines import ModelSource, load_source, onnxruntime_runner, resolve_engine
 from ..predict import Prediction, forward, rank, resolve_reject, torch_runner
 from .batcher import Batcher, QueueFull
-from .decode import TooLarge, decode
+from .decode import TooLarge, read_rgb
 from .metrics import Metrics
 from .settings import ServeSettings
 
@@ -47,6 +51,28 @@ def _runner(source, engine: str, device: str):
     return lambda images, tta: forward(model, images, tta)
 
 
+class Explainers:
+    """Grad-CAM for /cam: built on the first request (a model of its own, with gradients), run in one thread
+    (pytorch-grad-cam's hooks hold one image at a time). `why_not`: why this server cannot explain, or None."""
+
+    def __init__(self, source):
+        self.source, self._explainer = source, None
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="finetune-cam")
+        self.why_not = None
+        if not isinstance(source, Checkpoint):
+            self.why_not = "Grad-CAM follows gradients through the torch model: serve the .pt checkpoint"
+        else:
+            try:
+                require_cam()
+            except FinetuneError as exc:
+                self.why_not = str(exc)
+
+    def overlay(self, image, target: int | None) -> bytes:
+        if self._explainer is None:
+            self._explainer = Explainer(self.source)
+        return self._explainer.overlay_rgb(image, target)
+
+
 def create_app(source: ModelSource | str, settings: ServeSettings = ServeSettings()) -> FastAPI:
     from ... import __version__
 
@@ -58,6 +84,10 @@ def create_app(source: ModelSource | str, settings: ServeSettings = ServeSetting
     batcher = Batcher(_runner(source, engine, settings.device), settings.max_batch, settings.max_wait_ms,
                       settings.max_queue, on_batch=metrics.batch)
     decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="finetune-decode")
+    explainer = Explainers(source)
+
+    def decode(data: bytes) -> torch.Tensor:
+        return transform(read_rgb(data, pre.resize, settings.max_bytes, settings.max_pixels))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -65,6 +95,7 @@ def create_app(source: ModelSource | str, settings: ServeSettings = ServeSetting
         yield
         await batcher.stop()  # uvicorn stops accepting first: in-flight requests finish
         decoders.shutdown()
+        explainer.thread.shutdown()
 
     app = FastAPI(title="finetune serve", version=__version__, lifespan=lifespan,
                   description=f"Image classification with {len(names)} classes; see docs/serve.md.")
@@ -81,8 +112,7 @@ def create_app(source: ModelSource | str, settings: ServeSettings = ServeSetting
             raise HTTPException(422, str(exc)) from None
         loop = asyncio.get_running_loop()
         results = [Prediction(name) for name, _ in uploads]
-        jobs = [loop.run_in_executor(decoders, decode, data, transform, pre.resize, settings.max_bytes,
-                                     settings.max_pixels) for _, data in uploads]
+        jobs = [loop.run_in_executor(decoders, decode, data) for _, data in uploads]
         tensors = await asyncio.gather(*jobs, return_exceptions=True)
         good, too_large = [], False
         for i, t in enumerate(tensors):
@@ -140,7 +170,27 @@ def create_app(source: ModelSource | str, settings: ServeSettings = ServeSetting
     async def info():
         return {"classes": names, "preprocessing": vars(pre), "engine": engine, "version": __version__,
                 "temperature": source.temperature, "reject_threshold": source.reject_threshold,
-                "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms}
+                "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms, "cam": explainer.why_not is None}
+
+    @app.post("/cam", summary="Grad-CAM: a JPEG of the image as the model saw it, coloured where it looked for its "
+                              "top class (or `label`); .pt models with finetune[explain] only",
+              response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+    async def cam(file: UploadFile = File(...), label: Optional[str] = Form(None)):
+        if explainer.why_not:
+            raise HTTPException(501, explainer.why_not)
+        if label is not None and label not in names:
+            raise HTTPException(422, f"no class {label!r}; the classes are {', '.join(names)}")
+        loop = asyncio.get_running_loop()
+        try:
+            image = await loop.run_in_executor(decoders, read_rgb, await file.read(), pre.resize, settings.max_bytes,
+                                               settings.max_pixels)
+        except TooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+        except Exception as exc:
+            raise HTTPException(422, f"{type(exc).__name__}: {exc}") from None
+        target = None if label is None else names.index(label)
+        jpeg = await loop.run_in_executor(explainer.thread, explainer.overlay, image, target)
+        return Response(jpeg, media_type="image/jpeg")
 
     @app.get("/metrics")
     async def prometheus():
