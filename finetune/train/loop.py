@@ -21,6 +21,7 @@ from ..data.loading import stopped_workers
 from ..files import refuse_inside
 from ..metrics import confusion_matrix
 from ..runtime.distributed import Dist
+from .budget import Budget
 from .calibration import calibrate_run
 from .checkpoints import CheckpointWriter
 from .curves import CurvesPlot, plot_reliability, print_run_summary
@@ -49,6 +50,7 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
     With resume_dir, continue that run from its last.pt (train.resume) instead of starting a new one.
     `dist`: this process's rank in a data-parallel run (runtime.distributed); rank 0 writes the run folder."""
     console = (console or stderr_console()) if dist.main else quiet_console()
+    budget = Budget(recipe.train.budget)  # counts from here: the model, the feature pass and the epochs
     if recipe.data.root is not None:  # recorded absolute, so report, evaluate and --resume find it from anywhere
         root = Path(os.path.abspath(Path(recipe.data.root).expanduser()))
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"root": root})})
@@ -79,7 +81,7 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
                           f"{len(setup.splits.class_names)} classes, {literal(recipe.model.source)}:"
                           f"{literal(recipe.model.name)}, strategy {recipe.strategy.name}, device "
                           f"{setup.compute.device}" + dropped(setup) + run.resumed_at(), soft_wrap=True)
-            epochs = Epochs(run, setup, train_batches, val_batches, loggers, console)
+            epochs = Epochs(run, setup, train_batches, val_batches, loggers, console, budget)
             # the head solved on the frozen features, no epochs (solved.py); a run resumed after SGD steps (one
             # started before head_solver existed, whose recipe.yaml now reads as lbfgs) goes on by epochs
             epochs.solve() if setup.solve_head and run.progress.global_step == 0 else epochs.train()
@@ -113,8 +115,10 @@ def frozen_batches(setup: Setup, console):
 class Epochs:
     """The run's epochs over its batches: train, evaluate, log, checkpoint; then calibration and the summary."""
 
-    def __init__(self, state: RunState, setup: Setup, train_batches, val_batches, loggers: Loggers | None, console):
+    def __init__(self, state: RunState, setup: Setup, train_batches, val_batches, loggers: Loggers | None, console,
+                 budget: Budget | None = None):
         self.state, self.setup, self.loggers, self.console = state, setup, loggers, console
+        self.budget, self.stop_reason = budget or Budget(None), ""
         self.train_batches, self.val_batches = train_batches, val_batches
         self.curves, self.vanished = CurvesPlot(state.run_dir / "curves.png"), Vanished(setup.splits)
         self.main = setup.compute.dist.main
@@ -130,13 +134,19 @@ class Epochs:
             step.wrap()  # DDP registers what trains when it wraps: again when that changed
             row = self.epoch(epoch)
             best = self.state.end_epoch(row)
-            self.log(row, final=epoch == cfg.epochs or stopped_early(self.state.rows, cfg.early_stop))
+            out_of_time = epoch < cfg.epochs and not self.budget.allows_another(
+                [r["seconds"] for r in self.state.rows], self.setup.compute.dist)
+            self.log(row, final=epoch == cfg.epochs or out_of_time or stopped_early(self.state.rows, cfg.early_stop))
             self.console.print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
                                f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['seconds']:.1f}s")
             if self.vanished.report(self.setup.compute.dist) and self.main:  # deleted since the pre-scan
                 write_data_summary(self.state.run_dir / "data.json", self.setup.splits, self.setup.balance,
                                    self.console)
             self.state.save_epoch(best)  # best.pt (when best), then last.pt
+            if out_of_time:
+                self.stop_reason = self.budget.reason()
+                self.console.print(f"epoch {epoch}: stopping, {self.stop_reason}")
+                break
 
     def epoch(self, epoch: int) -> dict:
         """Train one epoch, then evaluate (the moving average and the raw weights, with EMA): its metrics row."""
@@ -183,7 +193,7 @@ class Epochs:
                              setup.splits.class_names)
         early = stopped_early(run.rows, cfg.early_stop)
         print_run_summary(self.console, run.rows, calibration, run.run_dir,
-                          f"val accuracy did not improve for {cfg.early_stop} epochs" if early else "")
+                          f"val accuracy did not improve for {cfg.early_stop} epochs" if early else self.stop_reason)
 
 
 def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, console,

