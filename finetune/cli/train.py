@@ -22,7 +22,8 @@ def train(
              "them) to train without a recipe: the plan is chosen for --budget. Not with --resume.")] = None,
     data: DataOpt = None,
     output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Run folder to create (default: a new folder under runs/).")] = None,
+        "--output", "-o", help="Run folder to create (default: a new folder under runs/); for a folder of photos, "
+                               "the folder of the plan's runs (OUTPUT/solved-head, OUTPUT/last-stage).")] = None,
     set_: SetOpt = None,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", metavar="RUN_DIR", help="Continue the run in this folder from its last.pt, with its own "
@@ -43,11 +44,12 @@ def train(
     """Train a classifier as RECIPE says and write best.pt, last.pt, metrics.csv and recipe.yaml into a run folder.
 
     `finetune train PHOTOS/ --budget 10m` needs no recipe: it measures the data and this machine, prints the plan
-    and why, and writes it as the run's recipe.yaml. A stopped run (Ctrl-C, SIGTERM, a crash) continues where it
-    left off with --resume RUN_DIR. Without
-    data.augment in the recipe, feature-extract trains on the frozen features computed once (no augmentation)
-    and the other strategies use standard augmentation. Data parallel: `torchrun --nproc_per_node=N -m finetune
-    train RECIPE` (or --nproc N); train.batch_size is then the batch over all processes.
+    and why, runs it (the head solved on cached features, then last-stage when it fits), each run with its own
+    recipe.yaml, and prints the folder of the better one on val. A stopped run (Ctrl-C, SIGTERM, a crash)
+    continues where it left off with --resume RUN_DIR. Without data.augment in the recipe, feature-extract trains
+    on the frozen features computed once (no augmentation) and the other strategies use standard augmentation.
+    Data parallel: `torchrun --nproc_per_node=N -m finetune train RECIPE` (or --nproc N); train.batch_size is then
+    the batch over all processes.
     """
     from ..config import load_recipe
     from ..errors import ConfigError
@@ -67,17 +69,15 @@ def train(
     if folder and data is not None:
         raise ConfigError(f"{recipe} is the folder of photos already; leave out --data")
     seconds = _budget(budget) if budget is not None else None
-    overrides = [*(set_ or []), *(["run.exist_ok=true"] if exist_ok else []),
-                 *([f"train.budget={seconds}"] if seconds is not None else [])]
-    plan = None
+    overrides = [*(set_ or []), *(["run.exist_ok=true"] if exist_ok else [])]
+    if folder:
+        return _train_folder(recipe, seconds or DEFAULT_BUDGET, model, overrides, output)
+    overrides += [f"train.budget={seconds}"] if seconds is not None else []
     if resume is not None:
         tune()
         from ..train.resume import load_run_recipe
 
         config = load_run_recipe(resume, overrides, data=data)
-    elif folder:
-        tune()
-        plan, config = _planned(recipe, seconds or DEFAULT_BUDGET, model, overrides, output)
     else:
         config = load_recipe(recipe, overrides, data=data, output=output)  # a mistake in it fails before torch
         tune()
@@ -97,20 +97,12 @@ def train(
     if launched():
         die_with_launcher()
     dist = from_environment(config.train.device, config.train.dist_backend)
-    import time
-
-    start = time.monotonic()
     try:
         run_dir = fit(config, resume_dir=resume, dist=dist)
     except KeyboardInterrupt:  # before training started: nothing to save
         raise FinetuneError("interrupted before the first epoch; nothing was trained") from None
     finally:
         shutdown(dist)
-    if dist.main and plan is not None:
-        from ..train.autoplan import outcome
-
-        for line in outcome(plan, run_dir, time.monotonic() - start):
-            typer.echo(line, err=True)
     if dist.main:
         typer.echo(f"report: {write_run_report(run_dir)}", err=True)
         typer.echo(str(run_dir))
@@ -129,21 +121,43 @@ def _budget(text: str) -> float:
         raise ConfigError(f"--budget {exc}") from None
 
 
-def _planned(folder: Path, budget: float, model: str | None, overrides: list[str], output: Path | None):
-    """The recipe the planner chooses for the photos in `folder`, said (with why) before any work."""
-    from ..config import build_recipe
-    from ..train.autoplan import plan_folder
+def _new_folder(path: Path) -> Path:
+    """path, or path-2, path-3, ...: the first that does not exist (a planned run never reuses an earlier one's)."""
+    n, candidate = 1, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
+
+def _train_folder(folder: Path, budget: float, model: str | None, overrides: list[str], output: Path | None):
+    """`finetune train PHOTOS/`: the plan said with why before any work, its runs (OUTPUT/solved-head, then
+    OUTPUT/last-stage when it fits), and the better one's folder on the last line."""
+    import time
+
+    from ..config import build_recipe
+    from ..train.autoplan import kept, outcome, plan_folder, run_plan
+
+    tune()
+    start = time.monotonic()
     plan = plan_folder(folder, budget, model)
-    typer.echo(f"plan: {plan.backbone.key} ({plan.backbone.name}), {plan.strategy}"
-               + (f", {plan.epochs} epochs" if plan.strategy == "last-stage" else "")
-               + f", {plan.image_size} px: about {plan.seconds:.0f} s of the {budget:.0f} s budget", err=True)
-    for why in plan.why:
-        typer.echo(f"  because {why}", err=True)
-    typer.echo(f"  a bigger budget would try {plan.next}", err=True)
-    tree = plan.recipe(str(folder.expanduser().absolute()), output)
-    tree.setdefault("run", {}).setdefault("name", f"auto-{folder.expanduser().absolute().name}")
-    return plan, build_recipe(tree, overrides, source=f"planned for {folder}")
+    root = folder.expanduser().absolute()
+    parent = output or _new_folder(Path("runs") / f"auto-{root.name}")
+    recipes = [build_recipe(p.recipe(str(root), parent / p.name, budget), overrides, source=f"planned for {folder}")
+               for p in plan.phases]  # a mistake in --set fails here, before any work
+    typer.echo(f"plan for {plan.data.train_images} train + {plan.data.val_images} val images, {plan.data.classes} "
+               f"classes: about {plan.seconds:.0f} s of the {budget:.0f} s budget", err=True)
+    for phase in plan.phases:
+        typer.echo(f"  {phase.describe()}: {phase.why}", err=True)
+    try:
+        runs = run_plan(plan, recipes, lambda line: typer.echo(line, err=True))
+    except KeyboardInterrupt:  # before training started: nothing to save
+        raise FinetuneError("interrupted before the first epoch; nothing was trained") from None
+    for line in outcome(plan, runs, time.monotonic() - start):
+        typer.echo(line, err=True)
+    for r in runs:
+        typer.echo(f"report: {write_run_report(r.run_dir)}", err=True)
+    typer.echo(str(kept(runs).run_dir))
 
 
 @app.command("lr-find")

