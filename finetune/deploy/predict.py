@@ -142,6 +142,16 @@ def torch_runner(ckpt: Checkpoint, dev: torch.device):
     return fold_checked(model, probe.to(dev, memory_format=torch.channels_last))
 
 
+def make_runner(source: ModelSource, engine: str, dev: torch.device):
+    """(images on the CPU, tta) -> logits, by `engine`: the checkpoint's model as torch_runner builds it (the images
+    moved to `dev`, channels-last), or onnxruntime. predict and the server (deploy.serve) both run through this."""
+    if engine == "torch":
+        model = torch_runner(source, dev)
+        return lambda images, tta=False: forward(model, images.to(dev, memory_format=torch.channels_last), tta)
+    model = onnxruntime_runner(source)
+    return lambda images, tta=False: forward(model, images, tta)
+
+
 def rank(logits: torch.Tensor, names: list[str], k: int, temperature: float, calibration: float,
          threshold: float | None) -> list[tuple[list[Ranked], bool | None]]:
     """Each row of logits as its top-k classes (probabilities at `temperature`) and whether it is rejected (its
@@ -175,7 +185,7 @@ def predict(source: ModelSource | Path, paths: list[Path], *, top_k: int = 1, ba
     loader = torch.utils.data.DataLoader(_Images(paths, eval_transform(pre), pre.resize), batch_size=batch_size,
                                          num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
     batches = prefetched(loader) if dev.type == "cpu" else loader  # on CPU decoding starts while the model is built
-    model = torch_runner(ckpt, dev) if engine == "torch" else onnxruntime_runner(ckpt)
+    run = make_runner(ckpt, engine, dev)
     results = [Prediction(str(p)) for p in paths]
     console = console or stderr_console()
     with progress(console) as bar, torch.inference_mode():
@@ -186,8 +196,7 @@ def predict(source: ModelSource | Path, paths: list[Path], *, top_k: int = 1, ba
             for i, err in errors:
                 results[i].error = err
             if idx:
-                batch = images.to(dev, memory_format=torch.channels_last) if engine == "torch" else images
-                logits = forward(model, batch, tta).cpu()
+                logits = run(images, tta).cpu()
                 ranked = rank(logits, names, k, temperature, ckpt.temperature, threshold)
                 for row, (i, (top, rejected)) in enumerate(zip(idx, ranked)):
                     results[i].logits, results[i].top, results[i].rejected = logits[row].tolist(), top, rejected

@@ -83,7 +83,7 @@ class Phase:
                          "lr": {"head": 0.001, "last_stage": 0.0001} if last else {"head": 0.001}},
             "optim": {"name": "adam"},
             "schedule": {"name": "constant"},
-            "train": {"epochs": self.epochs if last else 5, "batch_size": 16, "budget": round(budget, 1)},
+            "train": {"epochs": self.epochs, "batch_size": 16, "budget": round(budget, 1)},
         }
         if output is not None:
             tree["run"] = {"output": str(output)}
@@ -116,7 +116,7 @@ def plan_run(data: DataStats, machine: Machine, budget: float, model: str | None
     phases = [_solved_head(data, machine, candidates, usable)]
     left = usable - phases[0].seconds
     for backbone in candidates:  # rule 2 on each backbone, largest first
-        epoch = _seconds(data, machine, backbone, backbone.size, "last-stage", 1)
+        epoch = _seconds(data, machine, backbone, backbone.size, "last-stage")
         epochs = min(MAX_EPOCHS, int((left - OVERHEAD) // epoch)) if epoch > 0 else MAX_EPOCHS
         if epochs >= MIN_EPOCHS:
             phases.append(Phase("last-stage", backbone, "last-stage", epochs, backbone.size,
@@ -134,7 +134,7 @@ def _solved_head(data: DataStats, machine: Machine, candidates: list[Backbone], 
     for size in (None, SMALL_SIZE):
         for backbone in candidates:
             px = size or backbone.size
-            seconds = OVERHEAD + _seconds(data, machine, backbone, px, "feature-extract", 1)
+            seconds = OVERHEAD + _seconds(data, machine, backbone, px, "feature-extract")
             if seconds <= usable or (size and backbone is candidates[-1]):
                 return Phase("solved-head", backbone, "feature-extract", 1, px, seconds,
                              f"first the head solved on cached features (one pass over the images, about "
@@ -142,9 +142,10 @@ def _solved_head(data: DataStats, machine: Machine, candidates: list[Backbone], 
     raise AssertionError("unreachable: the last candidate at SMALL_SIZE is always returned")
 
 
-def _seconds(data: DataStats, machine: Machine, backbone: Backbone, size: int, strategy: str, epochs: int) -> float:
+def _seconds(data: DataStats, machine: Machine, backbone: Backbone, size: int, strategy: str) -> float:
+    """One epoch of `strategy` (for the solved head: its one pass) in seconds."""
     scale = backbone.cost * (size / backbone.size) ** 2  # the convolutions' cost follows the pixels
-    work = Workload(data.train_images, data.val_images, epochs, strategy, strategy == "feature-extract", 1, size,
+    work = Workload(data.train_images, data.val_images, 1, strategy, strategy == "feature-extract", 1, size,
                     machine.device)
     return estimate_seconds(work, machine.decode, machine.forward * scale)
 
@@ -159,7 +160,7 @@ def _next(phases: list[Phase], data: DataStats, machine: Machine) -> str:
             return ("strategy.name full with strategy.freeze_epochs 1 (a recipe; not chosen by the planner: it did "
                     "not beat last-stage on hymenoptera)")
         b = bigger[0]
-    seconds = OVERHEAD + MIN_EPOCHS * _seconds(data, machine, b, b.size, "last-stage", 1)
+    seconds = OVERHEAD + MIN_EPOCHS * _seconds(data, machine, b, b.size, "last-stage")
     return f"{MIN_EPOCHS} epochs of last-stage on {b.key} after the solved head (about {_duration(seconds)} more)"
 
 

@@ -20,10 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ...checkpoint import Checkpoint
 from ...data.transforms import eval_transform
 from ...errors import FinetuneError
+from ...runtime.device import resolve_device
 from ..cam import Explainer
 from ..cam import require as require_cam
-from ..engines import ModelSource, load_source, onnxruntime_runner, resolve_engine
-from ..predict import Prediction, forward, rank, resolve_reject, torch_runner
+from ..engines import ModelSource, load_source, resolve_engine
+from ..predict import Prediction, make_runner, rank, resolve_reject
 from .batcher import Batcher, QueueFull
 from .decode import TooLarge, read_rgb
 from .metrics import Metrics
@@ -42,16 +43,7 @@ class JsonRequest(BaseModel):
     tta: bool = False
 
 
-def _runner(source, engine: str, device: str):
-    if engine == "torch":
-        dev = torch.device(device)
-        model = torch_runner(source, dev)
-        return lambda images, tta: forward(model, images.to(dev, memory_format=torch.channels_last), tta)
-    model = onnxruntime_runner(source)
-    return lambda images, tta: forward(model, images, tta)
-
-
-class Explainers:
+class LazyExplainer:
     """Grad-CAM for /cam: built on the first request (a model of its own, with gradients), run in one thread
     (pytorch-grad-cam's hooks hold one image at a time). `why_not`: why this server cannot explain, or None."""
 
@@ -81,10 +73,10 @@ def create_app(source: ModelSource | str, settings: ServeSettings = ServeSetting
     names, pre = source.class_names, source.preprocessing
     transform = eval_transform(pre)
     metrics = Metrics()
-    batcher = Batcher(_runner(source, engine, settings.device), settings.max_batch, settings.max_wait_ms,
-                      settings.max_queue, on_batch=metrics.batch)
+    run = make_runner(source, engine, resolve_device(settings.device) if engine == "torch" else torch.device("cpu"))
+    batcher = Batcher(run, settings.max_batch, settings.max_wait_ms, settings.max_queue, on_batch=metrics.batch)
     decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="finetune-decode")
-    explainer = Explainers(source)
+    explainer = LazyExplainer(source)
 
     def decode(data: bytes) -> torch.Tensor:
         return transform(read_rgb(data, pre.resize, settings.max_bytes, settings.max_pixels))
