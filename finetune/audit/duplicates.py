@@ -1,6 +1,6 @@
 """Near-duplicates and leakage: pairs of different files whose embeddings are nearly identical.
 
-Cosine similarity of L2-normalised pooled embeddings, found by blocked matrix products (BLOCK x BLOCK tiles of
+Cosine similarity of L2-normalised pooled embeddings, found by neighbors.nearest (BLOCK x BLOCK tiles of
 torch.mm, a running top-k per row), so memory stays at a few tiles and time grows as N^2 / BLOCK^2 fast matrix
 products, never an N^2 Python loop: 100k embeddings of dimension 1280 took 721 s on 2 busy CPU cores with
 1.5 GiB peak memory (benchmarks/audit_scale.py, docs/audit.md). Each image keeps its TOP_K most similar others,
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..neighbors import BLOCK, nearest
 from .embeddings import Embeddings
 
 THRESHOLD = 0.82
 TOP_K = 10
-BLOCK = 4096
 
 KINDS = {
     "leakage": "nearly the same photo in train and val: it inflates validation accuracy; keep one, in one split",
@@ -48,26 +48,10 @@ def similar_pairs(x: torch.Tensor, threshold: float, k: int = TOP_K, block: int 
     """(i, j, similarity) for i < j whose rows of `x` (L2-normalised) have cosine >= threshold, j among the k most
     similar rows to i or i among those of j; most similar first."""
     n = len(x)
-    k = min(k, n - 1)
-    rows, cols, sims = [], [], []
-    with torch.inference_mode():
-        for start in range(0, n, block):
-            a = x[start:start + block]
-            best_v = torch.full((len(a), k), -2.0)
-            best_i = torch.zeros((len(a), k), dtype=torch.long)
-            for col in range(0, n, block):
-                s = torch.mm(a, x[col:col + block].T)
-                if col == start:  # a row is not its own duplicate
-                    s.fill_diagonal_(-2.0)
-                v, i = s.topk(min(k, s.shape[1]), dim=1)
-                v, pick = torch.cat([best_v, v], 1).topk(k, dim=1)
-                best_i = torch.cat([best_i, i + col], 1).gather(1, pick)
-                best_v = v
-            keep = best_v >= threshold
-            rows.append((torch.arange(start, start + len(a)).unsqueeze(1).expand_as(best_i))[keep])
-            cols.append(best_i[keep])
-            sims.append(best_v[keep])
-    r, c, s = (torch.cat(t).numpy() for t in (rows, cols, sims))
+    best_v, best_i = nearest(x, x, k, exclude_self=True, block=block)
+    keep = best_v >= threshold
+    r = torch.arange(n).unsqueeze(1).expand_as(best_i)[keep].numpy()
+    c, s = best_i[keep].numpy(), best_v[keep].numpy()
     lo, hi = np.minimum(r, c), np.maximum(r, c)
     _, first = np.unique(lo.astype(np.int64) * n + hi, return_index=True)  # (i, j) and (j, i) once
     order = first[np.argsort(-s[first], kind="stable")]
