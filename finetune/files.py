@@ -199,14 +199,15 @@ def _check_node(node, sizes: dict, what: str, path: Path) -> int:
     return size
 
 
-def refuse_inside(path: Path, root: Path | None, what: str, error=ConfigError) -> None:
-    """Refuse to write `path` when it is `root` or inside it: finetune never writes into a dataset."""
-    if root is None:
-        return
-    out, data = Path(path).expanduser().absolute().resolve(), Path(root).expanduser().absolute().resolve()
-    if out == data or data in out.parents:
-        raise error(f"{what} {path} is inside the dataset {root}; finetune never writes into a dataset: choose a "
-                    "folder outside it")
+def refuse_inside(path: Path, root: Path | list[Path] | None, what: str, error=ConfigError) -> None:
+    """Refuse to write `path` when it is `root` (or one of a list of dataset folders) or inside it: finetune never
+    writes into a dataset."""
+    out = Path(path).expanduser().absolute().resolve()
+    for folder in [root] if isinstance(root, (str, Path)) else root or []:
+        data = Path(folder).expanduser().absolute().resolve()
+        if out == data or data in out.parents:
+            raise error(f"{what} {path} is inside the dataset {folder}; finetune never writes into a dataset: choose "
+                        "a folder outside it")
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -3,7 +3,6 @@ and the head's accuracy with its spread, written as audit.json, audit.csv and au
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from ..config import Recipe, RunSpec
 from ..console import literal, progress, stderr_console
 from ..data.filecheck import check_files
+from ..data.folders import absolute_root, dataset_folders
 from ..files import refuse_inside
 from ..train.rundir import create_run_dir
 from .duplicates import THRESHOLD, Pair, find_duplicates
@@ -39,9 +39,9 @@ def run_audit(recipe: Recipe, threshold: float = THRESHOLD, folds: int = FOLDS, 
     from .report import write_outputs
 
     console = console or stderr_console()
-    root = Path(os.path.abspath(Path(recipe.data.root).expanduser())) if recipe.data.root else None
+    root = absolute_root(recipe.data.root) if recipe.data.root else None
     out = recipe.run.output
-    refuse_inside(out or recipe.run.dir, root, "the audit folder")
+    refuse_inside(out or recipe.run.dir, dataset_folders(root), "the audit folder")
     seconds = {}
     start = time.perf_counter()
     emb = load_embeddings(recipe, console)

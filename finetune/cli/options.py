@@ -48,6 +48,7 @@ class ExportFormat(str, Enum):
     torchscript = "torchscript"
     safetensors = "safetensors"
 
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="ImageFolder root; overrides data.root.")]
+DataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help="ImageFolder root, or @labels.csv (path, label, optional split columns); overrides data.root.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a recipe key, e.g. --set optim.name=sgd (repeatable).")]

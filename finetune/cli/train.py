@@ -19,7 +19,8 @@ from .options import DataOpt, Device, SetOpt
 def train(
     recipe: Annotated[Optional[Path], typer.Argument(
         help="Recipe YAML file (see recipes/), or a folder of photos (class folders, or train/ and val/ holding "
-             "them) to train without a recipe: the plan is chosen for --budget. Not with --resume.")] = None,
+             "them) or @labels.csv (path, label and optional split columns) to train without a recipe: the plan is "
+             "chosen for --budget. Not with --resume.")] = None,
     data: DataOpt = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Run folder to create (default: a new folder under runs/); for a folder of photos, "
@@ -59,7 +60,9 @@ def train(
                           "--output and --exist-ok")
     if resume is None and recipe is None:
         raise ConfigError("give a RECIPE file to start a run, or --resume RUN_DIR to continue one")
-    folder = recipe is not None and recipe.is_dir()
+    from ..data.lists import is_list_argument
+
+    folder = recipe is not None and (recipe.is_dir() or is_list_argument(recipe))
     if model is not None and not folder:
         raise ConfigError("--model picks the backbone of a run planned for a folder of photos; in a recipe set "
                           "model.name")
@@ -67,7 +70,7 @@ def train(
         raise ConfigError("a run planned for a folder is one process (each would time this machine and plan its "
                           "own); run it once, then torchrun or --nproc N with RUN_DIR/recipe.yaml")
     if folder and data is not None:
-        raise ConfigError(f"{recipe} is the folder of photos already; leave out --data")
+        raise ConfigError(f"{recipe} is the photos to train on already; leave out --data")
     seconds = _budget(budget) if budget is not None else None
     overrides = [*(set_ or []), *(["run.exist_ok=true"] if exist_ok else [])]
     if folder:
@@ -136,13 +139,16 @@ def _train_folder(folder: Path, budget: float, model: str | None, overrides: lis
     import time
 
     from ..config import build_recipe
+    from ..data.folders import absolute_root
+    from ..data.lists import is_list_argument
     from ..train.autoplan import kept, outcome, plan_folder, run_plan
 
     tune()
     start = time.monotonic()
     plan = plan_folder(folder, budget, model)
-    root = folder.expanduser().absolute()
-    parent = output or _new_folder(Path("runs") / f"auto-{root.name}")
+    root = absolute_root(folder)
+    name = Path(str(root)[1:]).stem if is_list_argument(root) else root.name
+    parent = output or _new_folder(Path("runs") / f"auto-{name}")
     recipes = [build_recipe(p.recipe(str(root), parent / p.name, budget), overrides, source=f"planned for {folder}")
                for p in plan.phases]  # a mistake in --set fails here, before any work
     typer.echo(f"plan for {plan.data.train_images} train + {plan.data.val_images} val images, {plan.data.classes} "

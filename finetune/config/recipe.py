@@ -45,7 +45,8 @@ class ModelSpec(_Section):
 
 
 class DataSpec(_Section):
-    root: Optional[Path] = Field(None, description="ImageFolder root: class folders, or train/ and val/ holding them")
+    root: Optional[Path] = Field(None, description="ImageFolder root: class folders, or train/ and val/ holding "
+                                                   "them; or @labels.csv (path, label, optional split columns)")
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="share of each class held out when there is no val/ folder")
     image_size: Optional[int] = Field(

@@ -6,12 +6,14 @@ Nothing here writes under the dataset root.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from .lists import LIST_PREFIX, is_list_argument, labelled_tree, read_path_list
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VAL_FOLDERS = ("val", "valid", "validation")
@@ -72,28 +74,58 @@ def split_folders(root: Path) -> dict[str, Path]:
     return {"all": root}
 
 
+def absolute_root(root: Path) -> Path:
+    """data.root as a run records it, so report, evaluate and --resume find it from anywhere: an absolute folder,
+    or @ and the list file's absolute path."""
+    if is_list_argument(root):
+        return Path(LIST_PREFIX + os.path.abspath(Path(str(root)[len(LIST_PREFIX):]).expanduser()))
+    return Path(os.path.abspath(Path(root).expanduser()))
+
+
+def dataset_folders(root: Path | None) -> list[Path]:
+    """The folders finetune must never write into for data.root: the root, or for a `@list.csv` the dataset folder
+    of every folder its images are in (`dataset_of`); none when there is no root or the list cannot be read."""
+    if root is None:
+        return []
+    if not is_list_argument(root):
+        return [Path(root)]
+    try:
+        listed = read_path_list(root)
+    except DataError:
+        return []
+    first = {}
+    for i in listed:
+        first.setdefault(i.path.parent, i.path)
+    return sorted({dataset_of(Path(os.path.abspath(p))) for p in first.values()})
+
+
 def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=None) -> Splits:
-    """train/ + val/ (or valid/, validation/) when present, else a seeded split stratified by class.
+    """train/ + val/ (or valid/, validation/) when present, else a seeded split stratified by class. `root` may
+    also be a `@list.csv` with path and label columns (lists.labelled_tree), split by its split column or the same
+    way.
 
     screen(tree) -> {path: reason} names files to leave out (unreadable ones, label conflicts); `tree` is
     {split: {class: [paths]}} as scanned. They land in `skipped`.
     """
     if root is None:
         raise DataError("no dataset given: set data.root in the recipe or pass --data ROOT")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data root {root} is not a folder")
-    folders = split_folders(root)
-    scanned = {split: scan_classes(folder) for split, folder in folders.items()}
+    if is_list_argument(root):
+        scanned, unmatched = labelled_tree(root), f"the val rows of {root} have classes with no train rows"
+    else:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data root {root} is not a folder")
+        scanned = {split: scan_classes(folder) for split, folder in split_folders(root).items()}
+        unmatched = f"{find_val_folder(root)} has classes with no train/ folder"
     skipped = screen(scanned) if screen else {}
     for classes in scanned.values():
         for name in classes:
             classes[name] = [p for p in classes[name] if p not in skipped]
-    if "val" in folders:
-        train, val, val_dir = scanned["train"], scanned["val"], folders["val"]
+    if "val" in scanned:
+        train, val = scanned["train"], scanned["val"]
         unknown = sorted(set(val) - set(train))
         if unknown:
-            raise DataError(f"{val_dir} has classes with no train/ folder: {', '.join(unknown)}")
+            raise DataError(f"{unmatched}: {', '.join(unknown)}")
         names = sorted(train)
         splits = Splits(names, _label(train, names), _label(val, names), "folders")
     else:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import Checkpoint
+from ..data.folders import dataset_folders
 from ..data.lists import is_list_argument
 from ..errors import ExportError
 from ..files import atomic_write, is_checkpoint_file, make_folder, refuse_inside
@@ -87,7 +88,7 @@ def check_output(path: Path, checkpoint: Path, ckpt: Checkpoint) -> None:
     if path.exists() and (path.resolve() == Path(checkpoint).resolve() or is_checkpoint_file(path)):
         raise ExportError(f"--output {path} is a finetune checkpoint; an export never overwrites one (the trained "
                           "model would be lost). Give another file name")
-    refuse_inside(path, (ckpt.recipe.get("data") or {}).get("root"), "--output", ExportError)
+    refuse_inside(path, dataset_folders((ckpt.recipe.get("data") or {}).get("root")), "--output", ExportError)
 
 
 def export(checkpoint: Path, format: str, output: Path | None = None, tolerance: float = TOLERANCE,

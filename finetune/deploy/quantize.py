@@ -79,7 +79,7 @@ def calibration_samples(ckpt: Checkpoint, calibration: Path | str | None) -> tup
     if calibration is None:
         data = ckpt.recipe.get("data") or {}
         root, seed = data.get("root"), (ckpt.recipe.get("train") or {}).get("seed", 0)
-        if not root or not Path(root).expanduser().is_dir():
+        if not root or not (is_list_argument(root) or Path(root).expanduser().is_dir()):
             where = f"its data.root {root} is not a folder here" if root else "its recipe names no data.root"
             raise ExportError(f"--int8 calibrates on the checkpoint's validation images, but {where}; give "
                               "--calibration DIR: a few hundred images like those the model will see (class folders "

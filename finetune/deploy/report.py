@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..checkpoint import Checkpoint
+from ..data.folders import dataset_folders
 from ..errors import DataError
 from ..files import atomic_write, refuse_inside
 
@@ -34,7 +35,8 @@ def write_report(run_dir: Path, eval_dir: Path | None = None, explain: bool = Tr
         raise DataError(f"{run_dir} is not a run folder (no recipe.yaml); report takes a folder written by "
                         "`finetune train`")
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}
-    refuse_inside(run_dir / "report.html", (recipe.get("data") or {}).get("root"), "the report", DataError)
+    root = (recipe.get("data") or {}).get("root")
+    refuse_inside(run_dir / "report.html", dataset_folders(root), "the report", DataError)
     eval_dir = Path(eval_dir) if eval_dir else _newest_eval(run_dir)
     evaluation = _read_json(eval_dir / "report.json") if eval_dir else None
     cams = _cams(run_dir, evaluation) if explain and evaluation else {}

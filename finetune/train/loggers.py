@@ -18,6 +18,7 @@ import numpy as np
 
 from ..checkpoint import Calibration
 from ..config import RunSpec
+from ..data.folders import dataset_folders
 from ..errors import ConfigError, first_line
 from ..files import refuse_inside, write_text
 
@@ -90,7 +91,7 @@ class Loggers:
         uri = spec.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
             store = Path("mlruns").absolute()
-            refuse_inside(store, data_root, "the MLflow store (run.mlflow_uri)")
+            refuse_inside(store, dataset_folders(data_root), "the MLflow store (run.mlflow_uri)")
             store.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{store / 'mlflow.db'}"
         self.mlflow = MlflowClient(uri)

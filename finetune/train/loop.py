@@ -5,7 +5,6 @@ head solved in solved, the temperature in calibration."""
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from torch import nn
 from ..config import Recipe
 from ..console import literal, quiet_console, stderr_console, track
 from ..data.filecheck import check_files
-from ..data.folders import Splits
+from ..data.folders import Splits, absolute_root, dataset_folders
 from ..data.images import missing_indices
 from ..data.loading import stopped_workers
 from ..files import refuse_inside
@@ -52,8 +51,8 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
     console = (console or stderr_console()) if dist.main else quiet_console()
     budget = Budget(recipe.train.budget)  # counts from here: the model, the feature pass and the epochs
     if recipe.data.root is not None:  # recorded absolute, so report, evaluate and --resume find it from anywhere
-        root = Path(os.path.abspath(Path(recipe.data.root).expanduser()))
-        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"root": root})})
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(
+            update={"root": absolute_root(recipe.data.root)})})
     setup = prepare(recipe, console, dist)
     run_dir = open_run_dir(recipe, setup, resume_dir, dist)
     with run_lock(run_dir, console) if dist.main else nullcontext():  # one run in a folder at a time
@@ -92,9 +91,10 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
 def open_run_dir(recipe: Recipe, setup: Setup, resume_dir: Path | None, dist: Dist) -> Path:
     """The run folder (new, or the resumed one), after every check that can fail before work: never inside the
     dataset, and room for the checkpoints."""
-    refuse_inside(resume_dir or recipe.run.output or recipe.run.dir, recipe.data.root, "the run folder")
+    folder = resume_dir or recipe.run.output or recipe.run.dir
+    refuse_inside(folder, dataset_folders(recipe.data.root), "the run folder")
     if dist.main:
-        check_disk_space(resume_dir or recipe.run.output or recipe.run.dir, setup.step.model, setup.step.optimizer)
+        check_disk_space(folder, setup.step.model, setup.step.optimizer)
     return resume_dir or dist.on_main(lambda: create_run_dir(recipe.run))
 
 

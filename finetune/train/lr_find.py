@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import Recipe, RunSpec
 from ..console import literal, stderr_console, track
+from ..data.folders import dataset_folders
 from ..errors import ConfigError
 from ..files import atomic_write, refuse_inside
 from ..plotting import figure, save_png
@@ -60,7 +61,7 @@ def lr_find(recipe: Recipe, output: Path | None = None, steps: int = 200, start:
     console = console or stderr_console()
     setup = prepare(recipe, console)
     spec = RunSpec(dir=recipe.run.dir, name=f"lr-find-{recipe.run.name or 'recipe'}", output=output)
-    refuse_inside(output or recipe.run.dir, recipe.data.root, "the lr-find folder")
+    refuse_inside(output or recipe.run.dir, dataset_folders(recipe.data.root), "the lr-find folder")
     folder = create_run_dir(spec)
     step = replace(setup.step, scheduler=_Fixed(), ema=None, ema_net=None)  # the sweep sets the lrs; no average
     train_batches, _ = frozen_batches(setup, console)

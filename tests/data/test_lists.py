@@ -71,3 +71,65 @@ def test_predict_and_evaluate_read_lists(trained, tmp_path):
     assert code == 1 and "no such list file" in err.strip().splitlines()[-1] and "Traceback" not in err
     code, _, err = cli("evaluate", best, f"@{data.parent / 'swapped.csv'}", "--output", data / "val" / "blue" / "x")
     assert code == 1 and "inside the dataset" in err  # never written next to the listed images
+
+
+def _listed(folder: Path, out: Path, split_column: bool) -> Path:
+    """A labels CSV naming every image of a train/ + val/ folder (relative to the list), with or without split."""
+    rows = ["path,label" + (",split" if split_column else "")]
+    for split in ("train", "val"):
+        for p in sorted((folder / split).rglob("*.png")):
+            rows.append(f"{os.path.relpath(p, out.parent)},{p.parent.name}" + (f",{split}" if split_column else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
+def test_a_labelled_csv_splits_as_the_folders_it_names(image_folder, tmp_path):
+    from finetune.data.folders import resolve_splits
+
+    folders = resolve_splits(image_folder, 0.2, 0)
+    listed = resolve_splits(f"@{_listed(image_folder, tmp_path / 'with.csv', True)}", 0.2, 0)
+    assert (listed.class_names, listed.train, listed.val) == (folders.class_names, folders.train, folders.val)
+    every = resolve_splits(f"@{_listed(image_folder, tmp_path / 'without.csv', False)}", 0.2, 0)
+    flat = tmp_path / "flat"  # the same images as one folder of class folders: the same seeded split
+    for p, label in folders.train + folders.val:
+        (flat / folders.class_names[label]).mkdir(parents=True, exist_ok=True)
+        (flat / folders.class_names[label] / f"{p.parent.parent.name}-{p.name}").symlink_to(p)
+    split = resolve_splits(flat, 0.2, 0)
+    for mine, theirs in ((every.train, split.train), (every.val, split.val)):
+        assert [(f"{p.parent.parent.name}-{p.name}", y) for p, y in mine] == [(p.name, y) for p, y in theirs]
+    assert every.source == "split" and len(every.val) == len(split.val) > 0
+
+
+def test_a_list_to_train_on_needs_labels_and_whole_splits(tmp_path):
+    from finetune.data.lists import labelled_tree
+
+    for name, text, says in (("l.txt", "a.png\n", "not a .csv"),
+                             ("nolabel.csv", "path,label\na.png,x\nb.png,\n", "line 3 has no label"),
+                             ("half.csv", "path,label,split\na.png,x,train\nb.png,y,\n", "line 3 has no split"),
+                             ("bad.csv", "path,label,split\na.png,x,test\n", "'test' is not train or val"),
+                             ("onesplit.csv", "path,label,split\na.png,x,train\n", "both splits")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=says):
+            labelled_tree(f"@{tmp_path / name}")
+
+
+@pytest.mark.slow
+def test_a_run_trains_on_a_list_records_it_absolute_and_never_writes_beside_its_images(tiny_tree, image_folder,
+                                                                                      tmp_path, monkeypatch):
+    from finetune.config import build_recipe
+    from finetune.errors import ConfigError
+    from finetune.train.loop import fit
+
+    listed = _listed(image_folder, tmp_path / "labels.csv", True)
+    monkeypatch.chdir(tmp_path)
+    tiny_tree["data"]["root"] = "@labels.csv"
+    with pytest.raises(ConfigError, match="inside the dataset"):
+        fit(build_recipe({**tiny_tree, "run": {"output": str(image_folder / "train" / "run")}}))
+    run = fit(build_recipe(tiny_tree))
+    import yaml
+
+    recorded = yaml.safe_load((run / "recipe.yaml").read_text())["data"]["root"]
+    assert recorded == f"@{listed}"
+    code, out, err = cli("evaluate", run / "best.pt", f"@{listed}", "--format", "json")
+    assert code == 0, err

@@ -22,6 +22,7 @@ import torch
 
 from ...cache import cache_dir
 from ...console import literal
+from ...data.folders import dataset_folders
 from ...data.images import PAD, PAD_LABEL
 from ...errors import ConfigError
 from ...files import pid_alive
@@ -146,10 +147,11 @@ def store_root(features_dir: Path | None, data_root: Path) -> Path:
         root = Path(features_dir).expanduser()
     else:
         root = cache_dir("features")
-    data = Path(data_root).expanduser().resolve()
-    if root.resolve() == data or data in root.resolve().parents:
-        raise ConfigError(f"features.dir {root} is inside the dataset {data}; finetune never writes there. "
-                          "Choose a folder outside it")
+    for data in dataset_folders(data_root):
+        data = Path(data).expanduser().resolve()
+        if root.resolve() == data or data in root.resolve().parents:
+            raise ConfigError(f"features.dir {root} is inside the dataset {data}; finetune never writes there. "
+                              "Choose a folder outside it")
     return root
 
 
