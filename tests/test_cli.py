@@ -150,5 +150,8 @@ def test_what_a_planned_run_refuses_is_one_line(image_folder, tmp_path):
     code, _, err = invoke("train", f"@{tmp_path / 'labels.csv'}", "--data", image_folder)  # a list is photos too
     assert code == 1 and "leave out --data" in err, err
     code, _, err = invoke("train", write_yaml(tmp_path / "r.yaml", {"data": {"root": str(image_folder)}}),
+                          "--budget", "auto")
+    assert code == 1 and "give a duration" in err, err
+    code, _, err = invoke("train", write_yaml(tmp_path / "r.yaml", {"data": {"root": str(image_folder)}}),
                           "--model", "lite1")
     assert code == 1 and "model.name" in err

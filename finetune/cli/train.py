@@ -37,7 +37,8 @@ def train(
                                "starts torchrun for you. For several machines run torchrun yourself.")] = None,
     budget: Annotated[Optional[str], typer.Option(
         help="Wall-clock time for the whole run: 90s, 10m, 1h30m (train.budget). With a folder the plan is sized "
-             "to it (default 10m); with a recipe no epoch starts that would end past it.")] = None,
+             "to it (default 10m; auto: as long as the whole plan takes on this machine, at most 1h); with a recipe "
+             "no epoch starts that would end past it.")] = None,
     model: Annotated[Optional[str], typer.Option(
         help="With a folder: the backbone the plan uses, lite0, lite1 or lite2 (default: the largest that fits "
              "the budget).")] = None,
@@ -71,10 +72,14 @@ def train(
                           "own); run it once, then torchrun or --nproc N with RUN_DIR/recipe.yaml")
     if folder and data is not None:
         raise ConfigError(f"{recipe} is the photos to train on already; leave out --data")
-    seconds = _budget(budget) if budget is not None else None
+    auto = budget is not None and budget.strip().lower() == "auto"
+    if auto and not folder:
+        raise ConfigError("--budget auto sizes the plan for a folder of photos; with a recipe give a duration "
+                          "such as 10m")
+    seconds = _budget(budget) if budget is not None and not auto else None
     overrides = [*(set_ or []), *(["run.exist_ok=true"] if exist_ok else [])]
     if folder:
-        return _train_folder(recipe, seconds or DEFAULT_BUDGET, model, overrides, output)
+        return _train_folder(recipe, None if auto else seconds or DEFAULT_BUDGET, model, overrides, output)
     overrides += [f"train.budget={seconds}"] if seconds is not None else []
     if resume is not None:
         tune()
@@ -133,7 +138,7 @@ def _new_folder(path: Path) -> Path:
     return candidate
 
 
-def _train_folder(folder: Path, budget: float, model: str | None, overrides: list[str], output: Path | None):
+def _train_folder(folder: Path, budget: float | None, model: str | None, overrides: list[str], output: Path | None):
     """`finetune train PHOTOS/`: the plan said with why before any work, its runs (OUTPUT/solved-head, then
     OUTPUT/last-stage when it fits), and the better one's folder on the last line."""
     import time
@@ -145,14 +150,16 @@ def _train_folder(folder: Path, budget: float, model: str | None, overrides: lis
 
     tune()
     start = time.monotonic()
-    plan = plan_folder(folder, budget, model)
+    plan = plan_folder(folder, budget, model)  # budget None: auto, chosen by the plan
+    auto, budget = budget is None, plan.budget
     root = absolute_root(folder)
     name = Path(str(root)[1:]).stem if is_list_argument(root) else root.name
     parent = output or _new_folder(Path("runs") / f"auto-{name}")
     recipes = [build_recipe(p.recipe(str(root), parent / p.name, budget), overrides, source=f"planned for {folder}")
                for p in plan.phases]  # a mistake in --set fails here, before any work
     typer.echo(f"plan for {plan.data.train_images} train + {plan.data.val_images} val images, {plan.data.classes} "
-               f"classes: about {plan.seconds:.0f} s of the {budget:.0f} s budget", err=True)
+               f"classes: about {plan.seconds:.0f} s of the {budget:.0f} s budget"
+               f"{' (auto: the whole plan on this machine)' if auto else ''}", err=True)
     for phase in plan.phases:
         typer.echo(f"  {phase.describe()}: {phase.why}", err=True)
     try:

@@ -24,11 +24,12 @@ from ..models.registry import create_model
 from ..runtime.device import resolve_compute
 from .estimate import PROBE_IMAGES, seconds_per_image
 from .loop import fit
-from .planner import BACKBONES, MIN_EPOCHS, OVERHEAD, DataStats, Machine, Phase, Plan, plan_run
+from .planner import BACKBONES, MIN_EPOCHS, OVERHEAD, DataStats, Machine, Phase, Plan, auto_budget, plan_run
 
 
-def plan_folder(root: Path, budget: float, model: str | None = None, device: str = "auto") -> Plan:
-    """The plan for the photos under `root` within `budget` seconds on this machine."""
+def plan_folder(root: Path, budget: float | None, model: str | None = None, device: str = "auto") -> Plan:
+    """The plan for the photos under `root` within `budget` seconds on this machine (None: --budget auto, the
+    budget in which nothing is cut)."""
     splits = resolve_splits(root, DataSpec.model_fields["val_fraction"].default, TrainSpec.model_fields["seed"].default)
     stats = DataStats(len(splits.train), len(splits.val), len(splits.class_names))
     compute = resolve_compute(device)
@@ -37,7 +38,8 @@ def plan_folder(root: Path, budget: float, model: str | None = None, device: str
     images = ImageDataset((splits.val or splits.train)[:PROBE_IMAGES + 1], eval_transform(info.preprocessing),
                           info.preprocessing.resize)
     decode, forward = seconds_per_image(probe, images, compute)
-    return plan_run(stats, Machine(compute.device.type, decode, forward), budget, model)
+    machine = Machine(compute.device.type, decode, forward)
+    return plan_run(stats, machine, auto_budget(stats, machine, model) if budget is None else budget, model)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ costs):
    the better epoch): the plan is never below the solved head.
 3. When even the solved head does not fit, the images shrink to SMALL_SIZE (the cost follows the pixels).
 4. The plan is sized to FILL of the budget; train.budget stops each run in any case.
+5. `--budget auto`: the budget in which nothing is cut (the solved head and MAX_EPOCHS of last-stage on the
+   largest backbone), at most AUTO_CAP: minutes on a CPU for a few hundred photos, less on a GPU.
 Full fine-tuning, EMA and TTA are not chosen: on hymenoptera they did not beat these plans beyond noise on this
 CPU (benchmarks/README.md); the summary names what a bigger budget would try next.
 """
@@ -29,6 +31,7 @@ MIN_EPOCHS = 3  # of last-stage, else the solved head (at 3, cifar5 fell below i
 MAX_EPOCHS = 10  # of last-stage: the best epochs of the development sets came at 3 to 10
 FILL = 0.8  # share of the budget a plan may use: the estimate is rough (one probe of 8 images)
 OVERHEAD = 8.0  # seconds outside the passes over the images: 4-5 s measured in fit, plus the imports
+AUTO_CAP = 3600.0  # --budget auto: at most an hour (then give a budget)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,14 @@ def plan_run(data: DataStats, machine: Machine, budget: float, model: str | None
                                 f"largest backbone they fit with); the better of the two on val is kept"))
             break
     return Plan(phases, budget, data, _next(phases, data, machine))
+
+
+def auto_budget(data: DataStats, machine: Machine, model: str | None = None) -> float:
+    """--budget auto (rule 5): the seconds in which plan_run cuts nothing, at most AUTO_CAP."""
+    b = [b for b in BACKBONES if model in (None, b.key)][-1]
+    whole = (2 * OVERHEAD + _seconds(data, machine, b, b.size, "feature-extract")
+             + MAX_EPOCHS * _seconds(data, machine, b, b.size, "last-stage"))
+    return min(AUTO_CAP, whole / FILL + 1)
 
 
 def _solved_head(data: DataStats, machine: Machine, candidates: list[Backbone], usable: float) -> Phase:

@@ -4,8 +4,9 @@ import pytest
 
 from finetune.config import build_recipe
 from finetune.errors import ConfigError
+from finetune.train import planner
 from finetune.train.estimate import SMALL_SIZE
-from finetune.train.planner import FILL, MAX_EPOCHS, MIN_EPOCHS, OVERHEAD, DataStats, Machine, plan_run
+from finetune.train.planner import FILL, MAX_EPOCHS, MIN_EPOCHS, OVERHEAD, DataStats, Machine, auto_budget, plan_run
 
 HYM = DataStats(245, 153, 2)  # hymenoptera's size
 CPU = Machine("cpu", decode=0.004, forward=0.013)  # Lite0 on this project's 2-core CPU (planner_costs.py)
@@ -57,3 +58,21 @@ def test_each_phase_is_a_valid_recipe_with_the_budget_and_the_backbones_weights(
         assert recipe.strategy.name == phase.strategy and recipe.data.image_size == phase.image_size
         assert phase.seconds >= OVERHEAD
     assert build_recipe(plan.phases[1].recipe(str(tmp_path), None, 300)).train.epochs == plan.phases[1].epochs
+
+
+@pytest.mark.parametrize("data, machine, model", [
+    (HYM, CPU, None), (HYM, CPU, "lite0"), (DataStats(2_000, 500, 10), CPU, None),
+    (HYM, Machine("cuda", decode=0.004, forward=0.0005), None),  # a GPU: the whole plan in much less time
+])
+def test_budget_auto_is_the_budget_that_cuts_nothing(data, machine, model):
+    budget = auto_budget(data, machine, model)
+    plan = plan_run(data, machine, budget, model)
+    largest = model or "lite2"
+    assert [(p.name, p.backbone.key) for p in plan.phases] == [("solved-head", largest), ("last-stage", largest)]
+    assert plan.phases[1].epochs == MAX_EPOCHS and budget < planner.AUTO_CAP
+    assert plan_run(data, machine, budget * 0.8, model).seconds < plan.seconds  # any less and something is cut
+
+
+def test_budget_auto_stops_at_an_hour():
+    assert auto_budget(DataStats(200_000, 20_000, 100), CPU) == planner.AUTO_CAP
+    assert auto_budget(HYM, Machine("cuda", 0.004, 0.0005)) < auto_budget(HYM, CPU) / 2
