@@ -77,7 +77,8 @@ def evaluate(
     checkpoint: ModelArg,
     data: Annotated[Path, typer.Argument(
         help="A folder of class folders (e.g. hymenoptera/val), a root with train/ and val/ (val/ is used), or "
-             "@LIST: a .csv with path and label columns, or a .txt of paths (the class is each image's folder).")],
+             "@LIST: a .csv with path and label columns (and split: its val rows), or a .txt of paths (the class is "
+             "each image's folder).")],
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Folder for the CSV, PNG and JSON files (default: eval-CHECKPOINT-DATA next to "
                                "the checkpoint; never inside DATA).")] = None,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.folders import find_val_folder, scan_classes
+from ..data.folders import dataset_folders, find_val_folder, scan_classes
 from ..data.lists import is_list_argument, read_path_list
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, make_folder, refuse_inside
@@ -90,13 +90,15 @@ def resolve_data_folder(data: Path, class_names: list[str]) -> Path:
 def labelled_images(data: Path | str, class_names: list[str]) -> tuple[Path, dict[str, list[Path]], list[Path]]:
     """(what was evaluated, {class: [paths]}, the folders no output may go into) for DATA: a folder of class
     folders, a split root (its val/), or a list `@list.csv` / `@list.txt` whose `label` column, or else each
-    image's folder name, is the class."""
+    image's folder name, is the class (a list with a split column: its val rows, as a split root's val/)."""
     if is_list_argument(data):
         found: dict[str, list[Path]] = {}
-        for listed in read_path_list(data):
-            found.setdefault(listed.label or listed.path.parent.name, []).append(listed.path)
-        parents = sorted({p.parent for paths in found.values() for p in paths})
-        return Path(str(data)[1:]).expanduser(), found, parents
+        listed = read_path_list(data)
+        split = any(i.split for i in listed)
+        for i in listed:
+            if not split or i.split == "val":
+                found.setdefault(i.label or i.path.parent.name, []).append(i.path)
+        return Path(str(data)[1:]).expanduser(), found, dataset_folders(data)
     folder = resolve_data_folder(data, class_names)
     given = Path(data)
     # DATA as given (a split root's train/ too); and for a split folder (hymenoptera/val), the dataset it belongs to

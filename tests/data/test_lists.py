@@ -131,5 +131,6 @@ def test_a_run_trains_on_a_list_records_it_absolute_and_never_writes_beside_its_
 
     recorded = yaml.safe_load((run / "recipe.yaml").read_text())["data"]["root"]
     assert recorded == f"@{listed}"
-    code, out, err = cli("evaluate", run / "best.pt", f"@{listed}", "--format", "json")
+    code, out, err = cli("evaluate", run / "best.pt", f"@{listed}", "--output", tmp_path / "eval")
     assert code == 0, err
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["images"] == 8  # the val rows only
