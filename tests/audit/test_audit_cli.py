@@ -131,7 +131,10 @@ def test_audit_finds_the_injected_defects(tmp_path):
     assert all(leak in found for leak in truth["leaks"]), found
     assert len(found) == len(truth["leaks"]), found
     assert {f["kind"] for f in pairs} == {"leakage"}
-    assert all(f["score"] >= report["threshold"] for f in pairs)
+    # each pair says which detector found it, and meets that detector's threshold
+    assert all(f["score"] >= report["threshold"] if f["detector"] == "embedding" else
+               f["hamming"] <= report["max_distance"] for f in pairs)
+    assert {f["detector"] for f in pairs} <= {"embedding", "phash", "both"}
     # the exact copy of a val photo never reaches the audit: training's screen leaves it out, and says why
     assert any(s["path"] == truth["exact_leak"] and s["reason"].startswith("leakage")
                for s in report["left_out_by_screen"])
