@@ -4,7 +4,7 @@ out-of-distribution score (val or new images against the training set) both ask 
 
 Two ways to answer it, one result type:
 - exact: blocked matrix products with a running top-k, so memory stays at a few BLOCK x BLOCK tiles; time grows
-  as queries x bank x dim (100k x 100k x 1280 took 721 s on 2 busy cores, docs/audit.md);
+  as queries x bank x dim (100k x 100k x 1280 took 721 s on 2 busy cores; benchmarks/audit_scale.py);
 - approximate, when the problem is larger than EXACT_LIMIT and faiss (faiss-cpu, in the audit extra) is
   installed: an inverted file over inner product (faiss IndexIVFFlat; Jegou et al. 2011): the bank's rows
   clustered into ~4 sqrt(N) cells by k-means, each query compared with the rows of its NPROBE nearest cells only.
