@@ -93,12 +93,15 @@ def _index_search(queries, bank, k, exclude_self):
     n, dim = b.shape
     cells = max(1, min(round(CELLS_PER_ROOT * np.sqrt(n)), n // 40))
     quantizer = faiss.IndexFlatIP(dim)  # kept referenced while the index lives
-    index = faiss.IndexIVFFlat(quantizer, dim, cells, faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter, index.cp.seed = 10, 0
-    train = np.sort(np.random.default_rng(0).choice(n, min(n, TRAIN_PER_CELL * cells), replace=False))
-    index.train(b[train])
+    if cells < 2:  # under 80 rows: one cell is the whole bank (and k-means on it would print a warning)
+        index = quantizer
+    else:
+        index = faiss.IndexIVFFlat(quantizer, dim, cells, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter, index.cp.seed = 10, 0
+        train = np.sort(np.random.default_rng(0).choice(n, min(n, TRAIN_PER_CELL * cells), replace=False))
+        index.train(b[train])
+        index.nprobe = min(cells, max(MIN_PROBES, round(cells * PROBED)))
     index.add(b)
-    index.nprobe = min(cells, max(MIN_PROBES, round(cells * PROBED)))
     want = k + 1 if exclude_self else k
     s, i = index.search(q, want)
     if exclude_self:  # drop the row itself where it was returned, else the last (the (k+1)-th) result

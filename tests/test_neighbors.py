@@ -39,14 +39,17 @@ def _unit(n, d, seed):
     return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
 
 
-def test_the_forced_index_search_finds_what_the_exact_search_finds():
+def test_the_forced_index_search_finds_what_the_exact_search_finds(capfd):
     pytest.importorskip("faiss")
-    bank, queries = _unit(300, 16, 2), _unit(40, 16, 3)
-    for q, exclude in ((queries, False), (bank, True)):
-        v, i = nearest(q, bank, 5, exclude_self=exclude, approximate=True)
-        ev, ei = nearest(q, bank, 5, exclude_self=exclude, approximate=False)
-        assert torch.equal(i, ei) and torch.allclose(v, ev, atol=1e-5)
-    assert not (nearest(bank, bank, 3, exclude_self=True, approximate=True)[1] == torch.arange(300)[:, None]).any()
+    for n in (300, 30):  # several cells, one
+        bank, queries = _unit(n, 16, 2), _unit(40, 16, 3)
+        for q, exclude in ((queries, False), (bank, True)):
+            v, i = nearest(q, bank, 5, exclude_self=exclude, approximate=True)
+            ev, ei = nearest(q, bank, 5, exclude_self=exclude, approximate=False)
+            assert torch.equal(i, ei) and torch.allclose(v, ev, atol=1e-5)
+    assert capfd.readouterr() == ("", "")  # faiss printed nothing into the host's output
+    i = nearest(bank, bank, 3, exclude_self=True, approximate=True)[1]
+    assert not (i == torch.arange(len(bank))[:, None]).any()
 
 
 def test_the_index_is_chosen_only_past_the_limit_and_with_faiss(monkeypatch):
