@@ -1,5 +1,5 @@
 """How the audit's neighbour search scales: N random unit vectors of dimension D, with PAIRS planted near copies
-(cosine 0.83 to 0.99, above the audit's threshold, while random pairs in 1280 dims stay below ~0.2), searched by
+(cosine from just above the audit's threshold to 0.99, while random pairs in 1280 dims stay below ~0.2), searched by
 finetune.neighbors.nearest (each row's TOP_K most similar others, itself left out), exact (blocked torch.mm) and
 by the faiss inverted file ("index"), each size and method in its own process, so time and peak memory (ru_maxrss: the
 vectors themselves are N x D x 4 bytes, 5.1 GB at 1M x 1280) are its own.
@@ -35,11 +35,12 @@ SAMPLE = 1000
 
 
 def vectors(n: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, set[tuple[int, int]]]:
-    """n random unit rows; rows 2i+1 (i < PAIRS) are near copies of rows 2i at cosines spread over 0.83-0.99."""
+    """n random unit rows; rows 2i+1 (i < PAIRS) are near copies of rows 2i at cosines spread over THRESHOLD + 0.02
+    to 0.99 (each lands within ~0.01 of its target)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1)
     planted = set()
-    for i, cos in enumerate(np.linspace(0.83, 0.99, min(PAIRS, n // 2))):
+    for i, cos in enumerate(np.linspace(THRESHOLD + 0.02, 0.99, min(PAIRS, n // 2))):
         a, b = 2 * i, 2 * i + 1
         sigma = float(np.sqrt((1 / cos**2 - 1) / dim))  # noise of norm sigma * sqrt(dim) around a unit row
         x[b] = torch.nn.functional.normalize(x[a] + sigma * torch.randn(dim, generator=g), dim=0)
