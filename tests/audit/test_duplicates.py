@@ -2,8 +2,10 @@
 kind its splits and labels say, and a pair found by either detector (embedding, pHash) says which found it."""
 
 import numpy as np
+import pytest
 import torch
 
+from finetune import neighbors
 from finetune.audit.duplicates import MAX_DISTANCE, find_duplicates, similar_pairs
 from finetune.audit.embeddings import Embeddings
 from finetune.audit.hashes import BITS, Hashes
@@ -53,7 +55,7 @@ def near(bits, flips, seed=2):
     return out
 
 
-def test_a_pair_is_reported_by_either_detector_and_says_which():
+def detector_case():
     x = planted().numpy()  # embedding pairs (0, 40), (5, 6), (17, 52)
     n = len(x)
     bits, mirrored = hashed(n)
@@ -66,7 +68,13 @@ def test_a_pair_is_reported_by_either_detector_and_says_which():
     mirrored[44] = bits[20]
     emb = Embeddings(x, np.zeros(n, dtype=np.int64), [f"p{i}" for i in range(n)], np.zeros(n, dtype=np.int64),
                      ["a"], [])
-    pairs = {(p.first, p.second): p for p in find_duplicates(emb, 0.9, hashes=Hashes(bits, mirrored, readable))}
+    return emb, Hashes(bits, mirrored, readable)
+
+
+def test_a_pair_is_reported_by_either_detector_and_says_which():
+    emb, hashes = detector_case()
+    bits, readable = hashes.bits, hashes.readable
+    pairs = {(p.first, p.second): p for p in find_duplicates(emb, 0.9, hashes=hashes)}
     assert set(pairs) == {(0, 40), (5, 6), (17, 52), (8, 9), (30, 31)}
     assert {ij: p.detector for ij, p in pairs.items()} == {(0, 40): "embedding", (5, 6): "both", (17, 52): "embedding",
                                                          (8, 9): "phash", (30, 31): "phash"}
@@ -76,3 +84,13 @@ def test_a_pair_is_reported_by_either_detector_and_says_which():
     without_mirrors = find_duplicates(emb, 0.9, hashes=Hashes(bits, None, readable))
     assert (30, 31) not in {(p.first, p.second) for p in without_mirrors}
     assert all(p.distance is None for p in find_duplicates(emb, 0.9))
+
+
+def test_the_approximate_search_reports_the_same_pairs(monkeypatch):
+    pytest.importorskip("faiss")
+    emb, hashes = detector_case()
+    exact = [(p.first, p.second, p.detector, p.distance, p.mirrored) for p in find_duplicates(emb, 0.9, hashes=hashes)]
+    monkeypatch.setattr(neighbors, "EXACT_LIMIT", 0)  # both detectors' searches through faiss
+    assert neighbors.uses_approximate(len(emb), len(emb), BITS)
+    assert [(p.first, p.second, p.detector, p.distance, p.mirrored)
+            for p in find_duplicates(emb, 0.9, hashes=hashes)] == exact
