@@ -14,6 +14,10 @@ from .duplicates import KINDS
 from .embeddings import relative
 
 LABEL_ISSUE = "the held-out heads prefer another class: check the photo, fix its folder if the label is wrong"
+DETECTORS = {"embedding": "the embeddings' cosine similarity is at least the threshold",
+             "phash": "the perceptual hashes (pHash, 64 bits; as saved or one of the two mirrored) differ in at most "
+                      "max_distance bits",
+             "both": "both of the above"}
 TABLE_ROWS = 50  # findings in the console table
 SHOWN = 60  # findings of each kind on the page (all of them are in the JSON and CSV)
 
@@ -28,7 +32,8 @@ def findings(audit) -> list[dict]:
         rows.append({"kind": p.kind, "path": emb.paths[a], "related": emb.paths[b],
                      "split": f"{splits[emb.split[a]]}/{splits[emb.split[b]]}",
                      "label": names[emb.labels[a]], "related_label": names[emb.labels[b]],
-                     "suggested": "", "score": round(p.similarity, 4), "meaning": KINDS[p.kind]})
+                     "suggested": "", "score": round(p.similarity, 4), "detector": p.detector,
+                     "hamming": p.distance, "mirrored": p.mirrored, "meaning": KINDS[p.kind]})
     for issue in audit.issues:
         i = issue.index
         rows.append({"kind": "label-issue", "path": emb.paths[i], "related": "", "split": splits[emb.split[i]],
@@ -45,7 +50,8 @@ def to_dict(audit) -> dict:
     return {"root": str(audit.root), "output": str(audit.folder), "images": len(emb),
             "train": int((emb.split == 0).sum()), "val": int((emb.split == 1).sum()),
             "classes": emb.class_names, "embedding_dim": int(emb.features.shape[1]),
-            "threshold": audit.threshold, "counts": counts, "accuracy": audit.accuracy.to_dict(),
+            "threshold": audit.threshold, "max_distance": audit.max_distance, "detectors": DETECTORS, "counts": counts,
+            "accuracy": audit.accuracy.to_dict(),
             "left_out_by_screen": [{"path": p, "reason": why} for p, why in emb.skipped],
             "seconds": {k: round(v, 3) for k, v in audit.seconds.items()}, "findings": rows}
 
@@ -55,7 +61,8 @@ def write_outputs(audit) -> None:
     folder = audit.folder
     atomic_write(folder / "audit.json", lambda f: f.write(json.dumps(report, indent=2, ensure_ascii=False).encode()))
     buf = io.StringIO()
-    keys = ["kind", "path", "related", "split", "label", "related_label", "suggested", "score", "given_label_prob"]
+    keys = ["kind", "path", "related", "split", "label", "related_label", "suggested", "score", "given_label_prob",
+            "detector", "hamming"]
     writer = csv.DictWriter(buf, keys, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(report["findings"])
@@ -71,7 +78,8 @@ def html_page(report: dict) -> str:
                ("head accuracy", f"{acc['mean']:.3f} ± {acc['std']:.3f} over {acc['repeats']}x{acc['folds']}-fold "
                                  f"(95% interval {acc['interval95'][0]:.3f}-{acc['interval95'][1]:.3f})"),
                ("per-class recall", ", ".join(f"{c} {r:.3f}" for c, r in acc["per_class_recall"].items())),
-               ("near-duplicate threshold", f"cosine similarity ≥ {report['threshold']}"),
+               ("near-duplicate thresholds", f"cosine similarity ≥ {report['threshold']}, or pHash within "
+                                             f"{report['max_distance']} of 64 bits"),
                *[(kind, n) for kind, n in report["counts"].items()]]
     sections = [_section("summary", "Summary", _table(["", ""], summary, header=False))]
     by_kind = {}
@@ -107,10 +115,17 @@ def _card(f: dict, root: str) -> str:
         text = (f"<b>labelled:</b> {_e(f['label'])} ({f['given_label_prob']:.2f})<br><b>suggested:</b> "
                 f"{_e(f['suggested'])} ({f['score']:.2f})")
     else:
-        text = f"<b>similarity</b> {f['score']:.3f}<br>{_e(f['label'])} / {_e(f['related_label'])} ({_e(f['split'])})"
+        text = (f"<b>found by</b> {_e(f['detector'])}: similarity {f['score']:.3f}{_e(_distance(f))}<br>"
+                f"{_e(f['label'])} / {_e(f['related_label'])} ({_e(f['split'])})")
     names = " / ".join(_e(relative(p, Path(root))) for p in paths)
     return f'<figure><div class="pictures">{pictures}</div><figcaption>{text}<br><small>{names}</small></figcaption>' \
            "</figure>"
+
+
+def _distance(f: dict) -> str:
+    if f.get("hamming") is None:
+        return ""
+    return f", pHash {f['hamming']} bits apart" + (" (one mirrored)" if f["mirrored"] else "")
 
 
 def print_audit(report: dict, console) -> None:
@@ -127,7 +142,8 @@ def print_audit(report: dict, console) -> None:
         if f["kind"] == "label-issue":
             detail = f"labelled {f['label']} ({f['given_label_prob']:.2f}), suggested {f['suggested']}"
         else:
-            detail = f"~ {relative(f['related'], root)} ({f['label']} / {f['related_label']}, {f['split']})"
+            detail = (f"~ {relative(f['related'], root)} ({f['label']} / {f['related_label']}, {f['split']}; "
+                      f"{f['detector']}{_distance(f)})")
         table.add_row(f["kind"], f"{f['score']:.3f}", literal(relative(f["path"], root)), literal(detail))
     if report["findings"]:
         console.print(table)

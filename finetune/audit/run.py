@@ -12,10 +12,12 @@ from ..console import literal, progress, stderr_console
 from ..data.filecheck import check_files
 from ..data.folders import absolute_root, dataset_folders
 from ..files import refuse_inside
+from ..runtime.threads import usable_cpus
 from ..train.rundir import create_run_dir
-from .duplicates import THRESHOLD, Pair, find_duplicates
+from .duplicates import MAX_DISTANCE, MIRRORED, THRESHOLD, Pair, find_duplicates
 from .embeddings import Embeddings, load_embeddings
 from .folds import FOLDS, REPEATS, Accuracy, out_of_fold
+from .hashes import hash_images, require_imagehash
 from .labels import LabelIssue, find_label_issues
 
 
@@ -25,6 +27,7 @@ class Audit:
     root: Path
     embeddings: Embeddings
     threshold: float
+    max_distance: int  # pHash bits
     pairs: list[Pair]
     issues: list[LabelIssue]
     probs: object  # N x C out-of-fold probabilities (numpy)
@@ -33,7 +36,7 @@ class Audit:
 
 
 def run_audit(recipe: Recipe, threshold: float = THRESHOLD, folds: int = FOLDS, repeats: int = REPEATS,
-              console=None) -> Audit:
+              console=None, max_distance: int = MAX_DISTANCE) -> Audit:
     """Audit the recipe's dataset; the files land in run.output, else a new RUN_DIR/audit-NAME (never in the
     dataset). The dataset is only read."""
     from .report import write_outputs
@@ -42,15 +45,22 @@ def run_audit(recipe: Recipe, threshold: float = THRESHOLD, folds: int = FOLDS, 
     root = absolute_root(recipe.data.root) if recipe.data.root else None
     out = recipe.run.output
     refuse_inside(out or recipe.run.dir, dataset_folders(root), "the audit folder")
+    require_imagehash()  # before the embeddings, not after
     seconds = {}
     start = time.perf_counter()
     emb = load_embeddings(recipe, console)
     seconds["embeddings"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    with progress(console) as bar:
+        task = bar.add_task("perceptual hashes", total=len(emb))
+        hashes = hash_images(emb.paths, MIRRORED, min(4, usable_cpus()), progress=lambda: bar.advance(task))
+    seconds["hashes"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     checks = check_files([Path(p) for p in emb.paths], root=root)  # cached by the screen training runs first
     digests = [checks[Path(p)].digest for p in emb.paths]
-    pairs = find_duplicates(emb, threshold, digests)
+    pairs = find_duplicates(emb, threshold, digests, hashes, max_distance)
     seconds["near_duplicates"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -66,7 +76,7 @@ def run_audit(recipe: Recipe, threshold: float = THRESHOLD, folds: int = FOLDS, 
 
     folder = create_run_dir(RunSpec(dir=recipe.run.dir, name=f"audit-{recipe.run.name or 'recipe'}", output=out,
                                     exist_ok=recipe.run.exist_ok))
-    audit = Audit(folder, root, emb, threshold, pairs, issues, probs, accuracy, seconds)
+    audit = Audit(folder, root, emb, threshold, max_distance, pairs, issues, probs, accuracy, seconds)
     write_outputs(audit)
     console.print(f"audit: {len(emb)} images, {len(pairs)} near-duplicate pair(s), {len(issues)} label issue(s); "
                   f"written to {literal(folder)}", soft_wrap=True)

@@ -116,9 +116,11 @@ def test_audit_finds_the_injected_defects(tmp_path):
     root = tmp_path / "photos"
     truth = defective_folder(root)
     before = tree_digest(root)
-    out = audit(tmp_path, recipe(tmp_path, root), "--format", "json", "--folds", "4", "--repeats", "2")
+    out = audit(tmp_path, recipe(tmp_path, root), "--format", "json", "--folds", "4", "--repeats", "2",
+                "--max-distance", "6")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
+    assert report["max_distance"] == 6  # the option reaches the search
     assert tree_digest(root) == before  # the dataset is only read
     folder = Path(report["output"])
     assert folder == tmp_path / "runs" / "audit-pixels"
@@ -131,7 +133,10 @@ def test_audit_finds_the_injected_defects(tmp_path):
     assert all(leak in found for leak in truth["leaks"]), found
     assert len(found) == len(truth["leaks"]), found
     assert {f["kind"] for f in pairs} == {"leakage"}
-    assert all(f["score"] >= report["threshold"] for f in pairs)
+    # each pair says which detector found it, and meets that detector's threshold
+    assert all(f["score"] >= report["threshold"] if f["detector"] == "embedding" else
+               f["hamming"] <= report["max_distance"] for f in pairs)
+    assert {f["detector"] for f in pairs} <= {"embedding", "phash", "both"}
     # the exact copy of a val photo never reaches the audit: training's screen leaves it out, and says why
     assert any(s["path"] == truth["exact_leak"] and s["reason"].startswith("leakage")
                for s in report["left_out_by_screen"])
