@@ -149,7 +149,7 @@ def world(tmp_path_factory):
 
 
 def rejected_share(checkpoint, folder, **kw) -> float:
-    results = predict(checkpoint, expand_paths([str(folder)]), reject="auto", **kw)
+    results = predict(checkpoint, expand_paths([str(folder)]), reject=kw.pop("reject", "auto"), **kw)
     assert all(r.label == ("unknown" if r.rejected else r.top[0].label) for r in results)
     return sum(r.rejected for r in results) / len(results)
 
@@ -183,19 +183,26 @@ def test_unknown_in_every_output_format(world):
 
 
 @pytest.mark.slow  # trains
-def test_the_threshold_travels_in_the_onnx_export_and_works_with_onnxruntime(world, tmp_path):
+def test_the_probability_threshold_travels_in_the_onnx_export_and_works_with_onnxruntime(world, tmp_path):
     pytest.importorskip("onnxruntime")
     onnx = export(world["best"], "onnx", tmp_path / "model.onnx").path
-    torch_share = rejected_share(world["best"], world["unknown"])
-    assert rejected_share(onnx, world["unknown"]) == torch_share
-    assert rejected_share(world["best"], world["unknown"], engine="onnxruntime") == torch_share
+    paths = expand_paths([str(world["unknown"])])
+    # an export has no training embeddings: auto is the calibrated probability there, as with the onnxruntime engine
+    by_probability = predict(world["best"], paths, reject=Checkpoint.load(world["best"]).reject_threshold)
+    share = sum(r.rejected for r in by_probability) / len(paths)
+    for results in (predict(onnx, paths, reject="auto"), predict(world["best"], paths, reject="auto",
+                                                                  engine="onnxruntime")):
+        assert sum(r.rejected for r in results) / len(paths) == share
+        assert {r.to_dict()["reject_score"]["name"] for r in results} == {"probability"}
 
 
 @pytest.mark.slow  # trains
 def test_old_checkpoints_load_and_say_what_to_do_for_auto(world, tmp_path):
     ckpt = Checkpoint.load(world["best"])
     old = tmp_path / "old.pt"
-    ckpt.calibration = replace(ckpt.calibration, reject=None)  # as before thresholds
+    assert ckpt.embeddings is not None and ckpt.calibration.reject_knn is not None  # as trained now
+    ckpt.calibration = replace(ckpt.calibration, reject=None, reject_knn=None)  # as before thresholds
+    ckpt.embeddings = None
     ckpt.save(old)
     assert Checkpoint.load(old).reject_threshold is None
     with pytest.raises(CheckpointError, match="stores no rejection threshold"):
