@@ -1,9 +1,10 @@
 """The training embeddings behind the knn rejection score (finetune.ood), computed once at the end of a run for
 best.pt: each training image's embedding (the head's input) under the eval transform, by the scored weights.
 
-Where the run cut its model at a frozen prefix, the prefix outputs come from the feature store (train.features):
-a feature-extract run without augmentation already holds them, so the bank costs a pass of the head only; otherwise
-one pass over the training images. Above BANK_CAP images, a seeded sample of BANK_CAP of them (Sun et al. 2022,
+Where the run cut its model at a frozen prefix, the prefix outputs come from the feature store (train.features)
+when it holds them under the eval transform (a feature-extract run without augmentation, or after an audit), so
+the bank costs a pass of the head only; otherwise the prefix runs once over the training images (nothing new is
+stored). Above BANK_CAP images, a seeded sample of BANK_CAP of them (Sun et al. 2022,
 table 4: a 1% sample of ImageNet's training set keeps most of the score's AUROC).
 """
 
@@ -62,10 +63,10 @@ class BankPass:
         if self.split is not None:
             net = self.split.tail_of(model)
             stored = None
-            if self.frozen is not None:
+            if self.frozen is not None:  # read where stored, never stored for this (a last stage's maps are large)
                 layout = self.frozen.layout(self.split, self.images)
                 stored = self.frozen.read_or_compute("train", self.images, "eval", 1, self.split, layout,
-                                                     compute=not self.frozen.store.prepare(clean=False))
+                                                     compute=False)
             batches = (torch.utils.data.DataLoader(stored, batch_size=self.batch_size) if stored is not None
                        else PrefixedBatches(batches, self.split, self.compute))
         _, _, vectors = head_inputs(net, model.get_submodule(self.head_name), batches, self.compute,
