@@ -23,21 +23,35 @@ FORMAT = "finetune/1"
 
 @dataclass(frozen=True)
 class Rejection:
-    """`predict --reject auto`: below this calibrated top-1 probability an image is `unknown`, chosen on val at the
-    end of training to reject `false_rejection` of the images the model gets right; with the rates it measured."""
+    """`predict --reject auto`: an image whose out-of-distribution `score` (finetune.ood) is below `threshold` is
+    `unknown`; the threshold chosen on val at the end of training to reject `false_rejection` of the images the
+    model gets right, with the rates it measured. score: probability (the calibrated top-1 probability, in 0-1)
+    or knn (the cosine similarity to the k-th nearest training embedding, in -1..1)."""
     threshold: float
     false_rejection: float = 0.05
-    score: str = "calibrated top-1 probability"
+    score: str = "probability"
     correct_images: int = 0
     rejected_correct: float = 0.0
     rejected_wrong: float | None = None  # None when every val image was right
+    k: int | None = None  # knn: which neighbour
 
     @classmethod
     def from_dict(cls, d: dict) -> Rejection:
-        threshold = d.get("threshold") if isinstance(d, dict) else None
-        if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
-            raise ValueError(f"the rejection threshold {threshold!r} is not a probability")
+        if not isinstance(d, dict):
+            raise ValueError("a rejection must be a dict")
+        d = {**d, "score": OLD_SCORE_NAMES.get(d.get("score", "probability"), d.get("score"))}
+        threshold, score = d.get("threshold"), d["score"]
+        low = -1 if score == "knn" else 0
+        if score not in ("probability", "knn"):
+            raise ValueError(f"the rejection score {score!r} is not probability or knn")
+        if not (isinstance(threshold, (int, float)) and low <= threshold <= 1):
+            raise ValueError(f"the rejection threshold {threshold!r} is not a {score} score ({low} to 1)")
+        if score == "knn" and not (isinstance(d.get("k"), int) and d["k"] >= 1):
+            raise ValueError(f"the knn rejection's k {d.get('k')!r} is not a whole number from 1")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+OLD_SCORE_NAMES = {"calibrated top-1 probability": "probability"}  # what checkpoints before the knn score wrote
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,8 @@ class Calibration:
     fitted: bool = True  # False: kept at 1, for the reason in kept_because
     kept_because: str | None = None
     images: int = 0  # val images it was fitted on
-    reject: Rejection | None = None
+    reject: Rejection | None = None  # on the calibrated probability: every engine can apply it
+    reject_knn: Rejection | None = None  # on the knn score: needs the checkpoint's training embeddings (EmbeddingBank)
     nll_before: float | None = None
     nll_after: float | None = None
     ece_before: float | None = None
@@ -62,11 +77,37 @@ class Calibration:
         if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
             raise ValueError(f"the calibration temperature {t!r} is not a positive number")
         fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        fields["reject"] = Rejection.from_dict(d["reject"]) if d.get("reject") is not None else None
+        for name in ("reject", "reject_knn"):
+            fields[name] = Rejection.from_dict(d[name]) if d.get(name) is not None else None
         return cls(**fields)
 
     def to_dict(self) -> dict:
-        return {**vars(self), "reject": vars(self.reject) if self.reject else None}
+        return {**vars(self), **{name: vars(getattr(self, name)) if getattr(self, name) else None
+                                 for name in ("reject", "reject_knn")}}
+
+
+@dataclass(frozen=True)
+class EmbeddingBank:
+    """The training images' embeddings for the knn score: the head's input (eval transform) of each image, or of
+    a seeded sample of `sampled_from` of them, L2-normalised rows stored as float16 (half the bytes; a cosine
+    moves by 3e-5 at most, on hymenoptera's Lite0 embeddings). Saved in the checkpoint beside the weights, so
+    best.pt stays all predict needs."""
+    vectors: torch.Tensor  # N x D, unit rows
+    sampled_from: int  # training images the run had (N when all of them)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EmbeddingBank:
+        v = d.get("vectors") if isinstance(d, dict) else None
+        if not (isinstance(v, torch.Tensor) and v.ndim == 2 and len(v) >= 1 and v.is_floating_point()):
+            raise ValueError("the training embeddings are not a matrix of floats")
+        if not torch.isfinite(v).all():
+            raise ValueError("the training embeddings hold NaN or inf")
+        return cls(v, int(d.get("sampled_from", len(v))), int(d.get("seed", 0)))
+
+    def to_dict(self) -> dict:
+        return {"vectors": self.vectors.detach().to("cpu", torch.float16).contiguous(),
+                "sampled_from": self.sampled_from, "seed": self.seed}
 
 
 @dataclass
@@ -82,6 +123,7 @@ class Checkpoint:
     recipe: dict = field(default_factory=dict, repr=False)  # the fully resolved recipe
     environment: dict = field(default_factory=dict, repr=False)  # seed and library versions
     resume: dict | None = field(default=None, repr=False)  # last.pt: optimizer, scheduler, RNG, progress
+    embeddings: EmbeddingBank | None = field(default=None, repr=False)  # best.pt: for the knn rejection score
 
     def __post_init__(self):
         if isinstance(self.calibration, dict):  # as stored on disk
@@ -94,8 +136,9 @@ class Checkpoint:
 
     @property
     def reject_threshold(self) -> float | None:
-        """`predict --reject auto`: the calibrated top-1 probability below which an image is `unknown`, chosen on
-        val at the end of training (calibration.rejection_threshold); None for checkpoints from before it."""
+        """The calibrated top-1 probability below which an image is `unknown`, chosen on val at the end of training
+        (calibration.rejection_threshold): what `--reject auto` uses where the knn score cannot be computed
+        (deploy.reject); None for checkpoints from before it."""
         reject = self.calibration.reject if self.calibration else None
         return float(reject.threshold) if reject else None
 
@@ -113,6 +156,8 @@ class Checkpoint:
         payload = {"format": FORMAT, "meta": self.meta(), "model": {k: v.detach().cpu() for k, v in self.state.items()}}
         if self.resume is not None:
             payload["resume"] = self.resume
+        if self.embeddings is not None:
+            payload["embeddings"] = self.embeddings.to_dict()
         atomic_write(Path(path), lambda f: torch.save(payload, f))
 
     @classmethod
@@ -146,4 +191,5 @@ class Checkpoint:
                    strategy=str(meta["strategy"]), state=state, metrics=dict(meta.get("metrics") or {}),
                    calibration=Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None,
                    recipe=meta.get("recipe") or {},
-                   environment=meta.get("environment") or {}, resume=payload.get("resume"))
+                   environment=meta.get("environment") or {}, resume=payload.get("resume"),
+                   embeddings=EmbeddingBank.from_dict(payload["embeddings"]) if "embeddings" in payload else None)

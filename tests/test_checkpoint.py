@@ -125,3 +125,43 @@ def test_an_older_calibration_with_only_a_temperature_loads_with_defaults(tmp_pa
     loaded = Checkpoint.load(path)
     assert loaded.calibration == Calibration(temperature=1.7)
     assert loaded.temperature == 1.7 and loaded.reject_threshold is None
+
+
+def test_the_training_embeddings_and_the_knn_threshold_travel_in_the_checkpoint_as_float16(tmp_path):
+    from finetune.checkpoint import Calibration, EmbeddingBank, Rejection
+
+    vectors = torch.nn.functional.normalize(torch.randn(30, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    knn = Rejection(0.62, score="knn", k=1, correct_images=8)
+    ckpt = checkpoint_of({"w": torch.zeros(2)}, calibration=Calibration(reject=Rejection(0.4), reject_knn=knn),
+                         embeddings=EmbeddingBank(vectors, sampled_from=40, seed=3))
+    ckpt.save(tmp_path / "best.pt")
+    loaded = Checkpoint.load(tmp_path / "best.pt")
+    assert loaded.embeddings.vectors.dtype == torch.float16 and loaded.embeddings.sampled_from == 40
+    assert torch.allclose(loaded.embeddings.vectors.float(), vectors, atol=1e-3)
+    assert loaded.calibration.reject_knn == knn and loaded.reject_threshold == 0.4  # the probability one
+    assert "embeddings" not in torch.load(tmp_path / "best.pt", weights_only=True)["meta"]  # tensors beside it
+
+
+def test_an_older_rejection_reads_as_the_probability_score_and_a_damaged_bank_is_refused(tmp_path):
+    from finetune.checkpoint import Calibration, EmbeddingBank, Rejection
+
+    path = tmp_path / "old.pt"
+    checkpoint_of({"w": torch.zeros(2)}, calibration=Calibration(reject=Rejection(0.4))).save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["meta"]["calibration"]["reject"] = {"threshold": 0.4, "false_rejection": 0.05,
+                                                "score": "calibrated top-1 probability"}  # as written before knn
+    torch.save(payload, path)
+    loaded = Checkpoint.load(path)
+    assert loaded.calibration.reject.score == "probability" and loaded.embeddings is None
+    assert loaded.calibration.reject_knn is None
+
+    for bank, detail in ((torch.full((3, 4), float("nan")), "NaN or inf"), (torch.ones(4), "not a matrix")):
+        payload["embeddings"] = EmbeddingBank(torch.ones(2, 4), 2).to_dict() | {"vectors": bank}
+        torch.save(payload, path)
+        with pytest.raises(CheckpointError, match=f"training embeddings .*{detail}|{detail}"):
+            Checkpoint.load(path)
+    payload.pop("embeddings")
+    payload["meta"]["calibration"]["reject_knn"] = {"threshold": -3.0, "score": "knn", "k": 1}
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="not a knn score"):
+        Checkpoint.load(path)

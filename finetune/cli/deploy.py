@@ -46,9 +46,10 @@ def predict(
                       "model looked for the class it chose). Needs a .pt checkpoint and finetune[explain]; never a "
                       "folder inside the photos.")] = None,
     reject: Annotated[Optional[str], typer.Option(
-        "--reject", help="None of these: label an image `unknown` when its calibrated top-1 probability is below "
-                         "a threshold: auto (the one chosen at the end of training, rejecting 5% of the correctly "
-                         "classified val images) or a probability P, e.g. 0.6.")] = None,
+        "--reject", help="None of these: label an image `unknown` when it scores below a threshold: auto (the "
+                         "score and threshold chosen at the end of training, rejecting 5% of the correctly classified "
+                         "val images: its similarity to the nearest training image, or its calibrated top-1 "
+                         "probability for an .onnx) or a calibrated probability P, e.g. 0.6.")] = None,
 ):
     """Predict the class of each image with a trained checkpoint (temperature-calibrated probabilities)."""
     tune(("torch", "torchvision"))

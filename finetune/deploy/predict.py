@@ -15,12 +15,13 @@ from ..data.images import load_rgb
 from ..data.lists import is_list_argument, read_path_list
 from ..data.loading import prefetched, resolve_workers
 from ..data.transforms import eval_transform
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import DataError
 from ..models.folding import fold_checked
 from ..runtime.device import resolve_device
 from ..runtime.threads import tuned_threads
 from .engines import ModelSource, load_source, onnxruntime_runner, resolve_engine
 from .loading import load_model
+from .reject import RejectRule, Verdict, resolve_reject
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,12 @@ class Prediction:
     top: list[Ranked] = field(default_factory=list)  # most likely first
     error: str | None = None  # set when the file could not be read; top is then empty
     logits: list[float] | None = None  # raw logits of every class (for evaluate; not in to_dict)
-    rejected: bool | None = None  # with --reject: its calibrated confidence is below the threshold
+    verdict: Verdict | None = None  # with --reject: its score (knn or probability) against the threshold
+
+    @property
+    def rejected(self) -> bool | None:
+        """With --reject: whether its score is below the threshold; None without --reject."""
+        return None if self.verdict is None else self.verdict.rejected
 
     @property
     def label(self) -> str | None:
@@ -49,32 +55,13 @@ class Prediction:
     def to_dict(self) -> dict:
         d = {"path": self.path, "top": [vars(t) for t in self.top]}
         if self.rejected is not None and not self.error:
-            d.update(label=self.label, rejected=self.rejected)
+            d.update(label=self.label, rejected=self.rejected, reject_score=self.verdict.to_dict())
         if self.error:
             d["error"] = self.error
         return d
 
 
 UNKNOWN = "unknown"  # the label of a rejected image ("none of these")
-
-
-def resolve_reject(reject: str | float | None, source) -> float | None:
-    """--reject: auto -> the threshold stored at the end of training; a number P in [0, 1] -> P; None -> off."""
-    if reject is None:
-        return None
-    if isinstance(reject, str) and reject.strip().lower() == "auto":
-        threshold = source.reject_threshold
-        if threshold is None:
-            raise CheckpointError("--reject auto: this model stores no rejection threshold (trained or exported before "
-                            "finetune chose one); give one, e.g. --reject 0.6, or train it again")
-        return threshold
-    try:
-        value = float(reject)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--reject takes auto or a probability from 0 to 1, got {reject!r}") from None
-    if not 0 <= value <= 1:
-        raise ConfigError(f"--reject takes auto or a probability from 0 to 1, got {value:g}")
-    return value
 
 
 def expand_paths(items: list[str]) -> list[Path]:
@@ -143,39 +130,58 @@ def torch_runner(ckpt: Checkpoint, dev: torch.device):
 
 
 def make_runner(source: ModelSource, engine: str, dev: torch.device):
-    """(images on the CPU, tta) -> logits, by `engine`: the checkpoint's model as torch_runner builds it (the images
-    moved to `dev`, channels-last), or onnxruntime. predict and the server (deploy.serve) both run through this."""
+    """(images on the CPU, tta) -> (logits, embeddings or None), by `engine`: the checkpoint's model as
+    torch_runner builds it (the images moved to `dev`, channels-last), or onnxruntime. The embeddings (the head's
+    inputs, for the knn rejection score) come with torch, for a checkpoint that stores training embeddings.
+    predict and the server (deploy.serve) both run through this."""
     if engine == "torch":
         model = torch_runner(source, dev)
-        return lambda images, tta=False: forward(model, images.to(dev, memory_format=torch.channels_last), tta)
+        head = model.get_submodule(source.head_name) if getattr(source, "embeddings", None) is not None else None
+        return lambda images, tta=False: forward_with_inputs(
+            model, head, images.to(dev, memory_format=torch.channels_last), tta)
     model = onnxruntime_runner(source)
-    return lambda images, tta=False: forward(model, images, tta)
+    return lambda images, tta=False: (forward(model, images, tta), None)
 
 
-def rank(logits: torch.Tensor, names: list[str], k: int, temperature: float, calibration: float,
-         threshold: float | None) -> list[tuple[list[Ranked], bool | None]]:
-    """Each row of logits as its top-k classes (probabilities at `temperature`) and whether it is rejected (its
-    top-1 probability at the calibration temperature below `threshold`; None when rejection is off). predict and
-    the server (deploy.serve) both rank through this."""
+def forward_with_inputs(model, head, images: torch.Tensor, tta: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(forward's logits, the inputs of `head` flattened (with tta: the mean of both passes'); None without a
+    head)."""
+    if head is None:
+        return forward(model, images, tta), None
+    caught: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _, args: caught.append(args[0].float().flatten(1)))
+    try:
+        logits = forward(model, images, tta)
+    finally:
+        hook.remove()
+    return logits, torch.stack(caught).mean(0)
+
+
+def rank(logits: torch.Tensor, names: list[str], k: int, temperature: float, reject: RejectRule | None,
+         embeddings: torch.Tensor | None = None) -> list[tuple[list[Ranked], Verdict | None]]:
+    """Each row of logits as its top-k classes (probabilities at `temperature`) and its rejection verdict under
+    `reject` (None when rejection is off; a knn rule needs the rows' embeddings). predict and the server
+    (deploy.serve) both rank through this."""
     top_p, top_i = (logits / temperature).softmax(1).topk(k, dim=1)
-    confidence = (logits / calibration).softmax(1).amax(1)
-    return [([Ranked(names[j], int(j), round(float(p), 6)) for p, j in zip(ps, js)],
-             None if threshold is None else bool(c < threshold))
-            for ps, js, c in zip(top_p.tolist(), top_i.tolist(), confidence.tolist())]
+    verdicts = reject.verdicts(logits, embeddings) if reject is not None else [None] * len(logits)
+    return [([Ranked(names[j], int(j), round(float(p), 6)) for p, j in zip(ps, js)], v)
+            for ps, js, v in zip(top_p.tolist(), top_i.tolist(), verdicts)]
 
 
 def predict(source: ModelSource | Path, paths: list[Path], *, top_k: int = 1, batch_size: int = 32,
             device: str = "auto", workers: int | None = None, tta: bool = False, raw: bool = False,
             console=None, engine: str = "auto", reject: str | float | None = None) -> list[Prediction]:
     """Top-k classes per image. Probabilities are temperature-calibrated (the checkpoint's temperature) unless raw.
-    `reject` ("none of these"): auto or a probability P; an image whose calibrated top-1 probability is below the
-    threshold (the stored one for auto) is marked rejected and labelled `unknown` (raw or not: the threshold is
-    on the calibrated probability).
+    `reject` ("none of these", deploy.reject): auto or a probability P; an image whose score is below the threshold
+    is marked rejected and labelled `unknown`. auto: the knn score and its stored threshold where the checkpoint
+    stores training embeddings and the engine is torch, else the calibrated top-1 probability's; P: the
+    calibrated top-1 probability (raw or not).
     `source`: a path (a checkpoint, or an .onnx exported by finetune), or a Checkpoint / OnnxModel already
     read (evaluate hands over its own). `engine` (deploy.engines): auto, torch or onnxruntime."""
     ckpt = load_source(source)
     engine = resolve_engine(engine, ckpt, device)
-    threshold = resolve_reject(reject, ckpt)
+    rule = resolve_reject(reject, ckpt, engine)
     temperature = 1.0 if raw else ckpt.temperature
     dev = resolve_device(device) if engine == "torch" else torch.device("cpu")
     names, pre = ckpt.class_names, ckpt.preprocessing
@@ -196,9 +202,10 @@ def predict(source: ModelSource | Path, paths: list[Path], *, top_k: int = 1, ba
             for i, err in errors:
                 results[i].error = err
             if idx:
-                logits = run(images, tta).cpu()
-                ranked = rank(logits, names, k, temperature, ckpt.temperature, threshold)
-                for row, (i, (top, rejected)) in enumerate(zip(idx, ranked)):
-                    results[i].logits, results[i].top, results[i].rejected = logits[row].tolist(), top, rejected
+                logits, embeddings = run(images, tta)
+                logits = logits.cpu()
+                ranked = rank(logits, names, k, temperature, rule, None if embeddings is None else embeddings.cpu())
+                for row, (i, (top, verdict)) in enumerate(zip(idx, ranked)):
+                    results[i].logits, results[i].top, results[i].verdict = logits[row].tolist(), top, verdict
             bar.advance(task, len(idx) + len(errors))
     return results

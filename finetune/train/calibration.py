@@ -2,7 +2,9 @@
 softmax(logits / T) is calibrated. Argmax, and so accuracy, is unchanged.
 
 fit() calls calibrate_run() once, at the end of a run; predict and evaluate divide by the stored T
-(Checkpoint.temperature) unless asked for the raw softmax.
+(Checkpoint.temperature) unless asked for the raw softmax. The same val images choose the thresholds of
+`predict --reject auto`: on the calibrated probability, and for best.pt on the knn score against the training
+embeddings (train.bank) it stores beside its weights.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import math
 import numpy as np
 import torch
 
-from ..checkpoint import Calibration, Rejection
+from .. import ood
+from ..checkpoint import Calibration, EmbeddingBank, Rejection
 from ..console import track
 from ..metrics import expected_calibration_error, nll, softmax
 from ..runtime.device import Compute
+from .bank import BankPass, head_inputs
 from .state import RunState
 
 # Search bounds for T. When every validation image is classified right, NLL keeps falling as T -> 0:
@@ -63,24 +67,46 @@ def rejection_threshold(logits: np.ndarray, labels: np.ndarray, temperature: flo
     that rejects at most `false_rejection` of the val images the model gets right (a photo of something else
     usually gets a lower confidence than those). With its measured rates on val; None without a correct val image.
     """
-    probs = softmax(logits, temperature)
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == np.asarray(labels)
+    scores = ood.max_probability(torch.from_numpy(np.asarray(logits)), temperature)
+    return score_rejection(scores, np.asarray(logits).argmax(axis=1) == np.asarray(labels), ood.PROBABILITY,
+                           false_rejection)
+
+
+def knn_rejection(logits: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, bank: EmbeddingBank,
+                  k: int = ood.KNN_K, false_rejection: float = FALSE_REJECTION) -> Rejection | None:
+    """The same rule on the knn score: the cosine similarity of each val image's embedding to its k-th nearest
+    training embedding (finetune.ood)."""
+    k = min(k, len(bank.vectors))
+    scores = ood.knn_similarity(torch.from_numpy(np.asarray(embeddings)), bank.vectors, k)
+    return score_rejection(scores, np.asarray(logits).argmax(axis=1) == np.asarray(labels), ood.KNN,
+                           false_rejection, k)
+
+
+def score_rejection(scores: torch.Tensor, correct: np.ndarray, score: str, false_rejection: float = FALSE_REJECTION,
+                    k: int | None = None) -> Rejection | None:
+    """The largest threshold on `scores` rejecting at most `false_rejection` of the correct images, with the
+    rates it gives on them and on the wrong ones; None without a correct image."""
+    scores, correct = scores.float(), torch.from_numpy(np.asarray(correct, dtype=bool))
     if not correct.any():
         return None
-    ranked = np.sort(confidence[correct])
-    threshold = float(ranked[int(np.floor(false_rejection * len(ranked)))])
-    return Rejection(threshold=threshold, false_rejection=false_rejection, correct_images=int(correct.sum()),
-                     rejected_correct=float(np.mean(confidence[correct] < threshold)),
-                     rejected_wrong=float(np.mean(confidence[~correct] < threshold)) if (~correct).any() else None)
+    threshold = ood.keeping_threshold(scores[correct], false_rejection)
+    if score == ood.PROBABILITY:
+        threshold = min(max(threshold, 0.0), 1.0)
+    wrong = ~correct
+    return Rejection(threshold=threshold, false_rejection=false_rejection, score=score,
+                     correct_images=int(correct.sum()), rejected_correct=float((scores[correct] < threshold).double()
+                                                                                 .mean()),
+                     rejected_wrong=float((scores[wrong] < threshold).double().mean()) if wrong.any() else None, k=k)
 
 
-def calibration_summary(logits: np.ndarray, labels: np.ndarray) -> Calibration:
-    """Fit T, measure NLL and ECE before and after, and choose the rejection threshold (stored in both
-    checkpoints)."""
+def calibration_summary(logits: np.ndarray, labels: np.ndarray, embeddings: np.ndarray | None = None,
+                        bank: EmbeddingBank | None = None) -> Calibration:
+    """Fit T, measure NLL and ECE before and after, and choose the rejection thresholds (stored in both
+    checkpoints; the knn one where there are val embeddings and a training bank: best.pt)."""
     t, kept = fit_temperature(logits, labels)
+    knn = knn_rejection(logits, labels, embeddings, bank) if embeddings is not None and bank is not None else None
     return Calibration(temperature=t, fitted=kept is None, kept_because=kept, images=int(len(labels)),
-                       reject=rejection_threshold(logits, labels, t),
+                       reject=rejection_threshold(logits, labels, t), reject_knn=knn,
                        nll_before=nll(logits, labels), nll_after=nll(logits, labels, t),
                        ece_before=expected_calibration_error(softmax(logits), labels),
                        ece_after=expected_calibration_error(softmax(logits, t), labels))
@@ -101,20 +127,37 @@ def collect_logits(net, batches, compute: Compute, label: str, console=None) -> 
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=None):
-    """Fit T on val for last.pt, then for best.pt, and rewrite each once with its T. Returns (best.pt's summary,
-    best.pt's val logits and labels, or None when both checkpoints already held a temperature).
+def collect_outputs(net, head, batches, compute: Compute, label: str, console=None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """collect_logits, with the head's inputs (the embeddings) as well when `head` is given, every rank's shard
+    gathered."""
+    if head is None:
+        return (*collect_logits(net, batches, compute, label, console), None)
+    mine = head_inputs(net, head, batches, compute, label, console)
+    parts = [p for p in compute.dist.gather([mine]) if len(p[1])]
+    if not parts:
+        return mine
+    embeddings = None if any(p[2] is None for p in parts) else np.concatenate([p[2] for p in parts])
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), embeddings
+
+
+def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=None, bank: BankPass | None = None):
+    """Fit T on val for last.pt, then for best.pt, and rewrite each once with its T and thresholds. Returns
+    (best.pt's summary, best.pt's val logits and labels, or None when both checkpoints already held a
+    temperature).
 
     The scored model (the moving average when there is one) holds last.pt's weights on entry and best.pt's
     (kept in memory by the run) are loaded into it when they differ: no checkpoint is read back, except best.pt
     when a resumed run had already finished. `net` is what runs on the val batches: that model, or its part
     after the cached frozen prefix (so the backbone does not run over val again). A checkpoint that already
-    holds a temperature keeps it.
+    holds a temperature keeps it. `bank`: what computes best.pt's training embeddings for the knn score (None:
+    best.pt gets the probability threshold only).
     """
+    head = run.step.scored.get_submodule(bank.head_name) if bank is not None else None
     summary, val = run.last_calibration, None
     if summary is None:
-        val = collect_logits(net, val_batches, compute, "calibrate last.pt", console)
-        summary = calibration_summary(*val)
+        val = collect_outputs(net, head, val_batches, compute, "calibrate last.pt", console)
+        summary = calibration_summary(val[0], val[1])
         run.save(calibration=summary)
     best = run.best_checkpoint()
     if best.calibration is not None:
@@ -122,7 +165,8 @@ def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=Non
     if val is None or best.metrics.get("epoch") != run.rows[-1]["epoch"]:
         with torch.no_grad():
             run.step.scored.load_state_dict(best.state)
-        val = collect_logits(net, val_batches, compute, "calibrate best.pt", console)
-        summary = calibration_summary(*val)
-    run.writer.write_best_calibration(best, summary)
-    return summary, val
+        val = collect_outputs(net, head, val_batches, compute, "calibrate best.pt", console)
+    embeddings = bank.embeddings(run.step.scored, console) if bank is not None and val[2] is not None else None
+    summary = calibration_summary(*val, embeddings)
+    run.writer.write_best_calibration(best, summary, embeddings)
+    return summary, val[:2]

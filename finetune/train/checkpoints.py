@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import Calibration, Checkpoint
+from ..checkpoint import Calibration, Checkpoint, EmbeddingBank
 from ..errors import CheckpointError
 
 
@@ -44,9 +44,11 @@ class CheckpointWriter:
             replace(self.template, state=state, metrics=metrics, calibration=calibration,
                     resume=resume).save(self.last_path)
 
-    def write_best_calibration(self, best: Checkpoint, calibration: Calibration) -> None:
-        """best.pt once more, with the temperature fitted on its weights."""
-        self.best = replace(best, calibration=calibration)
+    def write_best_calibration(self, best: Checkpoint, calibration: Calibration,
+                               embeddings: EmbeddingBank | None = None) -> None:
+        """best.pt once more, with the temperature fitted on its weights (and the training embeddings of the knn
+        rejection score), in one atomic write: best.pt never holds a threshold without its embeddings."""
+        self.best = replace(best, calibration=calibration, embeddings=embeddings)
         if self.main:
             self.best.save(self.best_path)
 

@@ -106,7 +106,12 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
     table.add_row("ECE on val", f"{c.ece_before:.4f} raw -> {c.ece_after:.4f} calibrated "
                                 f"(NLL {c.nll_before:.4f} -> {c.nll_after:.4f}; same images T was fitted on)")
     plots = "head_sweep.csv, head_sweep.png" if "head_l2" in last else "curves.png"
-    if r := c.reject:
+    if r := c.reject_knn:  # what --reject auto uses with best.pt (deploy.reject)
+        table.add_row("predict --reject auto", f"unknown below a cosine similarity of {r.threshold:.3f} to the "
+                      f"nearest training image: rejects {r.rejected_correct:.1%} of the {r.correct_images} "
+                      f"correctly classified val images (target {r.false_rejection:.0%}); an .onnx: below a "
+                      f"calibrated confidence of {c.reject.threshold:.3f}")
+    elif r := c.reject:
         table.add_row("predict --reject auto", f"unknown below a calibrated confidence of {r.threshold:.3f}: "
                       f"rejects {r.rejected_correct:.1%} of the {r.correct_images} correctly classified val "
                       f"images (target {r.false_rejection:.0%})")

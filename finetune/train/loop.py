@@ -20,6 +20,7 @@ from ..data.loading import stopped_workers
 from ..files import refuse_inside
 from ..metrics import confusion_matrix
 from ..runtime.distributed import Dist
+from .bank import bank_pass
 from .budget import Budget
 from .calibration import calibrate_run
 from .checkpoints import CheckpointWriter
@@ -182,9 +183,10 @@ class Epochs:
             self.loggers.epoch(row)
 
     def finish(self) -> None:
-        """Calibrate (a temperature per checkpoint, fitted on val), and summarise."""
+        """Calibrate (a temperature and rejection thresholds per checkpoint, on val), and summarise."""
         run, setup, cfg = self.state, self.setup, self.setup.train
-        calibration, val = calibrate_run(run, setup.step.scored_net, self.val_batches, setup.compute, self.console)
+        calibration, val = calibrate_run(run, setup.step.scored_net, self.val_batches, setup.compute, self.console,
+                                         bank_pass(setup))
         if val is not None and self.main:
             plot_reliability(run.run_dir / "reliability.png", *val, calibration.temperature)
         if self.loggers is not None:

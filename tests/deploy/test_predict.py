@@ -13,7 +13,8 @@ from conftest import COLORS, make_image
 
 from finetune.checkpoint import Calibration, Checkpoint, Rejection
 from finetune.config import ModelSpec
-from finetune.deploy.predict import UNKNOWN, expand_paths, predict, resolve_reject
+from finetune.deploy.predict import UNKNOWN, expand_paths, predict
+from finetune.deploy.reject import resolve_reject
 from finetune.errors import CheckpointError, ConfigError, DataError
 from finetune.models.registry import create_model
 
@@ -117,8 +118,9 @@ def test_reject_marks_images_below_the_threshold_unknown(checkpoint, tmp_path):
 
 def test_reject_auto_uses_the_stored_threshold_and_refuses_without_one(checkpoint):
     ckpt = Checkpoint.load(checkpoint)
-    assert resolve_reject("auto", replace(ckpt, calibration=Calibration(reject=Rejection(0.4)))) == 0.4
-    assert resolve_reject(None, ckpt) is None and resolve_reject("0.25", ckpt) == 0.25
+    auto = resolve_reject("auto", replace(ckpt, calibration=Calibration(reject=Rejection(0.4))))
+    assert (auto.score, auto.threshold) == ("probability", 0.4)
+    assert resolve_reject(None, ckpt) is None and resolve_reject("0.25", ckpt).threshold == 0.25
     with pytest.raises(CheckpointError, match="stores no rejection threshold"):
         resolve_reject("auto", ckpt)
     for bad in ("1.5", "-0.1", "often"):

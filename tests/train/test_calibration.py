@@ -79,3 +79,24 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror():
     model = LeftColumn()
     assert torch.equal(forward(model, x), x[:, 0, :2, 0])
     assert torch.equal(forward(model, x, tta=True), (x[:, 0, :2, 0] + x[:, 0, :2, -1]) / 2)
+
+
+def test_the_knn_threshold_rejects_at_most_5_percent_of_the_correct_val_images():
+    from finetune.checkpoint import EmbeddingBank
+    from finetune.train.calibration import FALSE_REJECTION, knn_rejection
+
+    gen = torch.Generator().manual_seed(0)
+    bank = EmbeddingBank(torch.nn.functional.normalize(torch.randn(200, 16, generator=gen), dim=1).half(), 200)
+    val = bank.vectors[:100].float() + 0.3 * torch.randn(100, 16, generator=gen)  # near the training set
+    logits, labels = synthetic(2.0, n=100)
+    reject = knn_rejection(logits, labels, val.numpy(), bank)
+    correct = logits.argmax(1) == labels
+    from finetune.ood import knn_similarity
+    scores = knn_similarity(val, bank.vectors, 1).numpy()
+    assert reject.score == "knn" and reject.k == 1 and reject.correct_images == int(correct.sum())
+    assert (scores[correct] < reject.threshold).mean() == pytest.approx(reject.rejected_correct)
+    assert reject.rejected_correct <= FALSE_REJECTION
+    assert reject.rejected_correct > 0.03  # the largest threshold that keeps to it, not a lax one
+    s = calibration_summary(logits, labels, val.numpy(), bank)
+    assert s.reject_knn == reject and s.reject.score == "probability"
+    assert calibration_summary(logits, labels).reject_knn is None  # last.pt: no training embeddings

@@ -24,7 +24,8 @@ from ...runtime.device import resolve_device
 from ..cam import Explainer
 from ..cam import require as require_cam
 from ..engines import ModelSource, load_source, resolve_engine
-from ..predict import Prediction, make_runner, rank, resolve_reject
+from ..predict import Prediction, make_runner, rank
+from ..reject import knn_rule, resolve_reject
 from .batcher import Batcher, QueueFull
 from .decode import TooLarge, read_rgb
 from .metrics import Metrics
@@ -77,6 +78,7 @@ def create_app(source: ModelSource | str, settings: ServeSettings = ServeSetting
     batcher = Batcher(run, settings.max_batch, settings.max_wait_ms, settings.max_queue, on_batch=metrics.batch)
     decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="finetune-decode")
     explainer = LazyExplainer(source)
+    auto_score = "knn" if engine == "torch" and knn_rule(source) is not None else "probability"  # --reject auto's
 
     def decode(data: bytes) -> torch.Tensor:
         return transform(read_rgb(data, pre.resize, settings.max_bytes, settings.max_pixels))
@@ -99,7 +101,7 @@ def create_app(source: ModelSource | str, settings: ServeSettings = ServeSetting
         if len(uploads) > settings.max_images:
             raise HTTPException(413, f"{len(uploads)} images in one request; at most {settings.max_images}")
         try:
-            threshold = resolve_reject(reject, source)
+            rule = resolve_reject(reject, source, engine)
         except Exception as exc:
             raise HTTPException(422, str(exc)) from None
         loop = asyncio.get_running_loop()
@@ -122,11 +124,12 @@ def create_app(source: ModelSource | str, settings: ServeSettings = ServeSetting
         except QueueFull as exc:
             metrics.request("busy")
             return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "1"})
-        logits = torch.stack(await asyncio.gather(*futures))
+        outputs = await asyncio.gather(*futures)
+        logits = torch.stack([o[0] for o in outputs])
+        embeddings = torch.stack([o[1] for o in outputs]) if rule is not None and rule.needs_embeddings else None
         k = max(1, min(top_k, len(names)))
-        for i, (top, rejected) in zip(good, rank(logits, names, k, source.temperature, source.temperature,
-                                                 threshold)):
-            results[i].top, results[i].rejected = top, rejected
+        for i, (top, verdict) in zip(good, rank(logits, names, k, source.temperature, rule, embeddings)):
+            results[i].top, results[i].verdict = top, verdict
         metrics.request("ok", len(good), time.perf_counter() - start)
         return [r.to_dict() for r in results]
 
@@ -162,6 +165,7 @@ def create_app(source: ModelSource | str, settings: ServeSettings = ServeSetting
     async def info():
         return {"classes": names, "preprocessing": vars(pre), "engine": engine, "version": __version__,
                 "temperature": source.temperature, "reject_threshold": source.reject_threshold,
+                "reject_auto": auto_score,
                 "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms, "cam": explainer.why_not is None}
 
     @app.post("/cam", summary="Grad-CAM: a JPEG of the image as the model saw it, coloured where it looked for its "

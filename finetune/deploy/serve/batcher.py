@@ -14,7 +14,9 @@ class QueueFull(RuntimeError):
 
 
 class Batcher:
-    """run(tensor, tta) -> the image's logits. One thread runs the model; `on_batch(size, seconds)` observes."""
+    """run(tensor, tta) -> the image's row of the runner's output: a tensor, or a tuple of tensors (or None) row
+    by row (deploy.predict.make_runner's (logits, embeddings)). One thread runs the model; `on_batch(size,
+    seconds)` observes."""
 
     def __init__(self, runner, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256,
                  on_batch=None):
@@ -74,8 +76,8 @@ class Batcher:
     async def _run(self, loop, group, tta: bool) -> None:
         start = time.perf_counter()
         try:
-            logits = await loop.run_in_executor(self._model_thread, self._forward, torch.stack([g[0] for g in group]),
-                                                tta)
+            outputs = await loop.run_in_executor(self._model_thread, self._forward, torch.stack([g[0] for g in group]),
+                                                 tta)
         except Exception as exc:  # every waiting request learns of it; the server goes on
             for g in group:
                 if not g[2].done():
@@ -83,10 +85,22 @@ class Batcher:
             return
         for row, g in enumerate(group):
             if not g[2].done():  # a client that went away cancelled its future
-                g[2].set_result(logits[row])
+                g[2].set_result(_row(outputs, row))
         if self.on_batch:
             self.on_batch(len(group), time.perf_counter() - start)
 
-    def _forward(self, images: torch.Tensor, tta: bool) -> torch.Tensor:
+    def _forward(self, images: torch.Tensor, tta: bool):
         with torch.inference_mode():
-            return self.runner(images, tta).float().cpu()
+            return _on_cpu(self.runner(images, tta))
+
+
+def _on_cpu(outputs):
+    if isinstance(outputs, tuple):
+        return tuple(_on_cpu(o) for o in outputs)
+    return None if outputs is None else outputs.float().cpu()
+
+
+def _row(outputs, row: int):
+    if isinstance(outputs, tuple):
+        return tuple(_row(o, row) for o in outputs)
+    return None if outputs is None else outputs[row]
