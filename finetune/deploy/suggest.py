@@ -18,7 +18,7 @@ import torch
 from ..checkpoint import Checkpoint
 from ..console import progress, stderr_console
 from ..data.lists import is_list_argument, read_path_list
-from ..data.loading import prefetched
+from ..data.loading import prefetched, resolve_workers
 from ..data.transforms import eval_transform
 from ..errors import CheckpointError, ConfigError, DataError
 from ..files import atomic_write, refuse_inside
@@ -62,6 +62,15 @@ class Suggested:
 
 
 @dataclass
+class Embedded:
+    """What one pass over the photos gives: for the N readable ones, logits and the head's input, in file order."""
+    logits: torch.Tensor  # N x C, raw
+    embeddings: torch.Tensor  # N x D, the head's input (the pooled features)
+    paths: list[Path]
+    unreadable: list[tuple[str, str]]  # (path, why) of the others
+
+
+@dataclass
 class Suggestions:
     """The photos to label next (rank 1 first) out of `photos` readable ones; the unreadable ones with why."""
     chosen: list[Suggested]
@@ -101,7 +110,7 @@ def photos_of(unlabeled: str | Path) -> tuple[list[Path], list[Path]]:
 
 
 def suggest(source: ModelSource | Path, unlabeled: str | Path, n: int = 100, *, output: Path | None = None,
-            pool: int = POOL, batch_size: int = 32, device: str = "auto", workers: int = 0,
+            pool: int = POOL, batch_size: int = 32, device: str = "auto", workers: int | None = None,
             console=None) -> Suggestions:
     """The n photos of UNLABELED to label next (deploy.selection); with `output`, also written there as CSV."""
     if n < 1:
@@ -115,30 +124,31 @@ def suggest(source: ModelSource | Path, unlabeled: str | Path, n: int = 100, *, 
     if output is not None:
         for folder in folders:
             refuse_inside(output, folder, "--output", DataError)
-    logits, embeddings, kept, unreadable = embed(ckpt, paths, batch_size=batch_size, device=device,
-                                                 workers=workers, console=console)
-    if not kept:
+    seen = embed(ckpt, paths, batch_size=batch_size, device=device, workers=workers, console=console)
+    if not seen.paths:
         raise DataError(f"none of the {len(paths)} image(s) in {unlabeled} could be read "
-                        f"(the first: {unreadable[0][0]}: {unreadable[0][1]})")
-    probs = (logits / ckpt.temperature).softmax(1)
+                        f"(the first: {seen.unreadable[0][0]}: {seen.unreadable[0][1]})")
+    probs = (seen.logits / ckpt.temperature).softmax(1)
     top_p, top_i = probs.topk(min(2, probs.shape[1]), dim=1)
     names = ckpt.class_names
-    chosen = [Suggested(str(kept[c.index]), c.rank, c.margin, names[int(top_i[c.index, 0])],
+    chosen = [Suggested(str(seen.paths[c.index]), c.rank, c.margin, names[int(top_i[c.index, 0])],
                         round(float(top_p[c.index, 0]), 4), names[int(top_i[c.index, -1])],
                         round(float(top_p[c.index, -1]), 4), c.uncertainty_rank, c.cluster_size)
-              for c in select(probs, embeddings, n, pool)]
-    result = Suggestions(chosen, len(kept), min(len(kept), pool * n), unreadable)
+              for c in select(probs, seen.embeddings, n, pool)]
+    result = Suggestions(chosen, len(seen.paths), min(len(seen.paths), pool * n), seen.unreadable)
     if output is not None:
         text = result.csv_text()
         atomic_write(Path(output), lambda f: f.write(text.encode()))
     return result
 
 
-def embed(ckpt: Checkpoint, paths: list[Path], *, batch_size: int = 32, device: str = "auto", workers: int = 0,
-          console=None) -> tuple[torch.Tensor, torch.Tensor, list[Path], list[tuple[str, str]]]:
-    """(logits N x C, head inputs N x D, the N readable paths, (path, error) of the others) in one forward pass:
-    a forward pre-hook on the head keeps what it is given."""
+def embed(ckpt: Checkpoint, paths: list[Path], *, batch_size: int = 32, device: str = "auto",
+          workers: int | None = None, console=None) -> Embedded:
+    """The readable photos' logits and head inputs in one forward pass: a forward pre-hook on the head keeps what
+    it is given."""
     dev = resolve_device(device)
+    if workers is None:  # as predict: CPU decodes in a thread of this process (data.prefetched), CUDA in workers
+        workers = resolve_workers("auto") if dev.type == "cuda" else 0
     pre = ckpt.preprocessing
     loader = torch.utils.data.DataLoader(_Images(paths, eval_transform(pre), pre.resize), batch_size=batch_size,
                                          num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
@@ -165,8 +175,8 @@ def embed(ckpt: Checkpoint, paths: list[Path], *, batch_size: int = 32, device: 
     finally:
         hook.remove()
     if not kept:
-        return torch.zeros(0, len(ckpt.class_names)), torch.zeros(0, 0), [], unreadable
-    return torch.cat(logits), torch.cat(embeddings), kept, unreadable
+        return Embedded(torch.zeros(0, len(ckpt.class_names)), torch.zeros(0, 0), [], unreadable)
+    return Embedded(torch.cat(logits), torch.cat(embeddings), kept, unreadable)
 
 
 def _shapes(seen: list[torch.Tensor]) -> str:

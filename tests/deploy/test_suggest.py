@@ -75,8 +75,9 @@ def test_n_photos_ranked_by_margin_with_why_and_the_folder_unchanged(checkpoint,
 
 def test_the_pass_gives_predicts_logits_and_the_heads_input(checkpoint, tmp_path):
     photos = unlabeled(tmp_path / "new", 5)
-    logits, embeddings, kept, unreadable = embed(Checkpoint.load(checkpoint), photos, batch_size=2)
-    assert kept == photos and not unreadable
+    seen = embed(Checkpoint.load(checkpoint), photos, batch_size=2)
+    logits, embeddings = seen.logits, seen.embeddings
+    assert seen.paths == photos and not seen.unreadable
     expected = torch.tensor([r.logits for r in predict(checkpoint, photos, workers=0, engine="torch")])
     assert torch.allclose(logits, expected, atol=1e-4)
     model, ckpt = load_model(checkpoint)
