@@ -24,7 +24,7 @@ import torch
 from finetune.audit.embeddings import load_embeddings
 from finetune.config import load_recipe
 from finetune.console import stderr_console
-from finetune.deploy.selection import by_margin, kcenter_greedy, margins, select
+from finetune.deploy.selection import POOL, by_margin, kcenter_greedy, margins, select
 from finetune.plotting import figure, save_png
 from finetune.train.head_solver import sweep_l2
 
@@ -43,7 +43,7 @@ def choose(rule: str, probs: torch.Tensor, x: torch.Tensor, n: int, rng: np.rand
     if rule == "margin+k-center":
         pool = by_margin(margins(probs))[:3 * n]
         return pool[kcenter_greedy(torch.nn.functional.normalize(x[pool], dim=1), n)].tolist()
-    pool = int(rule.removeprefix("suggest-p")) if rule.startswith("suggest-p") else 3
+    pool = int(rule.removeprefix("suggest-p")) if rule.startswith("suggest-p") else POOL
     return [c.index for c in select(probs, x, n, pool)]
 
 
@@ -151,7 +151,7 @@ def read_csv(path: Path, roots: list[Path]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path, nargs="+", help="labelled datasets with train/ and val/")
-    ap.add_argument("--rules", default="random,margin,margin+k-center,suggest,suggest-p2,suggest-p5")
+    ap.add_argument("--rules", default="random,margin,margin+k-center,suggest,suggest-p3,suggest-p5")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--start", type=int, default=2, help="labelled photos per class to start from")
     ap.add_argument("--batch", type=int, default=None, help="photos labelled per round (default 5 per class)")

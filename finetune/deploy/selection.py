@@ -4,8 +4,8 @@ Uncertainty first, then diversity (the "diverse mini-batch" scheme of Zhdanov 20
 
 1. margin: each photo's top-1 minus top-2 calibrated probability; a small margin is a photo the model cannot
    decide on (Scheffer et al. 2001), the best single uncertainty score in most comparisons (Settles 2009).
-2. pool: the POOL x n photos of smallest margin. The most uncertain photos of a set are often near copies of
-   one another (the same scene, the same confusing pair of classes); labelling ten of them teaches one thing.
+2. pool: the POOL x n photos of smallest margin (POOL = 2). The most uncertain photos of a set are often near
+   copies of one another (the same scene, the same confusing pair of classes); labelling ten of them teaches one thing.
 3. spread: the pool's L2-normalised embeddings (the head's input) in n clusters by k-means, started from a
    k-center greedy pick (the pool photo farthest from those picked so far; deterministic, no random seed);
    from each cluster the photo of smallest margin.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-POOL = 3  # pool = the POOL x n most uncertain photos (measured: docs/suggest.md)
+POOL = 2  # pool = the POOL x n most uncertain photos (2 against 3 and 5 measured: docs/suggest.md)
 KMEANS_STEPS = 20  # Lloyd iterations after the k-center start; a pool of a few hundred settles well before
 
 

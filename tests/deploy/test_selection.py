@@ -44,7 +44,7 @@ def test_spreads_over_kinds_of_photo_instead_of_taking_the_most_uncertain_near_c
     # kind 0: five near copies, all very uncertain; kind 1: less uncertain photos. Margin alone takes two of kind 0.
     x = torch.cat([around(0, 5), around(1, 5)])
     probs = two_class([0.01, 0.02, 0.03, 0.04, 0.05, 0.20, 0.10, 0.30, 0.40, 0.50])
-    chosen = select(probs, x, 2)
+    chosen = select(probs, x, 2, pool=3)
     assert [c.index for c in chosen] == [0, 6]  # the most uncertain of each kind
     assert chosen[1].uncertainty_rank == 6  # not among the five most uncertain, chosen for being different
     # the pool: the 6 most uncertain, five near copies and one other
