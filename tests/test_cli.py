@@ -155,3 +155,37 @@ def test_what_a_planned_run_refuses_is_one_line(image_folder, tmp_path):
     code, _, err = invoke("train", write_yaml(tmp_path / "r.yaml", {"data": {"root": str(image_folder)}}),
                           "--model", "lite1")
     assert code == 1 and "model.name" in err
+
+
+def test_suggest_prints_writes_an_at_list_and_refuses_mistakes_in_one_line(image_folder, tmp_path):
+    import torch
+
+    from finetune.checkpoint import Checkpoint
+    from finetune.config import ModelSpec
+    from finetune.models.registry import create_model
+
+    spec = ModelSpec(source="timm", name="test_efficientnet", weights=None)
+    torch.manual_seed(0)
+    model, info = create_model(spec, 2, 32)
+    ckpt = tmp_path / "best.pt"
+    Checkpoint(spec, ["blue", "red"], info.preprocessing, info.head_name, "feature-extract",
+               state=model.state_dict()).save(ckpt)
+    photos = image_folder / "train"  # 16 photos in class folders: suggest ignores the folder names
+    code, out, err = invoke("suggest", ckpt, photos, "--n", "3", "--format", "csv", "--output", tmp_path / "next.csv")
+    assert code == 0, err
+    assert out == (tmp_path / "next.csv").read_text() and "suggestions:" in err
+    rows = list(csv.DictReader(out.splitlines()))
+    assert [r["rank"] for r in rows] == ["1", "2", "3"] and all(Path(r["path"]).parent.parent == photos for r in rows)
+    code, out, err = invoke("predict", ckpt, f"@{tmp_path / 'next.csv'}", "--format", "json")
+    assert code == 0 and [p["path"] for p in json.loads(out)] == [r["path"] for r in rows]
+    code, out, _ = invoke("suggest", ckpt, photos, "--n", "2", "--format", "json")
+    assert code == 0 and json.loads(out)["photos"] == 16 and len(json.loads(out)["suggested"]) == 2
+    code, out, _ = invoke("suggest", ckpt, photos, "--n", "2")
+    assert code == 0 and "label these 2 of 16 photos first" in out
+    (tmp_path / "empty").mkdir()
+    for args, says in (([tmp_path / "nowhere"], "is not a folder"), ([tmp_path / "empty"], "no images in"),
+                       ([photos, "--output", photos / "blue" / "next.csv"], "never writes into a dataset")):
+        code, _, err = invoke("suggest", ckpt, *args)
+        assert code == 1 and says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    code, _, err = invoke("suggest", ckpt, photos, "--n", "0")
+    assert code == 2 and "--n" in err  # a usage error, before any work

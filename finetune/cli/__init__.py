@@ -1,15 +1,16 @@
 """The `finetune` command. Each command parses, calls one library function, and maps errors to exit codes
 (cli.boundary). Heavy imports (torch, torchvision, timm) happen inside the commands so `--help` stays fast.
 
-Commands by what they work on: cli.train (train, lr-find, ablate), cli.data (inspect, audit, cifar10) and
-cli.deploy (predict, evaluate, report, export), cli.serve (serve); shared options in cli.options.
+Commands by what they work on: cli.train (train, lr-find, ablate), cli.data (inspect, audit, cifar10),
+cli.deploy (predict, evaluate, report, export), cli.serve (serve) and cli.suggest (suggest); shared options in
+cli.options.
 """
 
 # each module registers its commands with the app, in the order `finetune --help` lists them
 from . import train  # noqa: F401
 
 # isort: split
-from . import data, deploy, serve  # noqa: F401
+from . import data, deploy, serve, suggest  # noqa: F401
 from .app import app
 
 __all__ = ["app", "main"]

@@ -115,3 +115,26 @@ def print_evaluation(console, evaluation: Evaluation) -> None:
     for key, value in r["files"].items():
         files.add_row(key, literal(Path(value).name) if value else "[dim]none (no mistakes)[/]")
     console.print(files)
+
+
+def print_suggestions(result, format: str, console=None) -> None:
+    """`finetune suggest`: a table for people; json (Suggestions.to_dict) or csv (the rows --output writes, an
+    @list) for programs. Unreadable photos are listed in the JSON, and after the table (on stderr)."""
+    if format == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    if format == "csv":
+        sys.stdout.write(result.csv_text())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table("rank", title=f"label these {len(result.chosen)} of {result.photos} photos first",
+                  title_justify="left")
+    table.add_column("path", overflow="fold")  # the whole path: it is what the user opens next
+    for name in ("margin", "model says", "why chosen"):
+        table.add_column(name)
+    for s in result.chosen:
+        table.add_row(str(s.rank), literal(s.path), f"{s.margin:.3f}", literal(s.model_says), s.why)
+    console.print(table)
