@@ -15,8 +15,8 @@ costs):
 4. The plan is sized to FILL of the budget; train.budget stops each run in any case.
 5. `--budget auto`: the budget in which nothing is cut (the solved head and MAX_EPOCHS of last-stage on the
    largest backbone), at most AUTO_CAP: minutes on a CPU for a few hundred photos, less on a GPU.
-Full fine-tuning, EMA and TTA are not chosen: on hymenoptera they did not beat these plans beyond noise on this
-CPU (benchmarks/README.md); the summary names what a bigger budget would try next.
+EMA and TTA are not chosen: on the four development sets they tied or lost a val image or two (docs/planner.md);
+full fine-tuning did not beat last-stage on hymenoptera. The summary names what a bigger budget would try next.
 """
 
 from __future__ import annotations
