@@ -87,7 +87,7 @@ def expand_paths(items: list[str]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-class _Images(torch.utils.data.Dataset):
+class ImageBatchSource(torch.utils.data.Dataset):
     def __init__(self, paths, transform, draft):
         self.paths, self.transform, self.draft = paths, transform, draft
 
@@ -101,7 +101,18 @@ class _Images(torch.utils.data.Dataset):
             return torch.zeros(0), i, f"{type(exc).__name__}: {exc}"
 
 
-def _collate(batch):
+def image_batches(paths: list[Path], pre, batch_size: int, dev: torch.device, workers: int | None = None):
+    """Batches of `paths` through the checkpoint's eval transform (collate_images): on a CPU decoded in a thread of
+    this process (data.prefetched), on CUDA in worker processes (`workers`, default auto)."""
+    if workers is None:
+        workers = resolve_workers("auto") if dev.type == "cuda" else 0
+    loader = torch.utils.data.DataLoader(ImageBatchSource(paths, eval_transform(pre), pre.resize),
+                                         batch_size=batch_size, num_workers=workers, collate_fn=collate_images,
+                                         pin_memory=dev.type == "cuda")
+    return prefetched(loader) if dev.type == "cpu" else loader
+
+
+def collate_images(batch):
     good = [b for b in batch if not b[2]]
     images = torch.stack([b[0] for b in good]) if good else torch.zeros(0)
     return images, [b[1] for b in good], [(b[1], b[2]) for b in batch if b[2]]
@@ -186,11 +197,7 @@ def predict(source: ModelSource | Path, paths: list[Path], *, top_k: int = 1, ba
     dev = resolve_device(device) if engine == "torch" else torch.device("cpu")
     names, pre = ckpt.class_names, ckpt.preprocessing
     k = max(1, min(top_k, len(names)))
-    if workers is None:  # CPU: decode in a thread of this process (data.prefetched); CUDA: in worker processes
-        workers = resolve_workers("auto") if dev.type == "cuda" else 0
-    loader = torch.utils.data.DataLoader(_Images(paths, eval_transform(pre), pre.resize), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
-    batches = prefetched(loader) if dev.type == "cpu" else loader  # on CPU decoding starts while the model is built
+    batches = image_batches(paths, pre, batch_size, dev, workers)  # decoding starts while the model is built
     run = make_runner(ckpt, engine, dev)
     results = [Prediction(str(p)) for p in paths]
     console = console or stderr_console()

@@ -18,14 +18,12 @@ import torch
 from ..checkpoint import Checkpoint
 from ..console import progress, stderr_console
 from ..data.lists import is_list_argument, read_path_list
-from ..data.loading import prefetched, resolve_workers
-from ..data.transforms import eval_transform
 from ..errors import CheckpointError, ConfigError, DataError
 from ..files import atomic_write, refuse_inside
 from ..runtime.device import resolve_device
 from ..runtime.threads import tuned_threads
 from .engines import ModelSource, load_source
-from .predict import _collate, _Images, expand_paths, torch_runner
+from .predict import expand_paths, image_batches, torch_runner
 from .selection import POOL, select
 
 CSV_FIELDS = ("path", "rank", "suggested_label", "label", "margin", "model_says", "why")
@@ -147,12 +145,7 @@ def embed(ckpt: Checkpoint, paths: list[Path], *, batch_size: int = 32, device: 
     """The readable photos' logits and head inputs in one forward pass: a forward pre-hook on the head keeps what
     it is given."""
     dev = resolve_device(device)
-    if workers is None:  # as predict: CPU decodes in a thread of this process (data.prefetched), CUDA in workers
-        workers = resolve_workers("auto") if dev.type == "cuda" else 0
-    pre = ckpt.preprocessing
-    loader = torch.utils.data.DataLoader(_Images(paths, eval_transform(pre), pre.resize), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
-    batches = prefetched(loader) if dev.type == "cpu" else loader
+    batches = image_batches(paths, ckpt.preprocessing, batch_size, dev, workers)
     model = torch_runner(ckpt, dev)
     seen: list[torch.Tensor] = []
     hook = model.get_submodule(ckpt.head_name).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
