@@ -307,17 +307,18 @@ def test_an_unwritable_cache_means_training_without_it(tiny_tree, tmp_path, monk
 def test_a_damaged_file_check_row_or_database_is_checked_again(image_folder, monkeypatch):
     import sqlite3
 
+    from finetune.cache import cache_dir
     from finetune.data import filecheck
 
     paths = sorted(image_folder.rglob("*.png"))
     first = filecheck.check_files(paths)
-    with sqlite3.connect(filecheck.cache_dir("files") / "filecheck.sqlite") as db:
+    with sqlite3.connect(cache_dir("files") / "filecheck.sqlite") as db:
         db.execute("UPDATE checks SET result = '{not json' WHERE path = ?", (os.path.abspath(paths[0]),))
         db.execute("UPDATE checks SET result = '[1, 2]' WHERE path = ?", (os.path.abspath(paths[1]),))
     assert filecheck.check_files(paths) == first
     code, _, err = cli("inspect", image_folder)
     assert code == 0, err
-    (filecheck.cache_dir("files") / "filecheck.sqlite").write_bytes(os.urandom(4096))  # the whole database garbage
+    (cache_dir("files") / "filecheck.sqlite").write_bytes(os.urandom(4096))  # the whole database garbage
     assert filecheck.check_files(paths) == first
     calls = []
     monkeypatch.setattr(filecheck, "check_file", lambda p: calls.append(p))

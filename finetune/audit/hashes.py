@@ -11,6 +11,7 @@ orientation, transparency, 16-bit), the same pixels the model sees.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..cache import FileResults
 from ..data.images import load_rgb
 from ..errors import ConfigError
 
@@ -57,28 +59,63 @@ def hash_file(path: str | Path, mirrored: bool) -> tuple[np.ndarray, np.ndarray 
     return phash_bits(im), phash_bits(ImageOps.mirror(im)) if mirrored else None
 
 
-def hash_images(paths: list[str], mirrored: bool = True, workers: int = 4, progress=None) -> Hashes:
-    """Every image's pHash (and its mirror's), decoded in a pool of `workers` threads (Pillow decodes without the
-    GIL) that ends with the call; progress() after each image."""
-    require_imagehash()
+def hash_images(paths: list[str], mirrored: bool = True, workers: int = 4, progress=None, root: Path | None = None
+                ) -> Hashes:
+    """Every image's pHash (and its mirror's): from the file-results cache where the file is unchanged (table
+    `phash`; a second audit of a million photos only stats them), the rest decoded in a pool of `workers` threads
+    (Pillow decodes without the GIL) that ends with the call; progress() after each image. `root`: the dataset, in
+    which no cache is written."""
+    imagehash = require_imagehash()
     n = len(paths)
     bits, mirror, readable = np.zeros((n, BITS), bool), np.zeros((n, BITS), bool), np.ones(n, bool)
+    cache = FileResults("phash", f"{BITS}/{DRAFT}/imagehash-{imagehash.__version__}/pillow-{Image.__version__}",
+                        root)
+    todo, done = [], []
+    try:
+        for i, path in enumerate(paths):  # the cache is read and written here; the threads only decode
+            try:
+                st = os.stat(path)
+            except OSError:  # vanished since the scan: left out of the hash pairs, not of the audit
+                readable[i] = False
+                if progress is not None:
+                    progress()
+                continue
+            cached = (cache.get(os.path.abspath(path), st) or "").split(":")
+            if cached[0] and (len(cached) == 2 or not mirrored):
+                bits[i], mirror[i] = _unpack(cached[0]), _unpack(cached[1]) if mirrored else False
+                if progress is not None:
+                    progress()
+            else:
+                todo.append((i, st))
 
-    def one(i: int) -> None:
-        try:
-            b, m = hash_file(paths[i], mirrored)
-        except Exception:  # vanished or unreadable since the scan: left out of the hash pairs, not of the audit
-            readable[i] = False
-        else:
-            bits[i] = b
-            if m is not None:
-                mirror[i] = m
-        if progress is not None:
-            progress()
+        def one(item) -> None:
+            i, st = item
+            try:
+                b, m = hash_file(paths[i], mirrored)
+            except Exception:  # unreadable since the scan: left out of the hash pairs, not of the audit
+                readable[i] = False
+            else:
+                bits[i] = b
+                if m is not None:
+                    mirror[i] = m
+                done.append((os.path.abspath(paths[i]), st, _pack(b) + (":" + _pack(m) if m is not None else "")))
+            if progress is not None:
+                progress()
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        list(pool.map(one, range(n)))
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            list(pool.map(one, todo))
+        cache.put(done)
+    finally:
+        cache.close()
     return Hashes(bits, mirror if mirrored else None, readable)
+
+
+def _pack(bits: np.ndarray) -> str:
+    return np.packbits(bits).tobytes().hex()
+
+
+def _unpack(text: str) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:BITS].astype(bool)
 
 
 def as_vectors(bits: np.ndarray) -> torch.Tensor:

@@ -54,7 +54,8 @@ def run_audit(recipe: Recipe, threshold: float = THRESHOLD, folds: int = FOLDS, 
     start = time.perf_counter()
     with progress(console) as bar:
         task = bar.add_task("perceptual hashes", total=len(emb))
-        hashes = hash_images(emb.paths, MIRRORED, min(4, usable_cpus()), progress=lambda: bar.advance(task))
+        hashes = hash_images(emb.paths, MIRRORED, min(4, usable_cpus()), progress=lambda: bar.advance(task),
+                             root=root)
     seconds["hashes"] = time.perf_counter() - start
 
     start = time.perf_counter()

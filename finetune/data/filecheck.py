@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 import PIL
 from PIL import Image, UnidentifiedImageError
 
-from ..cache import cache_dir
+from ..cache import FileResults
 from ..errors import DataError
 from .folders import is_image_name
 from .images import open_image, special_file
@@ -197,67 +196,26 @@ def _sniff(head: bytes) -> str:
 
 
 class _Cache:
-    """(path, size, mtime) -> FileCheck in SQLite, so concurrent runs share it safely. Best effort:
-    a cache that cannot be opened or written (read-only home, odd filesystem) just means re-checking."""
+    """FileCheck objects in the file-results cache (finetune.cache.FileResults, table `checks`)."""
 
     def __init__(self, root: Path | None = None):
-        try:
-            folder = cache_dir("files")
-            if root is not None and _inside(folder, root):  # never written into the dataset being checked
-                raise OSError("the cache folder is inside the dataset")
-            folder.mkdir(parents=True, exist_ok=True)
-            try:
-                self.db = _open(folder / "filecheck.sqlite")
-            except sqlite3.DatabaseError as exc:
-                if "not a database" not in str(exc) and "malformed" not in str(exc):
-                    raise
-                (folder / "filecheck.sqlite").unlink()  # damaged: it is only our cache, so it starts again
-                self.db = _open(folder / "filecheck.sqlite")
-        except (OSError, sqlite3.Error):
-            self.db = None
+        self.store = FileResults("checks", CHECK_VERSION, root)
 
     def get(self, key: str, st: os.stat_result) -> FileCheck | None:
-        if self.db is None:
+        text = self.store.get(key, st)
+        if text is None:
             return None
         try:
-            row = self.db.execute("SELECT size, mtime_ns, version, result FROM checks WHERE path = ?",
-                                  (key,)).fetchone()
-        except sqlite3.Error:
+            check = FileCheck(**json.loads(text))
+        except (TypeError, ValueError):  # a damaged row: check the file again (put() replaces the row)
             return None
-        if row and row[:3] == (st.st_size, st.st_mtime_ns, CHECK_VERSION):
-            try:
-                check = FileCheck(**json.loads(row[3]))
-            except (TypeError, ValueError):  # a damaged row: check the file again (put() replaces the row)
-                return None
-            if isinstance(check.problem, (str, type(None))) and isinstance(check.flags, list):
-                return check
-        return None
+        return check if isinstance(check.problem, (str, type(None))) and isinstance(check.flags, list) else None
 
     def put(self, rows: list[tuple[str, os.stat_result, FileCheck]]) -> None:
-        if self.db is None or not rows:
-            return
-        try:
-            with self.db:
-                self.db.executemany("INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?)",
-                                    [(k, st.st_size, st.st_mtime_ns, CHECK_VERSION, json.dumps(asdict(c)))
-                                     for k, st, c in rows])
-        except sqlite3.Error:
-            pass
+        self.store.put([(k, st, json.dumps(asdict(c))) for k, st, c in rows])
 
     def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-
-
-def _open(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        db.execute("CREATE TABLE IF NOT EXISTS checks (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-                   "version TEXT, result TEXT)")
-    except sqlite3.Error:
-        db.close()
-        raise
-    return db
+        self.store.close()
 
 
 def check_files(paths: list[Path], console=None, label: str = "checking images",
@@ -289,8 +247,3 @@ def check_files(paths: list[Path], console=None, label: str = "checking images",
     finally:
         cache.close()
     return results
-
-
-def _inside(path: Path, root: Path) -> bool:
-    path, root = Path(path).expanduser().resolve(), Path(root).expanduser().resolve()
-    return path == root or root in path.parents

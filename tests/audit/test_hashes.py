@@ -63,3 +63,23 @@ def test_hash_vectors_turn_hamming_into_a_dot_product():
     bits = rng.random((5, BITS)) < 0.5
     v = as_vectors(bits).numpy()
     assert np.allclose(v @ v.T, 1 - 2 * hamming(bits[:, None], bits[None]) / BITS)
+
+
+def test_hashes_are_cached_per_file_until_the_file_changes(tmp_path, monkeypatch):
+    import finetune.audit.hashes as hashes
+
+    paths = []
+    for i in range(3):
+        scene(i).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    first = hash_images(paths)
+    decoded = []
+    real = hashes.hash_file
+    monkeypatch.setattr(hashes, "hash_file", lambda p, m: decoded.append(p) or real(p, m))
+    again = hash_images(paths)
+    assert decoded == [] and (again.bits == first.bits).all() and (again.mirrored == first.mirrored).all()
+    assert (hash_images(paths, mirrored=False).bits == first.bits).all() and decoded == []
+    scene(9).save(paths[1])  # changed: hashed again, the others still from the cache
+    changed = hash_images(paths)
+    assert decoded == [paths[1]] and (changed.bits[0] == first.bits[0]).all()
+    assert (changed.bits[1] != first.bits[1]).any()

@@ -15,6 +15,7 @@ from conftest import make_image
 from PIL import Image
 
 import finetune.data.filecheck as filecheck
+from finetune.cache import cache_dir
 from finetune.data.filecheck import check_file, check_files
 
 
@@ -129,7 +130,7 @@ def test_second_scan_reads_nothing_and_changed_files_are_rechecked(image_folder,
     log = io.StringIO()
     first = check_files(paths, Console(file=log))
     assert log.getvalue() == ""  # no progress bar, not even its blank line, where stderr is not a terminal
-    cache_files = list(filecheck.cache_dir("files").iterdir())
+    cache_files = list(cache_dir("files").iterdir())
     assert cache_files and not any(image_folder in p.parents for p in cache_files)
     calls = []
     real = filecheck.check_file
