@@ -123,3 +123,37 @@ def cifar10(
     typer.echo(str(out_dir))
 
 
+
+@app.command()
+@command
+def shard(
+    root: Annotated[Path, typer.Argument(
+        help="ImageFolder root (class folders, or train/ and val/ holding them), or @labels.csv.")],
+    out: Annotated[Path, typer.Argument(help="New or empty folder for the shards and dataset.json (never inside "
+                                             "the dataset).")],
+    shard_size: Annotated[str, typer.Option(
+        "--shard-size", help="Where a shard ends: a size (1GB, 500MB) or a number of images (10000).")] = "1GB",
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", help="Share of each class held out as val when the data has no val/ folder or split "
+                               "column.")] = 0.2,
+    seed: Annotated[int, typer.Option(
+        "--seed", min=0, help="Seeds the split and the order of the images in the shards.")] = 0,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the shards of an earlier `finetune shard` in OUT.")] = False,
+):
+    """Write the dataset as WebDataset tar shards (OUT/train-000000.tar, OUT/val-000000.tar, ...) and dataset.json.
+
+    The images keep their own bytes; the split and the files left out are training's; the same input and seed
+    write the same shards. Reads DIR only.
+    """
+    from ..console import stderr_console
+    from ..data.shards import parse_shard_size, write_shards
+
+    limit = parse_shard_size(shard_size)
+    shards = write_shards(root, out, limit, val_fraction, seed, console=stderr_console(), overwrite=overwrite)
+    for split, files in shards.splits.items():
+        typer.echo(f"{split}: {shards.images(split)} images in {len(files)} shard(s)", err=True)
+    if shards.skipped:
+        typer.echo(f"{shards.skipped} file(s) left out (unreadable, label conflicts, train copies of val images); "
+                   f"`finetune inspect {root}` lists them", err=True)
+    typer.echo(str(out))
