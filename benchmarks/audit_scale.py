@@ -9,7 +9,7 @@ exact search on SAMPLE query rows (cheap even at 1M: SAMPLE x N products), with 
 TOP_K-th similarity found falls short of the true one (what a k-NN score would see). Random rows are the worst
 case for an inverted file: their "nearest" neighbours are noise (cosines ~0.1 apart by ~0.01), so recall@k is low
 there while every near copy is found. The exact search runs up to
---exact-up-to (N^2: 100k took 721 s on 2 busy cores; 1M would take ~20 hours).
+--exact-up-to (N^2: 100k took 350 s on 2 quiet cores; 1M would take ~10 hours).
 
     PYTHONPATH=. python benchmarks/audit_scale.py --sizes 10000 100000 1000000 --dim 1280
     PYTHONPATH=. python benchmarks/audit_scale.py --sizes 2000 --dim 64      # a smoke run, seconds

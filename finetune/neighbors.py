@@ -4,7 +4,7 @@ out-of-distribution score (val or new images against the training set) both ask 
 
 Two ways to answer it, one result type:
 - exact: blocked matrix products with a running top-k, so memory stays at a few BLOCK x BLOCK tiles; time grows
-  as queries x bank x dim (100k x 100k x 1280 took 721 s on 2 busy cores; benchmarks/audit_scale.py);
+  as queries x bank x dim (100k x 100k x 1280 took 350 s on 2 quiet cores; benchmarks/audit_scale.py);
 - approximate, when the problem is larger than EXACT_LIMIT and faiss (faiss-cpu, in the audit extra) is
   installed: an inverted file over inner product (faiss IndexIVFFlat; Jegou et al. 2011): the bank's rows
   clustered into ~4 sqrt(N) cells by k-means, each query compared with the rows of its NPROBE nearest cells only.
@@ -25,13 +25,14 @@ from .errors import ConfigError
 
 BLOCK = 4096
 # Exact up to this many multiply-adds (queries x bank x dim): 20k x 20k embeddings of 1280 dims, about 4-25 s on
-# 2 cores (the 20k point of the N^2 line in docs/audit.md); past it the inverted file does about PROBED of the
-# products, plus 4 sqrt(N) per query for its cells. 64-bit hashes (dim 64) stay exact up to ~90k images.
+# 2 cores (the 20k point of the N^2 line in docs/audit.md); past it the inverted file compares each query with the
+# rows of PROBES cells, plus 4 sqrt(N) centroids. 64-bit hashes (dim 64) stay exact up to ~90k images.
 EXACT_LIMIT = 20_000 * 20_000 * 1280
 CELLS_PER_ROOT = 4  # cells: 4 sqrt(N) (faiss's guideline), at most N / 40 so k-means has 40 rows a cell
-PROBED = 1 / 64  # of the cells, each query looks into this share, and at least MIN_PROBES
-MIN_PROBES = 16
-TRAIN_PER_CELL = 64  # k-means runs on this many rows a cell (a seeded sample), 10 iterations
+# Cells each query looks into: on 100k random 1280-d rows with 100 planted near copies, 8 of 1265 cells found all
+# 100 in 27 s, 20 cells all 100 in 56 s, 4 cells 99, 2 cells 97 (the search's time is the scan of those cells).
+PROBES = 8
+TRAIN_PER_CELL = 40  # k-means runs on this many rows a cell (a seeded sample; faiss warns under 39), 10 iterations
 
 def faiss_installed() -> bool:
     return importlib.util.find_spec("faiss") is not None
@@ -100,7 +101,7 @@ def _index_search(queries, bank, k, exclude_self):
         index.cp.niter, index.cp.seed = 10, 0
         train = np.sort(np.random.default_rng(0).choice(n, min(n, TRAIN_PER_CELL * cells), replace=False))
         index.train(b[train])
-        index.nprobe = min(cells, max(MIN_PROBES, round(cells * PROBED)))
+        index.nprobe = min(cells, PROBES)
     index.add(b)
     want = k + 1 if exclude_self else k
     s, i = index.search(q, want)
