@@ -176,7 +176,8 @@ def export(
                         max_drop=max_accuracy_drop)
     for f in result.files[1:]:
         typer.echo(f"metadata: {f}", err=True)
-    typer.echo(f"parity: max |logit difference| vs the eager model = {result.max_abs_diff:.3g} "
+    typer.echo(f"parity: max |output difference| vs the eager model (logits; multi-label: probabilities) = "
+               f"{result.max_abs_diff:.3g} "
                f"(tolerance {result.tolerance:g}, batch of {result.batch}, run with {result.checked_with})", err=True)
     if result.int8 is not None:
         from ..deploy.render import int8_lines

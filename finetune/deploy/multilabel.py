@@ -91,8 +91,9 @@ def evaluate_multilabel(ckpt, checkpoint: str, data: Path | str, output: Path | 
                                         *([c["class"], "" if c["ap"] is None else f"{c['ap']:.6f}",
                                            f"{c['threshold']:.6f}", f"{c['precision']:.6f}", f"{c['recall']:.6f}",
                                            f"{c['f1']:.6f}", c["support"]] for c in evaluation.per_class),
-                                        ["(all: mAP, micro-F1, macro-F1)", f"{mean_ap:.6f}", "", "",
-                                         f"{f1['micro_f1']:.6f}", f"{f1['macro_f1']:.6f}", len(scored)]])
+                                        ["(all: mAP; macro-F1)", f"{mean_ap:.6f}", "", "", "",
+                                         f"{f1['macro_f1']:.6f}", len(scored)],
+                                        ["(all: micro-F1)", "", "", "", "", f"{f1['micro_f1']:.6f}", len(scored)]])
     _write_csv(files["predictions_csv"], [["path", "true", "predicted", *(f"prob_{n}" for n in names)],
                                           *([res.path, "|".join(r.labels), "|".join(t.label for t in res.top),
                                              *(f"{p:.6f}" for p in probs[i])] for i, (res, r) in enumerate(scored))])
