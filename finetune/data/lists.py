@@ -78,8 +78,10 @@ def labelled_tree(item: str | Path) -> dict[str, dict[str, list[Path]]]:
     listed = read_path_list(item)
     unlabelled = next((n for n, i in enumerate(listed, 2) if i.label is None), None)
     if unlabelled is not None:
-        raise DataError(f"list {where} line {unlabelled} has no label; to train on a list, give every row a label "
-                        "(a CSV with path and label columns)")
+        several = " (its labels column: several labels per image need task: multilabel)" \
+            if listed[unlabelled - 2].labels is not None else ""
+        raise DataError(f"list {where} line {unlabelled} has no label{several}; to train on a list, give every row a "
+                        "label (a CSV with path and label columns)")
     splits = {i.split for i in listed}
     if splits != {None} and None in splits:
         line = next(n for n, i in enumerate(listed, 2) if i.split is None)

@@ -77,3 +77,10 @@ def test_a_label_without_a_train_image_and_a_single_label_are_refused(tmp_path):
     item = write_csv(tmp_path / "one.csv", "path,labels\na.png,red\nb.png,red\n")
     with pytest.raises(DataError, match="at least two labels"):
         resolve_splits(item, 0.5, 0, task="multilabel")
+
+
+def test_a_labels_csv_trained_as_multiclass_points_to_task_multilabel(tmp_path):
+    item = write_csv(tmp_path / "l.csv", "path,labels\na.png,red|striped\nb.png,blue\n")
+    with pytest.raises(DataError, match="line 2 has no label .its labels column: several labels per image need "
+                                        "task: multilabel"):
+        resolve_splits(item, 0.2, 0)
