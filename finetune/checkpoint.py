@@ -68,6 +68,9 @@ class Calibration:
     nll_after: float | None = None
     ece_before: float | None = None
     ece_after: float | None = None
+    # task multilabel: per class, the sigmoid probability from which its label is predicted (F1-optimal on val);
+    # no temperature there (train.multilabel says why)
+    thresholds: list[float] | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
@@ -79,6 +82,10 @@ class Calibration:
         fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         for name in ("reject", "reject_knn"):
             fields[name] = Rejection.from_dict(d[name]) if d.get(name) is not None else None
+        thresholds = d.get("thresholds")
+        if thresholds is not None and not (isinstance(thresholds, list) and all(
+                isinstance(x, (int, float)) and 0 <= x <= 1 for x in thresholds)):
+            raise ValueError("the label thresholds are not a list of probabilities (0 to 1)")
         return cls(**fields)
 
     def to_dict(self) -> dict:
@@ -133,6 +140,17 @@ class Checkpoint:
     def temperature(self) -> float:
         """Divides the logits before the softmax; 1 when the checkpoint was never calibrated."""
         return float(self.calibration.temperature) if self.calibration else 1.0
+
+    @property
+    def task(self) -> str:
+        """multiclass or multilabel (the recipe's task; checkpoints from before it: multiclass)."""
+        return str(self.recipe.get("task", "multiclass"))
+
+    @property
+    def thresholds(self) -> list[float]:
+        """multilabel: each label's probability threshold, chosen on val (0.5 each before calibration)."""
+        stored = self.calibration.thresholds if self.calibration else None
+        return list(stored) if stored else [0.5] * len(self.class_names)
 
     @property
     def reject_threshold(self) -> float | None:

@@ -101,5 +101,78 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 
 
 def epoch_rank(row: dict) -> tuple:
-    """How epochs compare for best.pt: val accuracy first, a tie goes to the lower val loss."""
-    return row["val_acc"], -row["val_loss"]
+    """How epochs compare for best.pt: val accuracy (multi-label runs: val mAP, their rows' val_map) first, a tie
+    goes to the lower val loss."""
+    return row.get("val_map", row["val_acc"]), -row["val_loss"]
+
+
+# ---- multi-label: scores (N x K, higher = more likely) against multi-hot targets (N x K of 0/1)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -z))  # 1 / (1 + e^-z) without overflow
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """AP of one class: the mean, over its positive images, of the precision among the images scored at least as
+    high (scikit-learn's average_precision_score: sum of (R_n - R_{n-1}) P_n, tied scores taken together).
+    NaN when the class has no positive image."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets) > 0.5
+    positives = int(targets.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], targets[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # the last index of each run of tied scores
+    tp = np.cumsum(t)[last]
+    precision = tp / (last + 1)
+    recall_gain = np.diff(np.r_[0, tp]) / positives
+    return float((recall_gain * precision).sum())
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mAP over the classes that have a positive image, per-class AP with NaN for those that have none)."""
+    per_class = np.array([average_precision(scores[:, k], targets[:, k]) for k in range(targets.shape[1])])
+    present = ~np.isnan(per_class)
+    return (float(per_class[present].mean()) if present.any() else float("nan")), per_class
+
+
+def multilabel_f1(predicted: np.ndarray, targets: np.ndarray) -> dict:
+    """Micro F1 (every image-label decision pooled), macro F1 (the mean of the per-class F1s, over the classes
+    that occur in the truth or the predictions, as averaged_scores does) and the per-class precision, recall, F1
+    and support, of 0/1 decisions against 0/1 targets."""
+    p, t = np.asarray(predicted) > 0.5, np.asarray(targets) > 0.5
+    tp, fp, fn = (p & t).sum(0).astype(np.float64), (p & ~t).sum(0).astype(np.float64), \
+        (~p & t).sum(0).astype(np.float64)
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
+    recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=tp + fn > 0)
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=2 * tp + fp + fn > 0)
+    present = (tp + fp + fn) > 0
+    micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
+    return {"micro_f1": float(2 * tp.sum() / micro_den) if micro_den else 0.0,
+            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+            "precision": precision, "recall": recall, "f1": f1, "support": t.sum(0).astype(np.int64)}
+
+
+def f1_thresholds(probs: np.ndarray, targets: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per class, the threshold on its probability (0..1) that maximises its F1 on these images (a label is
+    predicted when prob >= threshold): the midpoint between the lowest probability kept and the next one below,
+    or 0 (a tie in F1: the higher threshold, fewer false alarms). `default` for a class with no positive image,
+    where no threshold scores any F1."""
+    scores, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets) > 0.5
+    out = np.full(scores.shape[1], float(default))
+    for k in range(scores.shape[1]):
+        s, t = scores[:, k], targets[:, k]
+        positives = int(t.sum())
+        if positives == 0:
+            continue
+        order = np.argsort(-s, kind="stable")
+        s, t = s[order], t[order]
+        last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # keep everything scored >= s[last]
+        tp = np.cumsum(t)[last]
+        f1 = 2 * tp / (positives + last + 1)
+        best = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[0])  # the first (highest threshold) of the best
+        below = s[last[best] + 1] if last[best] + 1 < len(s) else 0.0
+        out[k] = (s[last[best]] + below) / 2
+    return out

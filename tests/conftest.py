@@ -139,3 +139,31 @@ state.RunState.after_step = after_step
 from finetune.cli import app
 app(sys.argv[1:], prog_name="finetune")
 '''
+
+
+def make_multilabel_set(root: Path, train: int = 16, val: int = 8, size: int = 32) -> Path:
+    """A multi-label set: red or blue squares, some striped (labels red, blue, striped), every eighth one green
+    and plain (no label at all); labels.csv in `root` with relative paths and a split column. Returns `root`."""
+    rows = ["path,labels,split"]
+    for split, n in (("train", train), ("val", val)):
+        for i in range(n):
+            rng = random.Random(stable_seed("multilabel", split, i))
+            none = i % 8 == 7
+            color = "green" if none else ("red", "blue")[i % 2]
+            striped = not none and (i // 2) % 2 == 1
+            im = Image.new("RGB", (size, size), {"red": (220, 40, 30), "blue": (30, 60, 220),
+                                                 "green": (40, 200, 60)}[color])
+            if striped:
+                for x in range(size):
+                    for y in range(0, size, 8):
+                        for dy in range(3):
+                            im.putpixel((x, (y + dy + rng.randrange(2)) % size), (250, 250, 250))
+            for _ in range(20):
+                im.putpixel((rng.randrange(size), rng.randrange(size)), tuple(rng.randrange(256) for _ in range(3)))
+            name = f"images/{split}{i}.png"
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            im.save(root / name)
+            labels = [] if none else [color] + (["striped"] if striped else [])
+            rows.append(f"{name},{('|' if i % 3 else ';').join(labels)},{split}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root

@@ -11,6 +11,7 @@ from ..config import Recipe, RunSpec
 from ..console import literal, progress, stderr_console
 from ..data.filecheck import check_files
 from ..data.folders import absolute_root, dataset_folders
+from ..errors import ConfigError
 from ..files import refuse_inside
 from ..runtime.threads import usable_cpus
 from ..train.rundir import create_run_dir
@@ -41,6 +42,9 @@ def run_audit(recipe: Recipe, threshold: float = THRESHOLD, folds: int = FOLDS, 
     dataset). The dataset is only read."""
     from .report import write_outputs
 
+    if recipe.task == "multilabel":
+        raise ConfigError("finetune audit checks one class per image (label conflicts, confident learning); it does "
+                          "not read task multilabel's labels CSV")
     console = console or stderr_console()
     root = absolute_root(recipe.data.root) if recipe.data.root else None
     out = recipe.run.output

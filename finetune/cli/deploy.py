@@ -33,7 +33,8 @@ def predict(
     paths: Annotated[list[str], typer.Argument(
         help="Image files, folders (searched recursively), glob patterns, or @LIST: a .txt with one path per line "
              "or a .csv with a path column (relative paths from the list's folder).")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image.")] = 1,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image (a "
+                                       "multi-label model shows every label over its threshold).")] = 1,
     format: Annotated[OutputFormat, typer.Option(
         "--format", "-f", help="table for people, json or csv for programs.")] = OutputFormat.table,
     batch_size: BatchSize = 32,
@@ -79,7 +80,8 @@ def evaluate(
     data: Annotated[Path, typer.Argument(
         help="A folder of class folders (e.g. hymenoptera/val), a root with train/ and val/ (val/ is used), or "
              "@LIST: a .csv with path and label columns (and split: its val rows), or a .txt of paths (the class is "
-             "each image's folder).")],
+             "each image's folder). A multi-label checkpoint: @labels.csv with path and labels columns, or a folder "
+             "holding labels.csv.")],
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Folder for the CSV, PNG and JSON files (default: eval-CHECKPOINT-DATA next to "
                                "the checkpoint; never inside DATA).")] = None,
@@ -174,7 +176,8 @@ def export(
                         max_drop=max_accuracy_drop)
     for f in result.files[1:]:
         typer.echo(f"metadata: {f}", err=True)
-    typer.echo(f"parity: max |logit difference| vs the eager model = {result.max_abs_diff:.3g} "
+    typer.echo(f"parity: max |output difference| vs the eager model (logits; multi-label: probabilities) = "
+               f"{result.max_abs_diff:.3g} "
                f"(tolerance {result.tolerance:g}, batch of {result.batch}, run with {result.checked_with})", err=True)
     if result.int8 is not None:
         from ..deploy.render import int8_lines

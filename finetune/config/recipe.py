@@ -46,7 +46,9 @@ class ModelSpec(_Section):
 
 class DataSpec(_Section):
     root: Optional[Path] = Field(None, description="ImageFolder root: class folders, or train/ and val/ holding "
-                                                   "them; or @labels.csv (path, label, optional split columns)")
+                                                   "them; or @labels.csv (path, label, optional split columns). "
+                                                   "task multilabel: @labels.csv with path and labels (separated "
+                                                   "by | or ;) columns, or a folder holding labels.csv")
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="share of each class held out when there is no val/ folder")
     image_size: Optional[int] = Field(
@@ -200,6 +202,10 @@ class RunSpec(_Section):
 
 
 class Recipe(_Section):
+    task: Literal["multiclass", "multilabel"] = Field(
+        "multiclass", description="multiclass: one class per image (softmax, cross-entropy); multilabel: any number "
+        "of labels per image (data.root: @labels.csv with path and labels columns, or a folder holding labels.csv; "
+        "sigmoid, BCE, per-class thresholds chosen on val, best.pt by val mAP)")
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
@@ -219,11 +225,28 @@ class Recipe(_Section):
         if self.strategy.freeze_epochs and self.strategy.name == "feature-extract":
             raise ValueError("strategy.freeze_epochs needs strategy.name last-stage or full (feature-extract "
                              "freezes everything but the head for the whole run)")
+        if self.task == "multilabel":
+            self._check_multilabel()
         self._resolve_head_solver()
         if self.strategy.freeze_epochs >= self.train.epochs:
             raise ValueError(f"strategy.freeze_epochs ({self.strategy.freeze_epochs}) must be less than "
                              f"train.epochs ({self.train.epochs}), or the backbone never trains")
         return self
+
+    def _check_multilabel(self) -> None:
+        """What assumes one class per image, refused with the reason (each one a line)."""
+        data = self.data
+        for why, refused in (
+                ("data.mixup/data.cutmix mix one-class targets (torchvision's MixUp/CutMix); set them to null",
+                 bool(data.mixup or data.cutmix)),
+                ("train.label_smoothing spreads a softmax target over the classes; set it to 0 (BCE has no "
+                 "such target)", self.train.label_smoothing > 0),
+                ("data.sampler balanced draws each class equally often, which needs one class per image; set it "
+                 "to null", data.sampler is not None),
+                ("data.class_weights auto weights each image by its one class; set it to null",
+                 data.class_weights is not None)):
+            if refused:
+                raise ValueError(f"task multilabel: {why}")
 
     def _resolve_head_solver(self) -> None:
         """strategy.head_solver: lbfgs needs a fixed set of pooled features to fit on; say what stands in its way."""

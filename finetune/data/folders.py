@@ -11,9 +11,14 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import DataError
 from .lists import LIST_PREFIX, is_list_argument, labelled_tree, read_path_list
+from .multilabel import multilabel_splits
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VAL_FOLDERS = ("val", "valid", "validation")
@@ -28,8 +33,18 @@ class Splits:
     val: list[Sample]
     source: str  # "folders" (train/ + val/) or "split" (seeded stratified split)
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # files left out, with the reason
+    targets: np.ndarray | None = None  # task multilabel: the multi-hot rows (N x K) the samples' ints index
+
+    @property
+    def multilabel(self) -> bool:
+        return self.targets is not None
 
     def counts(self, which: str) -> dict[str, int]:
+        """Images of each class (multilabel: images showing each label)."""
+        if self.multilabel:
+            rows = [i for _, i in getattr(self, which)]
+            return dict(zip(self.class_names, map(int, self.targets[rows].sum(0)))) if rows else \
+                {name: 0 for name in self.class_names}
         c = Counter(label for _, label in getattr(self, which))
         return {name: c.get(i, 0) for i, name in enumerate(self.class_names)}
 
@@ -99,16 +114,19 @@ def dataset_folders(root: Path | None) -> list[Path]:
     return sorted({dataset_of(Path(os.path.abspath(p))) for p in first.values()})
 
 
-def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=None) -> Splits:
+def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=None, task: str = "multiclass"
+                   ) -> Splits:
     """train/ + val/ (or valid/, validation/) when present, else a seeded split stratified by class. `root` may
     also be a `@list.csv` with path and label columns (lists.labelled_tree), split by its split column or the same
-    way.
+    way. task multilabel: a labels CSV (data.multilabel).
 
     screen(tree) -> {path: reason} names files to leave out (unreadable ones, label conflicts); `tree` is
     {split: {class: [paths]}} as scanned. They land in `skipped`.
     """
     if root is None:
         raise DataError("no dataset given: set data.root in the recipe or pass --data ROOT")
+    if task == "multilabel":
+        return Splits(*multilabel_splits(root, val_fraction, seed, screen))
     if is_list_argument(root):
         scanned, unmatched = labelled_tree(root), f"the val rows of {root} have classes with no train rows"
     else:

@@ -26,6 +26,7 @@ class ListedImage:
     path: Path
     label: str | None  # the CSV's `label` column, when it has one
     split: str | None = None  # the CSV's `split` column: train or val (valid, validation), when it has one
+    labels: str | None = None  # the CSV's `labels` cell as written ("" when empty), None without that column
 
 
 def is_list_argument(item: str | Path) -> bool:
@@ -60,10 +61,11 @@ def read_path_list(item: str | Path) -> list[ListedImage]:
     if path.suffix.lower() == ".csv":
         rows = _csv_rows(text, path)
     else:
-        rows = [(line.strip(), None, None) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        rows = [(line.strip(), None, None, None) for line in text.splitlines()
+                if line.strip() and not line.startswith("#")]
     if not rows:
         raise DataError(f"list {path} names no images")
-    return [ListedImage(_resolve(p, base), label, split) for p, label, split in rows]
+    return [ListedImage(_resolve(p, base), label, split, labels) for p, label, split, labels in rows]
 
 
 def labelled_tree(item: str | Path) -> dict[str, dict[str, list[Path]]]:
@@ -76,8 +78,10 @@ def labelled_tree(item: str | Path) -> dict[str, dict[str, list[Path]]]:
     listed = read_path_list(item)
     unlabelled = next((n for n, i in enumerate(listed, 2) if i.label is None), None)
     if unlabelled is not None:
-        raise DataError(f"list {where} line {unlabelled} has no label; to train on a list, give every row a label "
-                        "(a CSV with path and label columns)")
+        several = " (its labels column: several labels per image need task: multilabel)" \
+            if listed[unlabelled - 2].labels is not None else ""
+        raise DataError(f"list {where} line {unlabelled} has no label{several}; to train on a list, give every row a "
+                        "label (a CSV with path and label columns)")
     splits = {i.split for i in listed}
     if splits != {None} and None in splits:
         line = next(n for n, i in enumerate(listed, 2) if i.split is None)
@@ -94,7 +98,7 @@ def labelled_tree(item: str | Path) -> dict[str, dict[str, list[Path]]]:
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val"}
 
 
-def _csv_rows(text: str, path: Path) -> list[tuple[str, str | None, str | None]]:
+def _csv_rows(text: str, path: Path) -> list[tuple[str, str | None, str | None, str | None]]:
     reader = csv.DictReader(io.StringIO(text))
     fields = [f.strip() for f in (reader.fieldnames or [])]
     if "path" not in fields:
@@ -109,7 +113,8 @@ def _csv_rows(text: str, path: Path) -> list[tuple[str, str | None, str | None]]
         label, split = (_cell(row, key) for key in ("label", "split"))
         if split is not None and split.lower() not in SPLIT_NAMES:
             raise DataError(f"list {path} line {number}: split {split!r} is not train or val")
-        rows.append((value, label, SPLIT_NAMES[split.lower()] if split else None))
+        labels = (row.get("labels") or "").strip() if "labels" in fields else None  # multi-label (data.multilabel)
+        rows.append((value, label, SPLIT_NAMES[split.lower()] if split else None, labels))
     return rows
 
 

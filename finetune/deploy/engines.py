@@ -33,6 +33,9 @@ class ModelSource(Protocol):
     class_names: list[str]
     preprocessing: Preprocessing
 
+    task: str  # multiclass | multilabel
+    thresholds: list[float]  # multilabel: each label's probability threshold
+
     @property
     def temperature(self) -> float: ...
 
@@ -80,6 +83,17 @@ class OnnxModel:
             raise CheckpointError(f"{path} disagrees with itself: its metadata names {len(names)} classes, the model "
                                   f"has {outputs} outputs; export it again from its checkpoint (finetune export)")
         return cls(path, names, pre, temperature, info.get("quantization"), info, session)
+
+    @property
+    def task(self) -> str:
+        return str(self.info.get("task", "multiclass"))
+
+    @property
+    def thresholds(self) -> list[float]:
+        """multilabel: the checkpoint's per-label thresholds, carried in the metadata."""
+        stored = self.info.get("thresholds")
+        return [float(t) for t in stored] if isinstance(stored, list) and len(stored) == len(self.class_names) \
+            else [0.5] * len(self.class_names)
 
     @property
     def reject_threshold(self) -> float | None:
@@ -134,9 +148,13 @@ def onnxruntime_runner(source: Checkpoint | OnnxModel) -> Runner:
             raise CheckpointError(f"the model exported to ONNX on the fly differs from the eager model by {diff:.3g}; "
                                   "use --engine torch, and please report this with the model name")
 
+    output = session.get_outputs()[0].name  # logits; a multi-label export's sigmoid probabilities (deploy.export)
+
     def run(images: torch.Tensor) -> torch.Tensor:
         batch = images.contiguous().numpy()
-        return torch.from_numpy(session.run(["logits"], {"images": batch})[0])
+        out = torch.from_numpy(session.run([output], {"images": batch})[0])
+        # predict works on logits: back from the export's probabilities (1e-7 from 0 and 1: float32 saturates)
+        return out if output == "logits" else torch.logit(out.clamp(1e-7, 1 - 1e-7))
 
     return run
 

@@ -31,6 +31,7 @@ from ..metrics import (
     wilson_interval,
 )
 from .engines import ModelSource, load_source, resolve_engine
+from .multilabel import MultilabelEvaluation, evaluate_multilabel
 from .plots import plot_confusion, plot_mistakes
 from .predict import predict
 
@@ -113,14 +114,17 @@ def default_output(checkpoint: Path, data: Path) -> Path:
 
 def evaluate(source: ModelSource | Path, data: Path | str, *, output: Path | None = None, tta: bool = False,
              raw: bool = False, batch_size: int = 32, device: str = "auto", mistakes: int = 16, console=None,
-             engine: str = "auto") -> Evaluation:
+             engine: str = "auto") -> Evaluation | MultilabelEvaluation:
     """Score the checkpoint (or an .onnx exported by finetune) on DATA, write CSV/PNG/JSON files into output.
-    `engine`: auto, torch or onnxruntime (deploy.engines)."""
+    `engine`: auto, torch or onnxruntime (deploy.engines). A multi-label checkpoint: a MultilabelEvaluation."""
     checkpoint = source if isinstance(source, (str, Path)) else getattr(source, "path", None)  # a Checkpoint: none
     if checkpoint is None and output is None:
         raise ConfigError("evaluate: give output= for a checkpoint read in memory (there is no file to put it beside)")
     ckpt = load_source(source)
     engine = resolve_engine(engine, ckpt, device)
+    if ckpt.task == "multilabel":  # mAP and F1 at its thresholds, on a labels CSV (deploy.multilabel)
+        return evaluate_multilabel(ckpt, checkpoint, data, output, tta=tta, batch_size=batch_size, device=device,
+                                   console=console, engine=engine)
     names = ckpt.class_names
     folder, found, image_folders = labelled_images(data, names)
     output = Path(output) if output is not None else default_output(Path(checkpoint), folder)

@@ -1,9 +1,10 @@
 """export(checkpoint, format): a model people can ship without finetune, checked against the eager model.
 
 Every format outputs LOGITS, one per class in class_names order (probabilities = softmax(logits / T)
-with the stored temperature T), and carries the class names and preprocessing with it: ONNX in its
-metadata_props, TorchScript in an extra file `finetune.json`, safetensors in its header and a JSON
-sidecar. After writing, the exported file is loaded the way a user would load it (onnxruntime,
+with the stored temperature T; a multi-label model's ONNX and TorchScript exports output PROBABILITIES =
+sigmoid(logits), one per label, the per-label thresholds in the metadata), and carries the class names and
+preprocessing with it: ONNX in its metadata_props, TorchScript in an extra file `finetune.json`, safetensors
+in its header and a JSON sidecar. After writing, the exported file is loaded the way a user would load it (onnxruntime,
 torch.jit.load, a plain torchvision/timm model) and run on a batch; the largest absolute logit
 difference to the eager model must stay within TOLERANCE or the export fails and the file is removed.
 """
@@ -43,6 +44,10 @@ TOLERANCE = 1e-3
 TRACE_BATCH, PARITY_BATCH = 2, 3  # different on purpose: the check exercises the dynamic batch axis
 OUTPUT = ("logits: float32 [batch, num_classes], class order = class_names; "
           "probabilities = softmax(logits / temperature)")
+PROBABILITIES = "probabilities"  # the output name of a multi-label ONNX export (deploy.engines reads it back)
+MULTILABEL_OUTPUT = ("probabilities: float32 [batch, num_classes] = sigmoid(logits), label order = class_names; a "
+                     "label is present when its probability >= thresholds[label] (safetensors: the weights give "
+                     "logits)")
 INPUT = ("images: float32 [batch, 3, size, size], RGB; resize the shorter side to `resize` (interpolation), "
          "center-crop size x size, scale to 0..1, subtract mean, divide by std")
 
@@ -72,7 +77,20 @@ def export_info(ckpt: Checkpoint) -> dict:
     return {"format": "finetune-export/1", "class_names": ckpt.class_names,
             "preprocessing": ckpt.preprocessing.to_dict(), "input": INPUT, "output": OUTPUT,
             "temperature": ckpt.temperature, "reject_threshold": ckpt.reject_threshold,
-            "architecture": {"source": spec.source, "name": spec.name, "plain_model": loader}}
+            "architecture": {"source": spec.source, "name": spec.name, "plain_model": loader},
+            **({"task": "multilabel", "thresholds": ckpt.thresholds, "output": MULTILABEL_OUTPUT}
+               if ckpt.task == "multilabel" else {})}
+
+
+class Probabilities(torch.nn.Module):
+    """A multi-label model whose output is its labels' sigmoid probabilities (what the export ships)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(images))
 
 
 def default_output(checkpoint: Path, format: str, int8: bool = False) -> Path:
@@ -110,6 +128,12 @@ def export(checkpoint: Path, format: str, output: Path | None = None, tolerance:
                               "pip install 'finetune[export]' (or pip install onnx onnxruntime)")
     model, ckpt = load_model(checkpoint)
     info = export_info(ckpt)
+    if ckpt.task == "multilabel":
+        if int8:
+            raise ExportError("--int8 is checked by top-1 accuracy, which a multi-label model does not have; "
+                              "export it without --int8")
+        if format != "safetensors":  # a state dict has no graph to end in a sigmoid: its metadata says to apply it
+            model = Probabilities(model).eval()
     if format == "safetensors":
         plain_state_dict(model.state_dict(), ckpt)  # refuse before writing anything
     path = Path(output) if output is not None else default_output(checkpoint, format, int8)
@@ -162,15 +186,17 @@ def parity_batches(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def to_onnx(model, example: torch.Tensor, ckpt: Checkpoint, info: dict | None = None) -> bytes:
-    """The model as ONNX bytes: input `images`, output `logits`, a dynamic batch axis, and finetune's metadata."""
+    """The model as ONNX bytes: input `images`, output `logits` (a Probabilities model: `probabilities`), a dynamic
+    batch axis, and finetune's metadata."""
+    output = PROBABILITIES if isinstance(model, Probabilities) else "logits"
     import onnx
 
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the exporter's deprecation notices are not the user's concern
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         # The TorchScript-based exporter: it needs only `onnx`, while the dynamo exporter also needs onnxscript.
-        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["images"], output_names=[output],
+                          dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}}, opset_version=17)
     proto = onnx.load_from_string(buf.getvalue())
     set_metadata(proto, info or export_info(ckpt))
     onnx.checker.check_model(proto)
@@ -182,12 +208,13 @@ def set_metadata(proto, info: dict) -> None:
     import onnx
 
     props = {"finetune": json.dumps(info), "class_names": json.dumps(info["class_names"]),
-             "preprocessing": json.dumps(info["preprocessing"]), "output": OUTPUT, "input": INPUT,
+             "preprocessing": json.dumps(info["preprocessing"]), "output": info.get("output", OUTPUT), "input": INPUT,
              "temperature": repr(info["temperature"])}
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
     kind = " (INT8, QDQ)" if info.get("quantization") else ""
-    proto.doc_string = f"finetune export of {info['architecture']['name']}{kind}; output = {OUTPUT}"
+    output = info.get("output", OUTPUT)
+    proto.doc_string = f"finetune export of {info['architecture']['name']}{kind}; output = {output}"
 
 
 def _write_onnx(model, path: Path, info: dict, example: torch.Tensor, ckpt: Checkpoint) -> list[Path]:
@@ -200,7 +227,7 @@ def _run_onnx(path: Path, images: torch.Tensor, ckpt: Checkpoint) -> torch.Tenso
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+    return torch.from_numpy(session.run([session.get_outputs()[0].name], {"images": images.numpy()})[0])
 
 
 def _export_int8(fp32: ExportResult, path: Path, info: dict, ckpt: Checkpoint, source: str, samples,

@@ -15,7 +15,7 @@ from ..data.images import load_rgb
 from ..data.lists import is_list_argument, read_path_list
 from ..data.loading import prefetched, resolve_workers
 from ..data.transforms import eval_transform
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models.folding import fold_checked
 from ..runtime.device import resolve_device
 from ..runtime.threads import tuned_threads
@@ -180,6 +180,16 @@ def rank(logits: torch.Tensor, names: list[str], k: int, temperature: float, rej
             for ps, js, v in zip(top_p.tolist(), top_i.tolist(), verdicts)]
 
 
+def above_thresholds(logits: torch.Tensor, names: list[str], thresholds: list[float]) -> list[list[Ranked]]:
+    """task multilabel: each row's labels whose sigmoid probability is at least their threshold, most likely
+    first (none: an image that shows none of them)."""
+    probs = logits.float().sigmoid()
+    keep = probs >= torch.tensor(thresholds, dtype=probs.dtype)
+    return [[Ranked(names[j], j, round(float(p[j]), 6)) for j in sorted(torch.nonzero(k).flatten().tolist(),
+                                                                         key=lambda j: -float(p[j]))]
+            for p, k in zip(probs, keep)]
+
+
 def predict(source: ModelSource | Path, paths: list[Path], *, top_k: int = 1, batch_size: int = 32,
             device: str = "auto", workers: int | None = None, tta: bool = False, raw: bool = False,
             console=None, engine: str = "auto", reject: str | float | None = None) -> list[Prediction]:
@@ -189,9 +199,15 @@ def predict(source: ModelSource | Path, paths: list[Path], *, top_k: int = 1, ba
     stores training embeddings and the engine is torch, else the calibrated top-1 probability's; P: the
     calibrated top-1 probability (raw or not).
     `source`: a path (a checkpoint, or an .onnx exported by finetune), or a Checkpoint / OnnxModel already
-    read (evaluate hands over its own). `engine` (deploy.engines): auto, torch or onnxruntime."""
+    read (evaluate hands over its own). `engine` (deploy.engines): auto, torch or onnxruntime.
+    A multi-label model (task multilabel) gives every label whose probability reaches its threshold (chosen on
+    val), whatever top_k; `top` is then that list, and may be empty."""
     ckpt = load_source(source)
     engine = resolve_engine(engine, ckpt, device)
+    multilabel = ckpt.task == "multilabel"
+    if multilabel and reject is not None:
+        raise ConfigError("--reject applies to one-class-per-image models; a multi-label model already says no "
+                          "label when none reaches its threshold: leave --reject out")
     rule = resolve_reject(reject, ckpt, engine)
     temperature = 1.0 if raw else ckpt.temperature
     dev = resolve_device(device) if engine == "torch" else torch.device("cpu")
@@ -211,7 +227,8 @@ def predict(source: ModelSource | Path, paths: list[Path], *, top_k: int = 1, ba
             if idx:
                 logits, embeddings = run(images, tta)
                 logits = logits.cpu()
-                ranked = rank(logits, names, k, temperature, rule, None if embeddings is None else embeddings.cpu())
+                ranked = [(top, None) for top in above_thresholds(logits, names, ckpt.thresholds)] if multilabel \
+                    else rank(logits, names, k, temperature, rule, None if embeddings is None else embeddings.cpu())
                 for row, (i, (top, verdict)) in enumerate(zip(idx, ranked)):
                     results[i].logits, results[i].top, results[i].verdict = logits[row].tolist(), top, verdict
             bar.advance(task, len(idx) + len(errors))

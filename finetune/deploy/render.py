@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..console import literal
 from .evaluate import Evaluation
+from .multilabel import MultilabelEvaluation
 from .predict import Prediction
 
 
@@ -24,8 +25,8 @@ def print_predictions(results: list[Prediction], format: str, rejecting: bool, c
             said = [r.label or ""] if rejecting else []
             for rank, t in enumerate(r.top, 1):
                 writer.writerow([r.path, *said, rank, t.label, t.index, t.prob, ""])
-            if r.error:
-                writer.writerow([r.path, *said, "", "", "", "", r.error])
+            if r.error or not r.top:  # unreadable; or a multi-label image with no label over its threshold
+                writer.writerow([r.path, *said, "", "", "", "", r.error or ""])
     else:
         from rich.console import Console
 
@@ -43,6 +44,8 @@ def prediction_table(results: list[Prediction]):
         elif r.rejected:  # --reject: below the threshold, the classes it was closest to stay visible
             closest = literal("\n".join(f"({t.label})" for t in r.top))
             table.add_row(literal(r.path), f"[yellow]unknown[/]\n{closest}", "\n" + probs)
+        elif not r.top:  # a multi-label model: no label reached its threshold
+            table.add_row(literal(r.path), "[dim](no label)[/]", "")
         else:
             table.add_row(literal(r.path), literal("\n".join(t.label for t in r.top)), probs)
     return table
@@ -65,10 +68,42 @@ def int8_lines(check) -> list[str]:
     return lines
 
 
-def print_evaluation(console, evaluation: Evaluation) -> None:
+def print_multilabel_evaluation(console, evaluation: MultilabelEvaluation) -> None:
+    """`finetune evaluate` of a multi-label checkpoint: mAP and F1s, then per label."""
+    from rich.table import Table
+
+    r = evaluation.to_dict()
+    head = Table(title=f"evaluate {literal(r['checkpoint'])} on {literal(r['data'])}", show_header=False,
+                 title_justify="left")
+    head.add_column(style="bold")
+    head.add_column()
+    missing = [c["class"] for c in r["per_class"] if c["ap"] is None]
+    head.add_row("images", f"{r['images']} scored")
+    head.add_row("mAP", f"{r['map']:.4f}" + (f" (without {literal(', '.join(missing))}: no positive image here)"
+                                              if missing else ""))
+    head.add_row("F1 at the thresholds", f"micro {r['micro_f1']:.4f}, macro {r['macro_f1']:.4f}; every label right "
+                                         f"on {r['exact_match']:.1%} of the images")
+    if r["unknown_labels"]:
+        head.add_row("[yellow]not scored[/]", "labels the checkpoint does not know: " +
+                     literal(", ".join(f"{k} ({n} images)" for k, n in r["unknown_labels"].items())))
+    if r["unreadable"]:
+        head.add_row("[yellow]unreadable[/]", f"{len(r['unreadable'])} file(s), listed in the JSON output")
+    console.print(head)
+    per = Table("label", "AP", "threshold", "precision", "recall", "F1", "support", title="per label",
+                title_justify="left")
+    for c in r["per_class"]:
+        per.add_row(literal(c["class"]), "-" if c["ap"] is None else f"{c['ap']:.4f}", f"{c['threshold']:.3f}",
+                    f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
+    console.print(per)
+    console.print(f"written to {literal(r['output'])}: " + ", ".join(Path(v).name for v in r["files"].values()))
+
+
+def print_evaluation(console, evaluation: Evaluation | MultilabelEvaluation) -> None:
     """The rich table form of `finetune evaluate`."""
     from rich.table import Table
 
+    if isinstance(evaluation, MultilabelEvaluation):
+        return print_multilabel_evaluation(console, evaluation)
     r = evaluation.to_dict()
     head = Table(title=f"evaluate {literal(r['checkpoint'])} on {literal(r['data'])}", show_header=False,
                  title_justify="left")

@@ -60,7 +60,9 @@ def _summary(run_dir: Path, recipe: dict) -> str:
                         f"seed {train.get('seed')}")]
     best = _best(run_dir)
     if best is not None:
-        items.append(("best.pt", f"epoch {best.metrics.get('epoch')}: val accuracy {best.metrics.get('val_acc', 0):.4f}"
+        score = (f"val mAP {best.metrics['val_map']:.4f} (chooses best.pt), exact-match accuracy "
+                 if "val_map" in best.metrics else "val accuracy ")  # task multilabel
+        items.append(("best.pt", f"epoch {best.metrics.get('epoch')}: {score}{best.metrics.get('val_acc', 0):.4f}"
                                  f", val loss {best.metrics.get('val_loss', 0):.4f}"))
         items.append(("classes", ", ".join(best.class_names)))
     if rows:
@@ -83,6 +85,8 @@ def _data(run_dir: Path, recipe: dict) -> str:
 def _findings(recipe: dict) -> str:
     """What `finetune inspect` says about the data, when it is still where the run found it."""
     root = (recipe.get("data") or {}).get("root")
+    if recipe.get("task") == "multilabel":  # finetune inspect reads class folders, which a labels CSV has not
+        return ""
     if not root or not Path(root).is_dir():
         return "<p>The dataset is not at hand here, so it was not inspected.</p>"
     from ..data.doctor import inspect_dataset
@@ -113,6 +117,9 @@ def _calibration(run_dir: Path) -> str:
     c = best.calibration if best else None
     if c is None:
         return _section("calibration", "Calibration", "<p>best.pt holds no calibration.</p>")
+    if c.thresholds is not None:  # task multilabel: per-label thresholds, no temperature (train.thresholds)
+        return _section("calibration", "Thresholds", f"<p>{_e(c.kept_because or '')}; chosen on {c.images} val "
+                        "images.</p>" + _table(["label", "threshold"], zip(best.class_names, map(_fmt, c.thresholds))))
     kept = "" if c.fitted else f" (kept at 1: {c.kept_because or 'no temperature lowers the NLL'})"
     items = [("temperature", f"{c.temperature:.3f}{kept}"),
              ("ECE on val", f"{c.ece_before or 0:.4f} raw, {c.ece_after or 0:.4f} calibrated"),
@@ -123,7 +130,22 @@ def _calibration(run_dir: Path) -> str:
                     + _table(["", ""], items, header=False) + note)
 
 
+def _multilabel_evaluation(r: dict) -> str:
+    """A multi-label evaluation (deploy.multilabel): its scores and the per-label table only."""
+    items = [("data", r.get("data")), ("images", r.get("images")), ("mAP", _fmt(r["map"])),
+             ("micro-F1", _fmt(r["micro_f1"])), ("macro-F1", _fmt(r["macro_f1"])),
+             ("every label right", _fmt(r["exact_match"]))]
+    per_class = _table(["label", "AP", "threshold", "precision", "recall", "F1", "support"],
+                       [(p["class"], "-" if p["ap"] is None else _fmt(p["ap"]), _fmt(p["threshold"]),
+                         _fmt(p["precision"]), _fmt(p["recall"]), _fmt(p["f1"]), p["support"])
+                        for p in r["per_class"]])
+    return _section("evaluation", "Evaluation", _table(["", ""], items, header=False) + "<h3>Per label</h3>"
+                    + per_class)
+
+
 def _evaluation(eval_dir: Path, r: dict, cams: dict[str, bytes]) -> str:
+    if r.get("task") == "multilabel":
+        return _multilabel_evaluation(r)
     interval = r.get("top1_interval")
     accuracy = f"{r['top1']:.4f}" + (f" (95% interval {interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
     items = [("data", r.get("data")), ("images", r.get("images")), ("top-1 accuracy", accuracy)]

@@ -118,6 +118,9 @@ def suggest(source: ModelSource | Path, unlabeled: str | Path, n: int = 100, *, 
     if not isinstance(ckpt, Checkpoint):
         raise CheckpointError("suggest reads the embeddings at the head's input, which an .onnx export does not "
                               "give: use the .pt checkpoint it was exported from")
+    if ckpt.task == "multilabel":
+        raise ConfigError("suggest ranks photos by the margin between the two likeliest classes, which a multi-label "
+                          "model (task multilabel) does not have")
     paths, folders = photos_of(unlabeled)
     if output is not None:
         for folder in folders:

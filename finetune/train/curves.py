@@ -40,8 +40,12 @@ def plot_curves(path: Path, rows: list[dict]) -> Path:
         ax.legend()  # redrawn for accuracy below, with the best epoch
         ax.grid(alpha=0.3)
     best = max(rows, key=epoch_rank)
-    ax_acc.plot([best["epoch"]], [best["val_acc"]], "*", color="black", markersize=13,
-                label=f"best val {best['val_acc']:.3f} (epoch {best['epoch']})")
+    score = "val_map" if "val_map" in best else "val_acc"  # task multilabel: mAP chooses best.pt
+    if score == "val_map":
+        ax_acc.plot(epochs, [r["val_map"] for r in rows], "o-", label="val mAP")
+        ax_acc.set(title="exact-match accuracy and val mAP")
+    ax_acc.plot([best["epoch"]], [best[score]], "*", color="black", markersize=13,
+                label=f"best val {'mAP ' if score == 'val_map' else ''}{best[score]:.3f} (epoch {best['epoch']})")
     ax_acc.legend()
     for key in [k for k in rows[0] if k.startswith("lr_")]:
         ax_lr.plot(epochs, [r[key] for r in rows], "o-", label=key[3:])
@@ -78,9 +82,11 @@ def plot_reliability(path: Path, logits, labels, temperature: float, bins: int =
     return save_png(fig, path)
 
 
-def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Path, stopped: str = "") -> None:
+def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Path, stopped: str = "",
+                      multilabel: dict | None = None) -> None:
     """End of `finetune train`: best and last epoch, time, calibration, and where the files are. `stopped`:
-    why training stopped before its last epoch (early stopping), if it did."""
+    why training stopped before its last epoch (early stopping), if it did. `multilabel`: best.pt's val mAP and
+    F1s at its thresholds (train.thresholds.scores_at)."""
     from rich.table import Table
 
     best = max(rows, key=epoch_rank)
@@ -88,7 +94,12 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
     table = Table(title=f"run summary: {literal(run_dir)}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("best.pt", f"epoch {best['epoch']}: val acc {best['val_acc']:.4f}, val loss {best['val_loss']:.4f}")
+    if "val_map" in best:  # task multilabel: val mAP chooses best.pt; acc is the exact-match share at 0.5
+        table.add_row("best.pt", f"epoch {best['epoch']}: val mAP {best['val_map']:.4f} (what chooses best.pt), "
+                                 f"exact-match acc {best['val_acc']:.4f}, val loss {best['val_loss']:.4f}")
+    else:
+        table.add_row("best.pt", f"epoch {best['epoch']}: val acc {best['val_acc']:.4f}, "
+                                 f"val loss {best['val_loss']:.4f}")
     table.add_row("last.pt", f"epoch {last['epoch']}: val acc {last['val_acc']:.4f}, val loss {last['val_loss']:.4f}, "
                              f"train acc {last['train_acc']:.4f}")
     if "head_l2" in last:  # strategy.head_solver lbfgs: one solve, no epochs
@@ -99,12 +110,19 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
     if stopped:
         table.add_row("stopped early", f"after epoch {last['epoch']}: {stopped}")
     c = calibration
-    if c.fitted:
+    if c.thresholds is not None:
+        table.add_row("thresholds", f"per label, F1-optimal on {c.images} val images (no temperature): " +
+                      ", ".join(f"{t:.3f}" for t in c.thresholds))
+        if multilabel:
+            table.add_row("val at them", f"mAP {multilabel['map']:.4f}, micro-F1 {multilabel['micro_f1']:.4f}, "
+                                         f"macro-F1 {multilabel['macro_f1']:.4f} (the images they were chosen on)")
+    elif c.fitted:
         table.add_row("calibration", f"temperature {c.temperature:.3f} (best.pt, fitted on {c.images} val images)")
     else:
         table.add_row("calibration", f"temperature kept at 1: {c.kept_because or 'no temperature lowers the NLL'}")
-    table.add_row("ECE on val", f"{c.ece_before:.4f} raw -> {c.ece_after:.4f} calibrated "
-                                f"(NLL {c.nll_before:.4f} -> {c.nll_after:.4f}; same images T was fitted on)")
+    if c.ece_before is not None:
+        table.add_row("ECE on val", f"{c.ece_before:.4f} raw -> {c.ece_after:.4f} calibrated "
+                                    f"(NLL {c.nll_before:.4f} -> {c.nll_after:.4f}; same images T was fitted on)")
     plots = "head_sweep.csv, head_sweep.png" if "head_l2" in last else "curves.png"
     if r := c.reject_knn:  # what --reject auto uses with best.pt (deploy.reject)
         table.add_row("predict --reject auto", f"unknown below a cosine similarity of {r.threshold:.3f} to the "

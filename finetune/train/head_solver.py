@@ -7,6 +7,14 @@ The objective, for features X (N x D), labels y and strength l2:
 
     mean_i w_{y_i} * CE(X_i W^T + b, y_i) / mean_i w_{y_i}  +  l2 / 2 * ||W||^2      (the bias is not penalised)
 
+Multi-label (labels an N x K float tensor of 0/1 targets, task: multilabel): one-vs-rest logistic regression,
+each class its own binary problem with the same penalty, solved together (the sum of the K objectives is
+separable, so one L-BFGS over all of W minimises each):
+
+    sum_k mean_i BCE(X_i W_k^T + b_k, Y_ik)  +  l2 / 2 * ||W||^2
+
+and the sweep's held-out loss is the mean BCE (what the run reports), its accuracy the exact-match share.
+
 Pure tensors in, tensors out: no model, no files. fit() writes the chosen head into the model
 (train.loop); `finetune audit` fits out-of-fold heads with fit_linear_head.
 """
@@ -66,6 +74,23 @@ class HeadSweep:
                  "chosen": int(p.l2 == self.chosen)} for p in self.points]
 
 
+def _loss(logits: torch.Tensor, labels: torch.Tensor, class_weights=None, label_smoothing: float = 0.0,
+          summed: bool = False) -> torch.Tensor:
+    """Cross-entropy on class labels; on multi-hot targets (2-D) BCE, summed over the classes when `summed`
+    (the one-vs-rest objective) else the mean over images and labels (what runs report)."""
+    if labels.ndim == 2:
+        loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return loss * labels.shape[1] if summed else loss
+    return F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=label_smoothing)
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Right per image: the top class, or (multi-hot) every label at probability 0.5."""
+    if labels.ndim == 2:
+        return ((logits > 0) == (labels > 0.5)).all(1)
+    return logits.argmax(1) == labels
+
+
 def objective(head: LinearHead | tuple, features: torch.Tensor, labels: torch.Tensor, l2: float,
               class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> float:
     """The regularised loss above, for a head (or a (weight, bias) pair) on these features."""
@@ -73,7 +98,7 @@ def objective(head: LinearHead | tuple, features: torch.Tensor, labels: torch.Te
     x = features.to(torch.float64)
     w, b = weight.detach().to(torch.float64), bias.detach().to(torch.float64)
     cw = class_weights.to(torch.float64) if class_weights is not None else None
-    loss = F.cross_entropy(x @ w.T + b, labels, weight=cw, label_smoothing=label_smoothing)
+    loss = _loss(x @ w.T + b, labels, cw, label_smoothing, summed=True)
     return float(loss + 0.5 * l2 * (w * w).sum())
 
 
@@ -85,7 +110,7 @@ def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: i
     if l2 < 0 or not math.isfinite(l2):
         raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
     x = features.detach().to(torch.float64)
-    y = labels.detach().to(x.device, torch.long)
+    y = labels.detach().to(x.device, torch.float64 if labels.ndim == 2 else torch.long)
     cw = class_weights.detach().to(x.device, torch.float64) if class_weights is not None else None
     d = x.shape[1]
     if start is not None:
@@ -99,8 +124,7 @@ def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: i
 
     def closure():
         optimizer.zero_grad()
-        loss = F.cross_entropy(x @ w.T + b, y, weight=cw, label_smoothing=label_smoothing) \
-            + 0.5 * l2 * (w * w).sum()
+        loss = _loss(x @ w.T + b, y, cw, label_smoothing, summed=True) + 0.5 * l2 * (w * w).sum()
         loss.backward()
         return loss
 
@@ -117,8 +141,8 @@ def _scores(head: LinearHead, features: torch.Tensor, labels: torch.Tensor) -> t
     if len(labels) == 0:
         return float("nan"), float("nan")
     logits = head.logits(features.cpu()).double()
-    y = labels.cpu().long()
-    return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).double().mean())
+    y = labels.cpu().double() if labels.ndim == 2 else labels.cpu().long()
+    return float(_loss(logits, y)), float(_correct(logits, y).double().mean())
 
 
 def sweep_l2(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor | None,
@@ -131,8 +155,9 @@ def sweep_l2(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: t
     stratified by a seeded shuffle). `progress(done)` is called after each strength."""
     start = time.perf_counter()
     has_val = val_feats is not None and val_labels is not None and len(val_labels) > 0
+    strata = train_labels.argmax(1) if train_labels.ndim == 2 else train_labels  # multi-hot: by its first label
     splits = [(torch.arange(len(train_labels)), None)] if has_val else \
-        stratified_folds(train_labels, min(folds, _smallest_class(train_labels, num_classes)), seed)
+        stratified_folds(strata, min(folds, _smallest_class(strata, num_classes)), seed)
     if not has_val and len(splits) < 2:
         raise ValueError("no validation images and a class with fewer than 2 training images: "
                          "the L2 sweep has nothing to score on")

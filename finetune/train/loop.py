@@ -18,7 +18,7 @@ from ..data.folders import Splits, absolute_root, dataset_folders
 from ..data.images import missing_indices
 from ..data.loading import stopped_workers
 from ..files import refuse_inside
-from ..metrics import confusion_matrix
+from ..metrics import confusion_matrix, epoch_rank
 from ..runtime.distributed import Dist
 from .bank import bank_pass
 from .budget import Budget
@@ -27,6 +27,7 @@ from .checkpoints import CheckpointWriter
 from .curves import CurvesPlot, plot_reliability, print_run_summary
 from .estimate import estimate_line, seconds_per_image
 from .loggers import Loggers
+from .multilabel import val_map
 from .progress import Tally
 from .rundir import (
     check_disk_space,
@@ -43,6 +44,7 @@ from .solved import solve_head
 from .state import RunState
 from .step import TrainStep
 from .stop import StopGuard
+from .thresholds import calibrate_thresholds, scores_at
 
 
 def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist = Dist()) -> Path:
@@ -139,7 +141,9 @@ class Epochs:
                 [r["seconds"] for r in self.state.rows], self.setup.compute.dist)
             self.log(row, final=epoch == cfg.epochs or out_of_time or stopped_early(self.state.rows, cfg.early_stop))
             self.console.print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
-                               f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['seconds']:.1f}s")
+                               f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}" +
+                               (f" mAP {row['val_map']:.3f}" if "val_map" in row else "") +
+                               f" | {row['seconds']:.1f}s")
             if self.vanished.report(self.setup.compute.dist) and self.main:  # deleted since the pre-scan
                 write_data_summary(self.state.run_dir / "data.json", self.setup.splits, self.setup.balance,
                                    self.console)
@@ -156,22 +160,25 @@ class Epochs:
         self.train_batches.set_epoch(epoch, skip=done * cfg.accumulate * cfg.batch_size)  # global positions
         train_loss, train_acc = train_epoch(step, self.train_batches, self.state, self.vanished, self.console,
                                             f"epoch {epoch}/{cfg.epochs} train")
+        kept = [] if self.setup.splits.multilabel else None  # multilabel: the val logits, for the mAP
         val_loss, val_acc = evaluate(step, step.scored_net, self.val_batches, self.vanished, self.console,
-                                     f"epoch {epoch}/{cfg.epochs} val")
+                                     f"epoch {epoch}/{cfg.epochs} val", kept)
+        scores = {} if kept is None else {"val_map": val_map(kept, self.setup.splits.targets, step.compute)}
         raw = {}
         if step.ema is not None:
             loss, acc = evaluate(step, step.runner, self.val_batches, self.vanished, self.console,
                                  f"epoch {epoch} val (raw weights)")
             raw = {"val_loss_raw": loss, "val_acc_raw": acc}
         return {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                "val_acc": val_acc, **raw, **lrs, "seconds": self.state.epoch_seconds()}
+                "val_acc": val_acc, **scores, **raw, **lrs, "seconds": self.state.epoch_seconds()}
 
     def solve(self) -> None:
         """strategy.head_solver lbfgs: one solve instead of the epochs; a resumed run that has its head keeps it."""
         if self.state.rows:
             return
         row = solve_head(self.state, self.setup.step, self.setup.step.net, self.train_batches, self.val_batches,
-                         len(self.setup.splits.class_names), self.setup.train.seed, self.console)
+                         len(self.setup.splits.class_names), self.setup.train.seed, self.console,
+                         self.setup.splits.targets)
         self.log(row, final=False, curves=False)
         self.state.save_epoch(True)  # the one row is the best; a signal during the solve stops here, all written
 
@@ -183,19 +190,26 @@ class Epochs:
             self.loggers.epoch(row)
 
     def finish(self) -> None:
-        """Calibrate (a temperature and rejection thresholds per checkpoint, on val), and summarise."""
+        """Calibrate (a temperature and rejection thresholds per checkpoint, on val; multilabel: per-label
+        thresholds, train.thresholds), and summarise."""
         run, setup, cfg = self.state, self.setup, self.setup.train
-        calibration, val = calibrate_run(run, setup.step.scored_net, self.val_batches, setup.compute, self.console,
-                                         bank_pass(setup))
-        if val is not None and self.main:
-            plot_reliability(run.run_dir / "reliability.png", *val, calibration.temperature)
+        multilabel = setup.splits.multilabel
+        if multilabel:
+            calibration, val = calibrate_thresholds(run, setup.step.scored_net, self.val_batches, setup.compute,
+                                                    setup.splits.targets, self.console)
+        else:
+            calibration, val = calibrate_run(run, setup.step.scored_net, self.val_batches, setup.compute,
+                                             self.console, bank_pass(setup))
+            if val is not None and self.main:
+                plot_reliability(run.run_dir / "reliability.png", *val, calibration.temperature)
         if self.loggers is not None:
             k = len(setup.splits.class_names)
-            self.loggers.end(calibration, confusion_matrix(val[1], val[0].argmax(1), k) if val else None,
-                             setup.splits.class_names)
+            self.loggers.end(calibration, confusion_matrix(val[1], val[0].argmax(1), k)
+                             if val and not multilabel else None, setup.splits.class_names)
         early = stopped_early(run.rows, cfg.early_stop)
         print_run_summary(self.console, run.rows, calibration, run.run_dir,
-                          f"val accuracy did not improve for {cfg.early_stop} epochs" if early else self.stop_reason)
+                          f"val {'mAP' if multilabel else 'accuracy'} did not improve for {cfg.early_stop} epochs"
+                          if early else self.stop_reason, scores_at(calibration, *val) if val and multilabel else None)
 
 
 def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, console,
@@ -210,14 +224,15 @@ def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, con
     return run.tally.means(step.compute.dist)
 
 
-def evaluate(step: TrainStep, net: nn.Module, batches, vanished: Vanished, console, label: str) -> tuple[float, float]:
-    """(mean loss, accuracy) of `net` over the batches, in eval mode, without gradients."""
+def evaluate(step: TrainStep, net: nn.Module, batches, vanished: Vanished, console, label: str,
+             keep: list | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy) of `net` over the batches, in eval mode, without gradients; `keep` gets the logits."""
     net.eval()
     tally = Tally()
     with torch.no_grad():
         for inputs, labels, *_ in track(batches, label, console):
             vanished.note("val", labels)
-            tally.add(*step.evaluate(net, inputs, labels))
+            tally.add(*step.evaluate(net, inputs, labels, keep))
     return tally.means(step.compute.dist)
 
 
@@ -234,10 +249,10 @@ def in_groups(items, size: int):
 
 
 def stopped_early(rows: list[dict], patience: int | None) -> bool:
-    """train.early_stop: the best val accuracy is more than `patience` epochs old."""
+    """train.early_stop: the best val accuracy (multilabel: val mAP) is more than `patience` epochs old."""
     if not patience or not rows:
         return False
-    best = max(range(len(rows)), key=lambda i: (rows[i]["val_acc"], -i))  # the first epoch that reached it
+    best = max(range(len(rows)), key=lambda i: (epoch_rank(rows[i])[0], -i))  # the first epoch that reached it
     return len(rows) - 1 - best >= patience
 
 

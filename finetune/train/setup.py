@@ -26,6 +26,7 @@ from .features.key import FeatureKey, train_transform_name
 from .features.store import FeatureStore, store_root
 from .freeze import FreezePlan, plan_freeze
 from .loggers import check_loggers
+from .multilabel import MultiLabelLoss
 from .optim import build_optimizer, build_scheduler
 from .prefix import Split
 from .rundir import environment
@@ -69,7 +70,8 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
     seed_everything(cfg.seed)
     # data: the split, with unreadable files, label conflicts and train copies of val images left out
     splits = dist.on_main(lambda: resolve_splits(recipe.data.root, recipe.data.val_fraction, cfg.seed,
-                                                 screen=lambda tree: training_screen(tree, console, recipe.data.root)))
+                                                 screen=lambda tree: training_screen(tree, console, recipe.data.root),
+                                                 task=recipe.task))
     # the model, and what of it trains
     model, info = create_model(recipe.model, len(splits.class_names), recipe.data.image_size)
     plan = plan_freeze(model, info, recipe.strategy)
@@ -88,7 +90,7 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
         FeatureStore(store_root(recipe.features.dir, recipe.data.root)),
         FeatureKey.of(recipe.model, info.preprocessing), compute, console, seed=cfg.seed,
         batch_size=loaders.batch_size, workers=loaders.workers)
-    step = build_step(model, split, plan, recipe, balance, compute, len(loaders.train))
+    step = build_step(model, split, plan, recipe, balance, compute, len(loaders.train), splits.targets)
     check_batchnorm_batches(step, loaders.sampler.smallest_batch, cfg.batch_size, dist.world)
     template = Checkpoint(recipe.model.model_copy(update={"weights": None}), splits.class_names, info.preprocessing,
                           info.head_name, recipe.strategy.name, recipe=recipe.model_dump(mode="json"),
@@ -99,14 +101,15 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
 
 
 def build_step(model: nn.Module, split: Split | None, plan: FreezePlan, recipe: Recipe, balance: Balance,
-               compute: Compute, batches_per_epoch: int) -> TrainStep:
+               compute: Compute, batches_per_epoch: int, targets=None) -> TrainStep:
     """One optimizer step (over train.accumulate batches) on the part after the frozen prefix, and the weights'
-    moving average."""
+    moving average. `targets`: task multilabel's multi-hot rows (BCE on them, train.multilabel)."""
     cfg = recipe.train
     optimizer = build_optimizer(recipe.optim, plan.param_groups(model, recipe.optim.weight_decay))
     steps = math.ceil(batches_per_epoch / cfg.accumulate)
     scheduler = build_scheduler(optimizer, recipe.schedule, steps, cfg.epochs)
-    criterion = nn.CrossEntropyLoss(weight=balance.loss_weights, label_smoothing=cfg.label_smoothing)
+    criterion = MultiLabelLoss(targets) if targets is not None else \
+        nn.CrossEntropyLoss(weight=balance.loss_weights, label_smoothing=cfg.label_smoothing)
     scaler = torch.amp.GradScaler(compute.device.type, enabled=compute.autocast_dtype == torch.float16)
     ema = moving_average(model, cfg.ema) if cfg.ema else None
     tail_of = split.tail_of if split is not None else (lambda m: m)

@@ -23,10 +23,12 @@ from torch import nn
 from ..console import progress
 from ..errors import ConfigError, TrainingDiverged
 from ..files import atomic_write
+from ..metrics import mean_average_precision, sigmoid
 from ..plotting import figure, save_png
 from ..runtime.threads import one_thread
 from .calibration import collect_logits
 from .head_solver import COARSE_GRID, FINE_STEPS, HeadSweep, sweep_l2
+from .multilabel import MultiLabelLoss
 from .state import RunState
 from .step import TrainStep
 
@@ -34,10 +36,12 @@ SWEEP_FILES = ("head_sweep.csv", "head_sweep.png")
 
 
 def solve_head(run: RunState, step: TrainStep, head: nn.Module, train_batches, val_batches, num_classes: int,
-               seed: int, console) -> dict:
+               seed: int, console, targets: np.ndarray | None = None) -> dict:
     """Fit the head by the L2 sweep, write it into `head` (the model's head module: every batch's inputs are its
-    inputs) and record it as the run's one epoch; returns the metrics row. The caller writes metrics.csv, then
-    saves best.pt and last.pt with `run.save_epoch(True)`, where a signal during the solve stops the run."""
+    inputs) and record it as the run's one epoch; returns the metrics row. `targets`: task multilabel's multi-hot
+    rows, which the batches' ints index: one-vs-rest logistic regression (head_solver), and the row has val_map.
+    The caller writes metrics.csv, then saves best.pt and last.pt with `run.save_epoch(True)`, where a signal
+    during the solve stops the run."""
     if not isinstance(head, nn.Linear):
         raise ConfigError("strategy.head_solver lbfgs needs the frozen features at the head's input, but the whole "
                           "model runs every step here (see the features: line above); set strategy.head_solver sgd")
@@ -58,8 +62,8 @@ def solve_head(run: RunState, step: TrainStep, head: nn.Module, train_batches, v
     # tiny matmuls: one thread (runtime.threads; 10 s against 40 s for this sweep on hymenoptera, busy 2 cores)
     with progress(console) as bar, _diverged(), one_thread():
         task = bar.add_task("head: L-BFGS over the L2 grid", total=fits)
-        sweep = sweep_l2(torch.from_numpy(train_x), torch.from_numpy(train_y).long(), torch.from_numpy(val_x),
-                         torch.from_numpy(val_y).long(), num_classes, weights, criterion.label_smoothing,
+        sweep = sweep_l2(torch.from_numpy(train_x), _labels(train_y, targets), torch.from_numpy(val_x),
+                         _labels(val_y, targets), num_classes, weights, criterion.label_smoothing,
                          seed=seed, progress=lambda done: bar.update(task, completed=done))
     with torch.no_grad():
         head.weight.copy_(sweep.head.weight)
@@ -67,13 +71,16 @@ def solve_head(run: RunState, step: TrainStep, head: nn.Module, train_batches, v
     train_loss, train_acc = _scores(head, criterion, train_x, train_y, compute.device)
     val_loss, val_acc = _scores(head, criterion, val_x, val_y, compute.device)
     row = {"epoch": 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+           **({} if targets is None else {"val_map": mean_average_precision(  # val_x: every rank's already
+               sigmoid(sweep.head.logits(torch.from_numpy(val_x)).numpy()), targets[val_y])[0]}),
            "head_l2": sweep.chosen, "seconds": run.epoch_seconds()}
     run.end_epoch(row)  # a non-finite loss stops here (TrainingDiverged), before anything is saved
     if run.dist.main:
         write_sweep(run.run_dir, sweep)
     console.print(f"head: L-BFGS, l2 {sweep.chosen:.3g} chosen by {sweep.selected_by} loss from "
                   f"{len(sweep.points)} strengths (1e-6..1e5) in {sweep.seconds:.1f}s | train loss {train_loss:.4f} "
-                  f"acc {train_acc:.3f} | val loss {val_loss:.4f} acc {val_acc:.3f}", soft_wrap=True)
+                  f"acc {train_acc:.3f} | val loss {val_loss:.4f} acc {val_acc:.3f}" +
+                  (f" mAP {row['val_map']:.3f}" if "val_map" in row else ""), soft_wrap=True)
     return row
 
 
@@ -86,12 +93,19 @@ def _diverged():
             from None
 
 
+def _labels(y: np.ndarray, targets: np.ndarray | None) -> torch.Tensor:
+    """The class of each image, or (multilabel) its row of multi-hot targets, which its int indexes."""
+    return torch.from_numpy(y).long() if targets is None else torch.from_numpy(targets[y])
+
+
 def _scores(head: nn.Module, criterion: nn.Module, x, y, device) -> tuple[float, float]:
     if len(y) == 0:
         return math.nan, math.nan
     with torch.no_grad():
         logits = head(torch.from_numpy(x).to(device)).float()
         labels = torch.from_numpy(y).long().to(device)
+        if isinstance(criterion, MultiLabelLoss):
+            return float(criterion(logits, labels)), criterion.correct(logits, labels) / len(labels)
         return float(criterion(logits, labels)), float((logits.argmax(1) == labels).float().mean())
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import ConfigError, NonFiniteLoss, first_line
 from ..runtime.device import Compute
 from .freeze import set_train_mode
+from .multilabel import MultiLabelLoss
 
 
 @dataclass(kw_only=True)
@@ -109,16 +110,19 @@ class TrainStep:
                 correct += right
         return losses, correct
 
-    def evaluate(self, net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
-        """(mean loss, correct, images) of `net` on a batch, without a step (the caller holds no_grad and eval)."""
-        out = self._forward(net, inputs, labels)
+    def evaluate(self, net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                 keep: list | None = None) -> tuple[float, int, int]:
+        """(mean loss, correct, images) of `net` on a batch, without a step (the caller holds no_grad and eval).
+        `keep`: a list that gets the batch's (logits, labels) of its readable images, on the CPU (val mAP)."""
+        out = self._forward(net, inputs, labels, keep=keep)
         if out is None:
             return 0.0, 0, 0
         loss, n, right = out
         return loss.item(), right, n
 
-    def _forward(self, net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, targets=None):
-        """(loss, images, correct) over the batch's readable images, or None when it has none."""
+    def _forward(self, net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, targets=None, keep=None):
+        """(loss, images, correct) over the batch's readable images, or None when it has none. Multi-label
+        (train.multilabel): the labels index the targets, and correct is an exact match of every label."""
         valid = labels >= 0
         if not valid.all():
             if not valid.any():
@@ -131,6 +135,10 @@ class TrainStep:
         with self.compute.autocast():
             logits = net(inputs)
             loss = self.criterion(logits.float(), labels if targets is None else targets)
+        if keep is not None:
+            keep.append((logits.detach().float().cpu(), labels.cpu()))
+        if isinstance(self.criterion, MultiLabelLoss):
+            return loss, len(labels), self.criterion.correct(logits.float(), labels)
         truth = labels if targets is None else targets.argmax(1)
         return loss, len(labels), int((logits.argmax(1) == truth).sum())
 

@@ -70,6 +70,9 @@ def create_app(source: ModelSource | str, settings: ServeSettings = ServeSetting
     from ... import __version__
 
     source = load_source(source)
+    if source.task == "multilabel":
+        raise FinetuneError("serve answers with the softmax classes of a one-class-per-image model; a multi-label "
+                            "model (task multilabel) is served by `finetune predict` for now")
     engine = resolve_engine(settings.engine, source, settings.device)
     names, pre = source.class_names, source.preprocessing
     transform = eval_transform(pre)
