@@ -1,5 +1,5 @@
 """study.png: the study's trials in parallel coordinates (one axis per searched key, then the val loss; the best
-trial drawn thick, pruned ones grey) beside each key's importance (fANOVA), drawn with the plotting module's
+trial in red, pruned ones grey) beside each key's importance (fANOVA), drawn with the plotting module's
 Agg figures (no pyplot state)."""
 
 from __future__ import annotations
@@ -45,14 +45,17 @@ def plot_study(path: Path, trials: list, importances: dict[str, float]) -> Path:
     cmap = colormaps["viridis_r"]
     complete = [t for t in shown if t.state == TrialState.COMPLETE]
     best = min(complete, key=lambda t: t.value) if complete else None
+    c_low, c_high = (min(t.value for t in complete), max(t.value for t in complete)) if complete else (low, high)
     for t in sorted(shown, key=lambda t: -t.value):  # the better trials drawn last, on top
         ys = [position(dists[k], t.params[k]) if k in t.params else math.nan for k in keys]
         ys.append(0.5 if high == low else (t.value - low) / (high - low))
         if t.state == TrialState.PRUNED:
             ax.plot(range(len(ys)), ys, color="0.75", lw=0.8, ls="--", zorder=1)
-        else:
-            share = 0.5 if high == low else (t.value - low) / (high - low)
-            ax.plot(range(len(ys)), ys, color=cmap(share), lw=3 if t is best else 1.2, alpha=0.9, zorder=2)
+        elif t is best:
+            ax.plot(range(len(ys)), ys, color="tab:red", lw=3, zorder=3)
+        else:  # coloured over the complete trials' range, so pruned ones' high losses do not wash it out
+            share = 0.5 if c_high == c_low else (t.value - c_low) / (c_high - c_low)
+            ax.plot(range(len(ys)), ys, color=cmap(share), lw=1.3, alpha=0.9, zorder=2)
     for i, key in enumerate(keys):
         ax.axvline(i, color="0.3", lw=0.8)
         for y, text in _ticks(dists[key]):
@@ -65,8 +68,9 @@ def plot_study(path: Path, trials: list, importances: dict[str, float]) -> Path:
     ax.set_xlim(-0.2, len(keys) + 0.5)
     ax.set_ylim(-0.05, 1.05)
     n_pruned = sum(t.state == TrialState.PRUNED for t in shown)
-    title = f"{len(complete)} complete trials (colour: val loss, lower is yellower), {n_pruned} pruned (grey)"
-    ax.set_title(title + (f"; best: trial {best.number} (thick)" if best else ""), fontsize=9)
+    title = (f"{len(complete)} complete trials (colour: their val loss, yellow lowest, purple highest), {n_pruned} "
+             "pruned (grey, dashed)")
+    ax.set_title(title + (f"; best: trial {best.number} (red)" if best else ""), fontsize=9)
     if importances:
         names = list(importances)[::-1]
         ax_imp.barh(names, [importances[n] for n in names], color="tab:blue")

@@ -82,6 +82,7 @@ def open_study(spec: StudySpec, base: dict, space: Space, pruner=None):
     (their scores would not compare). The sampler's seed moves on with the trials already there, so a resumed study
     does not draw its first values again."""
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError  # Optuna's RDB storage is SQLAlchemy's
 
     refuse_inside(spec.folder, dataset_folders(build_recipe(base, source="the recipe").data.root), "the study folder")
     Path(spec.folder).mkdir(parents=True, exist_ok=True)
@@ -89,8 +90,8 @@ def open_study(spec: StudySpec, base: dict, space: Space, pruner=None):
     try:
         study = optuna.create_study(storage=spec.url, study_name=spec.name, direction="minimize",
                                     pruner=pruner or default_pruner(), load_if_exists=True)
-    except (ValueError, ImportError) as exc:  # a malformed URL, or a database driver that is not installed
-        raise ConfigError(f"--storage {spec.url}: {first_line(exc)}") from None
+    except (ValueError, ImportError, SQLAlchemyError) as exc:  # a malformed URL, a driver not installed, no server
+        raise ConfigError(f"--storage {spec.url} cannot be opened: {first_line(exc)}") from None
     for key, value in what.items():
         stored = study.user_attrs.get(key)
         if stored is None:

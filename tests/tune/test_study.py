@@ -129,6 +129,12 @@ def test_the_study_folder_is_never_inside_the_dataset(tiny_tree, tmp_path):
         open_study(spec, search_base(tiny_tree), {})
 
 
+@pytest.mark.parametrize("url", ["nosuchdb://x", "sqlite:////nonexistent-folder/study.db"])
+def test_a_storage_that_cannot_be_opened_is_one_line(tiny_tree, tmp_path, url):
+    with pytest.raises(ConfigError, match=f"--storage {url} cannot be opened"):
+        open_study(StudySpec(tmp_path / "study", "t", trials=1, storage=url), search_base(tiny_tree), {})
+
+
 def test_mistakes_in_the_space_or_the_budget_are_one_line_before_any_work(tiny_tree, tmp_path):
     recipe = write_yaml(tmp_path / "tiny.yaml", tiny_tree)
     space = write_yaml(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1}})
