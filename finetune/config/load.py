@@ -92,14 +92,20 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def build_recipe(tree: dict, overrides: list[str] = (), source: str = "",
-                 flags: dict[str, Any] | None = None) -> Recipe:
-    """Validate a recipe tree after applying flags ({'data.root': path}) then --set overrides."""
+def override_tree(tree: dict, overrides: list[str] = (), flags: dict[str, Any] | None = None) -> dict:
+    """A copy of a recipe tree with flags ({'data.root': path}) then --set overrides applied, not yet validated."""
     tree = copy.deepcopy(tree)
     for key, value in (flags or {}).items():
         _apply(tree, key.split("."), value)
     for text in overrides:
         _apply(tree, *parse_override(text))
+    return tree
+
+
+def build_recipe(tree: dict, overrides: list[str] = (), source: str = "",
+                 flags: dict[str, Any] | None = None) -> Recipe:
+    """Validate a recipe tree after applying flags ({'data.root': path}) then --set overrides."""
+    tree = override_tree(tree, overrides, flags)
     try:
         return Recipe.model_validate(tree)
     except ValidationError as exc:

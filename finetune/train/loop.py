@@ -5,6 +5,7 @@ head solved in solved, the temperature in calibration."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -47,10 +48,13 @@ from .stop import StopGuard
 from .thresholds import calibrate_thresholds, scores_at
 
 
-def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist = Dist()) -> Path:
+def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist = Dist(),
+        on_epoch: Callable[[dict], str] | None = None) -> Path:
     """Train as the recipe says; returns the run folder (best.pt, last.pt, metrics.csv, recipe.yaml, ...).
     With resume_dir, continue that run from its last.pt (train.resume) instead of starting a new one.
-    `dist`: this process's rank in a data-parallel run (runtime.distributed); rank 0 writes the run folder."""
+    `dist`: this process's rank in a data-parallel run (runtime.distributed); rank 0 writes the run folder.
+    `on_epoch`: shown each epoch's metrics row; what it returns, when not empty, is why the run stops after that
+    epoch, as it stops for train.budget (`finetune tune`'s pruner)."""
     console = (console or stderr_console()) if dist.main else quiet_console()
     budget = Budget(recipe.train.budget)  # counts from here: the model, the feature pass and the epochs
     if recipe.data.root is not None:  # recorded absolute, so report, evaluate and --resume find it from anywhere
@@ -83,7 +87,7 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
                           f"{len(setup.splits.class_names)} classes, {literal(recipe.model.source)}:"
                           f"{literal(recipe.model.name)}, strategy {recipe.strategy.name}, device "
                           f"{setup.compute.device}" + dropped(setup) + run.resumed_at(), soft_wrap=True)
-            epochs = Epochs(run, setup, train_batches, val_batches, loggers, console, budget)
+            epochs = Epochs(run, setup, train_batches, val_batches, loggers, console, budget, on_epoch)
             # the head solved on the frozen features, no epochs (solved.py); a run resumed after SGD steps (one
             # started before head_solver existed, whose recipe.yaml now reads as lbfgs) goes on by epochs
             epochs.solve() if setup.solve_head and run.progress.global_step == 0 else epochs.train()
@@ -119,9 +123,9 @@ class Epochs:
     """The run's epochs over its batches: train, evaluate, log, checkpoint; then calibration and the summary."""
 
     def __init__(self, state: RunState, setup: Setup, train_batches, val_batches, loggers: Loggers | None, console,
-                 budget: Budget | None = None):
+                 budget: Budget | None = None, on_epoch: Callable[[dict], str] | None = None):
         self.state, self.setup, self.loggers, self.console = state, setup, loggers, console
-        self.budget, self.stop_reason = budget or Budget(None), ""
+        self.budget, self.stop_reason, self.on_epoch = budget or Budget(None), "", on_epoch or (lambda row: "")
         self.train_batches, self.val_batches = train_batches, val_batches
         self.curves, self.vanished = CurvesPlot(state.run_dir / "curves.png"), Vanished(setup.splits)
         self.main = setup.compute.dist.main
@@ -139,7 +143,9 @@ class Epochs:
             best = self.state.end_epoch(row)
             out_of_time = epoch < cfg.epochs and not self.budget.allows_another(
                 [r["seconds"] for r in self.state.rows], self.setup.compute.dist)
-            self.log(row, final=epoch == cfg.epochs or out_of_time or stopped_early(self.state.rows, cfg.early_stop))
+            told = self.on_epoch(row)  # why to stop now, from outside the run (tune's pruner); "" to go on
+            self.log(row, final=epoch == cfg.epochs or out_of_time or bool(told) or
+                     stopped_early(self.state.rows, cfg.early_stop))
             self.console.print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
                                f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}" +
                                (f" mAP {row['val_map']:.3f}" if "val_map" in row else "") +
@@ -148,8 +154,8 @@ class Epochs:
                 write_data_summary(self.state.run_dir / "data.json", self.setup.splits, self.setup.balance,
                                    self.console)
             self.state.save_epoch(best)  # best.pt (when best), then last.pt
-            if out_of_time:
-                self.stop_reason = self.budget.reason()
+            if out_of_time or told:
+                self.stop_reason = told or self.budget.reason()
                 self.console.print(f"epoch {epoch}: stopping, {self.stop_reason}")
                 break
 
