@@ -12,6 +12,7 @@ there while every near copy is found. The exact search runs up to
 --exact-up-to (N^2: 100k took 350 s on 2 quiet cores; 1M would take ~10 hours).
 
     PYTHONPATH=. python benchmarks/audit_scale.py --sizes 10000 100000 1000000 --dim 1280
+    PYTHONPATH=. python benchmarks/audit_scale.py --sizes 100000 --exact-up-to 0 --probes 4   # another PROBES
     PYTHONPATH=. python benchmarks/audit_scale.py --sizes 2000 --dim 64      # a smoke run, seconds
 """
 
@@ -27,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from finetune import neighbors
 from finetune.audit.duplicates import THRESHOLD, TOP_K
 from finetune.neighbors import nearest, uses_approximate
 
@@ -76,8 +78,12 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=1280)
     ap.add_argument("--exact-up-to", type=int, default=100_000, help="largest N searched exactly as well")
+    ap.add_argument("--probes", type=int, help="cells each query of the index looks into (default: "
+                    "finetune.neighbors.PROBES), to measure another setting")
     ap.add_argument("--one", nargs=2, metavar=("N", "METHOD"), help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
+    if args.probes:
+        neighbors.PROBES = args.probes
     if args.one:
         print(json.dumps(one(int(args.one[0]), args.dim, args.one[1])))
         return
@@ -87,7 +93,8 @@ def main() -> None:
     for n in args.sizes:
         auto = "index" if uses_approximate(n, n, args.dim) else "exact"
         for method in ("exact", "index") if n <= args.exact_up_to else ("index",):
-            out = subprocess.run([sys.executable, __file__, "--dim", str(args.dim), "--one", str(n), method],
+            probes = ["--probes", str(args.probes)] if args.probes else []
+            out = subprocess.run([sys.executable, __file__, "--dim", str(args.dim), *probes, "--one", str(n), method],
                                  capture_output=True, text=True)
             if out.returncode:
                 print(f"| {n} | {args.dim} | {method} | {auto} | failed: {out.stderr.strip()[-300:]} |", flush=True)
