@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import FinetuneError
+from ..errors import ConfigError, FinetuneError
+from ..files import write_text
 from .app import app
 from .boundary import command, tune, write_run_report
 from .options import (
@@ -19,7 +20,7 @@ from .options import (
     EngineOpt,
     ExportFormat,
     ModelArg,
-    OutputFormat,
+    PredictFormat,
     Raw,
     ReportFormat,
     Tta,
@@ -35,8 +36,13 @@ def predict(
              "or a .csv with a path column (relative paths from the list's folder).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image (a "
                                        "multi-label model shows every label over its threshold).")] = 1,
-    format: Annotated[OutputFormat, typer.Option(
-        "--format", "-f", help="table for people, json or csv for programs.")] = OutputFormat.table,
+    format: Annotated[PredictFormat, typer.Option(
+        "--format", "-f", help="table for people; json, jsonl (one JSON object per line) or csv for programs."
+    )] = PredictFormat.table,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write the predictions to this file (json, jsonl or csv) instead of standard output. "
+                               "Under torchrun, each rank writes FILE.rankNNNNN-of-NNNNN and rank 0 joins them "
+                               "into FILE, in input order.")] = None,
     batch_size: BatchSize = 32,
     device: Device = "auto",
     tta: Tta = False,
@@ -52,25 +58,50 @@ def predict(
                          "val images: its similarity to the nearest training image, or its calibrated top-1 "
                          "probability for an .onnx) or a calibrated probability P, e.g. 0.6.")] = None,
 ):
-    """Predict the class of each image with a trained checkpoint (temperature-calibrated probabilities)."""
+    """Predict the class of each image with a trained checkpoint (temperature-calibrated probabilities).
+
+    Started by torchrun (torchrun --nproc_per_node N -m finetune predict ... --output FILE), the images are split
+    over the processes and the results joined into FILE."""
     tune(("torch", "torchvision"))
+    from ..deploy import ranks
     from ..deploy.engines import load_source
     from ..deploy.predict import expand_paths
     from ..deploy.predict import predict as run_predict
-    from ..deploy.render import print_predictions
+    from ..deploy.render import format_predictions, print_predictions
+    from ..runtime.distributed import from_environment, launched, rank_device, shutdown
 
-    source, photos = load_source(checkpoint), expand_paths(paths)
-    if cam is not None:
-        from ..deploy.cam import check_cam_folder, write_cams
+    if output is not None and format == PredictFormat.table:
+        raise ConfigError("--output writes json, jsonl or csv: add --format jsonl (or json, csv)")
+    if launched() and (output is None or cam is not None):
+        raise ConfigError("predict under torchrun writes its results with --output FILE (each rank its share, "
+                          "joined into FILE); add --output, and leave --cam to a single process")
+    dist = from_environment(device)
+    try:
+        source, photos = load_source(checkpoint), ranks.share(expand_paths(paths), dist)
+        if cam is not None:
+            from ..deploy.cam import check_cam_folder, write_cams
 
-        check_cam_folder(cam, paths, photos, source)
-    results = run_predict(source, photos, top_k=top_k, batch_size=batch_size, device=device, tta=tta, raw=raw,
-                          engine=engine.value, reject=reject)
-    if cam is not None:
-        typer.echo(f"Grad-CAM: {len(write_cams(source, results, cam))} heatmaps in {cam}", err=True)
-    print_predictions(results, format.value, rejecting=reject is not None)
-    if results and all(r.error for r in results):  # nothing predicted: a script must not take it for success
-        raise FinetuneError(f"none of the {len(results)} image(s) could be read; each one's reason is in the output")
+            check_cam_folder(cam, paths, photos, source)
+        results = run_predict(source, photos, top_k=top_k, batch_size=batch_size, device=rank_device(dist, device),
+                              tta=tta, raw=raw, engine=engine.value, reject=reject)
+        if cam is not None:
+            typer.echo(f"Grad-CAM: {len(write_cams(source, results, cam))} heatmaps in {cam}", err=True)
+        if output is None:
+            print_predictions(results, format.value, rejecting=reject is not None)
+        elif dist.enabled:
+            ranks.write_part(output, format_predictions(results, format.value, reject is not None), dist)
+            dist.barrier()
+            if dist.main:
+                ranks.merge_parts(output, format.value, dist)
+        else:
+            write_text(output, format_predictions(results, format.value, reject is not None))
+        unreadable, total = dist.sum([sum(bool(r.error) for r in results), len(results)])
+    finally:
+        shutdown(dist)
+    if total and unreadable == total:  # nothing predicted: a script must not take it for success
+        raise FinetuneError(f"none of the {int(total)} image(s) could be read; each one's reason is in the output")
+    if output is not None and dist.main:
+        typer.echo(str(output))
 
 
 @app.command()

@@ -26,6 +26,13 @@ class OutputFormat(str, Enum):
     csv = "csv"
 
 
+class PredictFormat(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
 class Engine(str, Enum):
     auto = "auto"
     torch = "torch"

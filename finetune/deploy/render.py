@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -14,23 +15,34 @@ from .predict import Prediction
 
 
 def print_predictions(results: list[Prediction], format: str, rejecting: bool, console=None) -> None:
-    """`format`: table, json (Prediction.to_dict per image) or csv (one row per ranked class, an unreadable file
-    one row with its error). With --reject the CSV says what each image was called (its top label, or unknown)."""
-    if format == "json":
-        print(json.dumps([r.to_dict() for r in results], indent=2))
-    elif format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", *(["prediction"] if rejecting else []), "rank", "label", "index", "prob", "error"])
-        for r in results:
-            said = [r.label or ""] if rejecting else []
-            for rank, t in enumerate(r.top, 1):
-                writer.writerow([r.path, *said, rank, t.label, t.index, t.prob, ""])
-            if r.error or not r.top:  # unreadable; or a multi-label image with no label over its threshold
-                writer.writerow([r.path, *said, "", "", "", "", r.error or ""])
-    else:
+    """`format`: table, or one of format_predictions' formats, on standard output."""
+    if format == "table":
         from rich.console import Console
 
         (console or Console()).print(prediction_table(results))
+    else:
+        sys.stdout.write(format_predictions(results, format, rejecting))
+
+
+def format_predictions(results: list[Prediction], format: str, rejecting: bool, header: bool = True) -> str:
+    """json (a list of Prediction.to_dict), jsonl (one per line) or csv (one row per ranked class, an unreadable file
+    one row with its error; `header`: its first row). With --reject the CSV says what each image was called (its
+    top label, or unknown)."""
+    if format == "json":
+        return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
+    if format == "jsonl":
+        return "".join(json.dumps(r.to_dict()) + "\n" for r in results)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    if header:
+        writer.writerow(["path", *(["prediction"] if rejecting else []), "rank", "label", "index", "prob", "error"])
+    for r in results:
+        said = [r.label or ""] if rejecting else []
+        for rank, t in enumerate(r.top, 1):
+            writer.writerow([r.path, *said, rank, t.label, t.index, t.prob, ""])
+        if r.error or not r.top:  # unreadable; or a multi-label image with no label over its threshold
+            writer.writerow([r.path, *said, "", "", "", "", r.error or ""])
+    return out.getvalue()
 
 
 def prediction_table(results: list[Prediction]):
