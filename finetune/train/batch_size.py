@@ -9,7 +9,7 @@ size, through the run's own step (optimizer, EMA, clipping) and its frozen prefi
 - CPU, where time runs out before memory: the power of two with the most training images per second, from 2 up,
   each timed over TIMED_STEPS steps after a warm-up one; a size must beat the best so far by RISE (noise on a
   shared machine) to be taken, and the first that does not ends the search, as does one whose images would need
-  more than MEMORY_SHARE of the RAM still available.
+  more than MEMORY_SHARE of the RAM still available, or whose steps would take over TRIAL_SECONDS.
 - Only the head on stored features (feature-extract with the features cached, or the head solved by L-BFGS): a
   step is a few small matrix products whatever the batch, so the batch size is an optimisation setting, not the
   machine's, and auto takes STORED_FEATURES_BATCH.
@@ -51,7 +51,7 @@ STORED_FEATURES_BATCH = 32  # the head alone on stored features: TrainSpec's def
 TIMED_STEPS = 3  # CPU: steps timed per size (their median), after one warm-up step
 RISE = 0.05  # CPU: a larger size is taken only for this much more images/s
 MEMORY_SHARE = 0.5  # CPU: a size whose step would take more than this share of the available RAM is not tried
-SLOW_STEP = 10.0  # CPU: seconds; after a warm-up step this slow, no larger size is tried
+TRIAL_SECONDS = 60.0  # CPU: a size whose steps would take longer than this at the best rate so far is not tried
 
 
 @dataclass(frozen=True)
@@ -135,10 +135,10 @@ def _on_cpu(trials: Trials, sizes: list[int], advance) -> Found:
     for size in sizes:
         if best is not None and free is not None and used * size / best > MEMORY_SHARE * free:
             break  # memory grows with the batch: this size would take too large a share of the RAM
+        if best is not None and (1 + TIMED_STEPS) * size / rates[best] > TRIAL_SECONDS:
+            break  # the search would take minutes
         batch = trials.batch(size)
-        clock = perf_counter()
         trials.run(batch)  # warm-up: the allocator and the optimizer's state
-        warm = perf_counter() - clock
         seconds = []
         for _ in range(TIMED_STEPS):
             clock = perf_counter()
@@ -150,8 +150,6 @@ def _on_cpu(trials: Trials, sizes: list[int], advance) -> Found:
         if best is not None and rates[size] <= rates[best] * (1 + RISE):
             break
         best = size
-        if warm > SLOW_STEP:
-            break
     timed = ", ".join(f"{n}: {r:.1f}" for n, r in rates.items())
     return Found(best, f"the most training images/s on this CPU, median of {TIMED_STEPS} steps per size: {timed}",
                  rates)

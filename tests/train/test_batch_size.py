@@ -176,11 +176,13 @@ def test_largest_fitting_treats_out_of_memory_as_too_large():
 
 
 class Timed:
-    """A CPU step that takes 0.1 + n/160 seconds of a fake clock for n images (images/s levels off) and holds
+    """A CPU step that takes `seconds_per_step` x (1 + n/16) seconds of a fake clock for n images (images/s levels
+    off) and holds
     `per_image` bytes of memory per image."""
 
-    def __init__(self, clock: list, per_image: int = 0):
+    def __init__(self, clock: list, per_image: int = 0, seconds_per_step: float = 0.1):
         self.clock, self.per_image, self.tried, self.held = clock, per_image, [], 0
+        self.fixed = seconds_per_step
         self.model = nn.Linear(3, 2)
 
     def train_mode(self):
@@ -189,7 +191,7 @@ class Timed:
     def __call__(self, batches):
         n = len(batches[0][1])
         self.tried.append(n)
-        self.clock[0] += 0.1 + n / 160
+        self.clock[0] += self.fixed * (1 + n / 16)
         self.held = max(self.held, n * self.per_image)
         return 0.0, 0, n
 
@@ -202,6 +204,14 @@ def test_cpu_search_takes_the_most_images_per_second_and_stops_when_it_levels_of
     # images/s: 128 -> 142, 256 -> 151 (+6%), 512 -> 155 (+3%, under RISE): 256, and nothing beyond 512 is timed
     assert size == 256 and max(step.tried) == 512
     assert step.tried.count(256) == 1 + batch_size.TIMED_STEPS  # a warm-up step, then the timed ones
+
+
+def test_cpu_search_stops_before_a_size_whose_steps_would_take_minutes(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(batch_size, "perf_counter", lambda: clock[0])
+    step = Timed(clock, seconds_per_step=1.0)  # 1 + n/16 s: 128 images 14.2/s, so 256's four steps would take 72 s
+    size = find_batch_size(lambda: step, Images(), None, False, Compute(torch.device("cpu")), 0, quiet_console())
+    assert size == 128 and max(step.tried) == 128  # without the bound: 256 (15.1/s, +6%)
 
 
 def test_cpu_search_stops_before_a_batch_would_take_too_much_of_the_ram(monkeypatch):
