@@ -51,7 +51,7 @@ STORED_FEATURES_BATCH = 32  # the head alone on stored features: TrainSpec's def
 TIMED_STEPS = 3  # CPU: steps timed per size (their median), after one warm-up step
 RISE = 0.05  # CPU: a larger size is taken only for this much more images/s
 MEMORY_SHARE = 0.5  # CPU: a size whose step would take more than this share of the available RAM is not tried
-TRIAL_SECONDS = 60.0  # CPU: a size whose steps would take longer than this at the best rate so far is not tried
+TRIAL_SECONDS = 300.0  # CPU: a size whose steps would take longer than this at the best rate so far is not tried
 
 
 @dataclass(frozen=True)
