@@ -8,7 +8,8 @@ size, through the run's own step (optimizer, EMA, clipping) and its frozen prefi
   the val pass, DDP's gradient buckets, the loaders' pinned batches, fragmentation over a long run.
 - CPU, where time runs out before memory: the power of two with the most training images per second, from 2 up,
   each timed over TIMED_STEPS steps after a warm-up one; a size must beat the best so far by RISE (noise on a
-  shared machine) to be taken, and the first that does not ends the search, as does one whose images would need
+  shared machine) to be taken, and the second in a row that is not ends the search (one trial slowed by another
+  program must not), as does one whose images would need
   more than MEMORY_SHARE of the RAM still available, or whose steps would take over TRIAL_SECONDS.
 - Only the head on stored features (feature-extract with the features cached, or the head solved by L-BFGS): a
   step is a few small matrix products whatever the batch, so the batch size is an optimisation setting, not the
@@ -50,6 +51,7 @@ MAX_AUTO = 1024  # images per process at most: beyond it the learning rate would
 STORED_FEATURES_BATCH = 32  # the head alone on stored features: TrainSpec's default
 TIMED_STEPS = 3  # CPU: steps timed per size (their median), after one warm-up step
 RISE = 0.05  # CPU: a larger size is taken only for this much more images/s
+PATIENCE = 2  # CPU: sizes in a row that are not taken before the search ends (one slow trial on a busy machine)
 MEMORY_SHARE = 0.5  # CPU: a size whose step would take more than this share of the available RAM is not tried
 TRIAL_SECONDS = 300.0  # CPU: a size whose steps would take longer than this at the best rate so far is not tried
 
@@ -130,7 +132,7 @@ class Trials:
 def _on_cpu(trials: Trials, sizes: list[int], advance) -> Found:
     """The size with the most training images/s (see the module's docstring for the rule)."""
     free, start = available_memory(), resident_memory() or peak_resident_memory()
-    rates, best, used = {}, None, 0
+    rates, best, used, misses = {}, None, 0, 0
     trials.step.train_mode()
     for size in sizes:
         if best is not None and free is not None and used * size / best > MEMORY_SHARE * free:
@@ -148,8 +150,11 @@ def _on_cpu(trials: Trials, sizes: list[int], advance) -> Found:
         used = max(used, peak_resident_memory() - start)
         advance()
         if best is not None and rates[size] <= rates[best] * (1 + RISE):
-            break
-        best = size
+            misses += 1
+            if misses == PATIENCE:
+                break
+            continue
+        best, misses = size, 0
     timed = ", ".join(f"{n}: {r:.1f}" for n, r in rates.items())
     return Found(best, f"the most training images/s on this CPU, median of {TIMED_STEPS} steps per size: {timed}",
                  rates)
