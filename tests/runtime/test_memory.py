@@ -77,5 +77,6 @@ def test_available_memory_is_the_kernels_figure_or_the_cgroups_nearer_limit(tmp_
 
 
 def test_the_peak_and_the_present_resident_memory_are_in_the_same_unit():
-    # ru_maxrss is KiB on Linux, statm counts pages: in bytes both, the peak is never below the present
-    assert peak_resident_memory() >= resident_memory() > 10 << 20  # torch alone holds more than 10 MiB
+    # ru_maxrss is KiB on Linux, statm counts pages: in bytes both, the peak is not below the present (the kernel
+    # updates the peak lazily: within a few pages), and torch alone holds more than 10 MiB
+    assert peak_resident_memory() >= 0.9 * resident_memory() > 10 << 20
