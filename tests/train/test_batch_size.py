@@ -47,6 +47,7 @@ def test_the_recipe_takes_auto_or_a_number_of_images(tiny_tree):
             build_recipe({**tiny_tree, "train": {"batch_size": bad}})
 
 
+@pytest.mark.slow  # a run or two
 def test_auto_is_a_power_of_two_written_to_recipe_yaml_and_said(tiny_tree, capsys, one_timed_step):
     run_dir = fit(build_recipe(searched_tree(tiny_tree, batch_size="auto", epochs=1)))
     size = recorded_batch(run_dir)
@@ -226,6 +227,7 @@ def test_cpu_search_stops_before_a_batch_would_take_too_much_of_the_ram(monkeypa
     assert size == 32 and max(step.tried) == 32  # 64 would need 64 MiB
 
 
+@pytest.mark.slow  # a run or two
 def test_the_head_alone_on_stored_features_takes_the_default_without_a_search(tiny_tree, monkeypatch, capsys):
     monkeypatch.setattr(batch_size, "Trials", None)  # any search would fail here
     run_dir = fit(build_recipe({**tiny_tree, "train": {**tiny_tree["train"], "batch_size": "auto", "epochs": 1}}))
@@ -233,6 +235,7 @@ def test_the_head_alone_on_stored_features_takes_the_default_without_a_search(ti
     assert "the head trains on stored features" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a run or two
 def test_resume_uses_the_recorded_size_and_never_searches_again(tiny_tree, monkeypatch, capsys, one_timed_step):
     run_dir = fit(build_recipe(searched_tree(tiny_tree, batch_size="auto", epochs=1)))
     size = recorded_batch(run_dir)
