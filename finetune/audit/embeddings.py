@@ -23,6 +23,7 @@ from ..data.transforms import eval_transform
 from ..errors import ConfigError, DataError
 from ..models.registry import create_model
 from ..runtime.device import resolve_compute, seed_everything
+from ..train.batch_size import STORED_FEATURES_BATCH
 from ..train.features.frozen import FrozenFeatures, frozen_split
 from ..train.features.key import FeatureKey
 from ..train.features.store import FeatureSet, FeatureStore, store_root
@@ -77,7 +78,8 @@ def load_embeddings(recipe: Recipe, console) -> Embeddings:
                           "not be cut before its head (see the line above)")
     frozen = FrozenFeatures(FeatureStore(store_root(recipe.features.dir, recipe.data.root)),
                             FeatureKey.of(recipe.model, pre), compute, console, seed=cfg.seed,
-                            batch_size=cfg.batch_size, workers=resolve_workers(recipe.data.workers))
+                            batch_size=STORED_FEATURES_BATCH if cfg.batch_size == "auto" else cfg.batch_size,
+                            workers=resolve_workers(recipe.data.workers))
     writable = not frozen.store.prepare()
     layout = frozen.layout(split, images["val"])
     sets = [frozen.read_or_compute(name, images[name], "eval", 1, split, layout, compute=writable) for name in SPLITS]

@@ -95,7 +95,8 @@ def train(
         from ..runtime.launch import check_nproc, relaunch
         from ..train.setup import check_batch
 
-        check_batch(config.train.batch_size, nproc)
+        if config.train.batch_size != "auto":  # auto: a power of two per process, found by each
+            check_batch(config.train.batch_size, nproc)
         check_nproc(nproc, config.train.device)
         raise typer.Exit(relaunch(nproc, sys.argv[1:]))
     from ..runtime.distributed import from_environment, launched, shutdown

@@ -15,6 +15,7 @@ from .features import plan_features
 from .strategies import TRAINED_GROUPS
 
 MAX_LR = 10.0  # no optimizer here trains at a higher rate; above it Adam's step overflows float32 before it diverges
+MAX_BATCH = 65_536  # images per batch (train.batch_size)
 MAX_IMAGE_SIZE = 4096  # pixels a side: a 100,000 px crop would need 30 GB per image before any message
 
 
@@ -144,8 +145,11 @@ class ScheduleSpec(_Section):
 
 class TrainSpec(_Section):
     epochs: int = Field(5, gt=0, le=100_000, description="passes over the training images")
-    batch_size: int = Field(32, gt=0, le=65_536, description="images per batch, over all processes when "
-                            "data-parallel (each of N processes takes batch_size / N)")
+    batch_size: Union[int, Literal["auto"]] = Field(
+        32, description="images per batch, over all processes when data-parallel (each of N processes takes "
+        "batch_size / N); auto: found for this machine before the run on real training steps (CUDA: the largest "
+        "power of two per process that fits with 10% of the memory left; CPU: the most training images/s), written "
+        "to the run's recipe.yaml; 32 when only the head trains on stored features (docs/performance.md)")
     seed: int = Field(0, ge=0, lt=2**32, description="seeds the split, the model's new head and the data order")
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:N")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported); ignored on CPU")
@@ -169,6 +173,13 @@ class TrainSpec(_Section):
     budget: Optional[float] = Field(
         None, gt=0, description="wall-clock seconds for the whole run (or 90s, 10m, 1h, 1h30m; --budget): no epoch "
         "starts that would end past it, and best.pt is the best so far; null: no limit")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, batch_size):
+        if batch_size != "auto" and not 0 < batch_size <= MAX_BATCH:
+            raise ValueError(f"must be auto or a number of images from 1 to {MAX_BATCH}")
+        return batch_size
 
     @field_validator("budget", mode="before")
     @classmethod

@@ -14,6 +14,9 @@ Two defaults that suit short programs cost a training run seconds:
 
 Both change the whole process, so only the command line's entry uses them (`process.tune_process`); a
 library call such as `finetune.fit()` leaves its host's allocator and collector as they were.
+
+What the process holds and may still take (`resident_memory`, `peak_resident_memory`, `available_memory`) only
+reads: train.batch_size auto stops growing a CPU batch before it would take too much of the RAM.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import gc
 import os
 from contextlib import contextmanager
+from pathlib import Path
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
 
@@ -55,3 +59,45 @@ def long_lived():
         gc.freeze()
         if enabled:
             gc.enable()
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup"),
+                     membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes of RAM this process could still take: the kernel's MemAvailable, or less where its cgroup's limit is
+    nearer (v2 memory.max - memory.current, v1 memory.limit_in_bytes - memory.usage_in_bytes). None off Linux."""
+    try:
+        line = next(t for t in meminfo.read_text().splitlines() if t.startswith("MemAvailable:"))
+        free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, StopIteration):
+        return None
+    try:
+        for entry in membership.read_text().splitlines():
+            _, controllers, path = entry.split(":", 2)
+            v2 = controllers == ""
+            if v2 or "memory" in controllers.split(","):
+                folder = cgroup / ("" if v2 else "memory") / path.lstrip("/")
+                limit, used = ("memory.max", "memory.current") if v2 else ("memory.limit_in_bytes",
+                                                                           "memory.usage_in_bytes")
+                text = (folder / limit).read_text().strip()
+                if text != "max":
+                    free = min(free, int(text) - int((folder / used).read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(0, free)
+
+
+def peak_resident_memory() -> int:
+    """The most RAM this process has held at once so far, in bytes (getrusage's ru_maxrss: KiB on Linux)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def resident_memory() -> int | None:
+    """The RAM this process holds now, in bytes (Linux's /proc/self/statm); None elsewhere."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

@@ -61,6 +61,7 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(
             update={"root": absolute_root(recipe.data.root)})})
     setup = prepare(recipe, console, dist)
+    recipe = setup.recipe  # train.batch_size auto: the size found, recorded in recipe.yaml for --resume
     run_dir = open_run_dir(recipe, setup, resume_dir, dist)
     with run_lock(run_dir, console) if dist.main else nullcontext():  # one run in a folder at a time
         run = RunState(CheckpointWriter(run_dir, setup.template, dist.main), setup.step, StopGuard(console),

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..models.registry import ModelInfo, create_model
 from ..runtime.device import Compute, resolve_compute, seed_everything
 from ..runtime.distributed import Dist, rank_device
+from .batch_size import find_batch_size
 from .estimate import Workload
 from .features.frozen import FrozenFeatures, frozen_split
 from .features.key import FeatureKey, train_transform_name
@@ -50,6 +51,7 @@ class Setup:
     compute: Compute
     train: TrainSpec
     solve_head: bool  # strategy.head_solver lbfgs: the head is solved on the frozen features, no epochs
+    recipe: Recipe  # as the run runs it: train.batch_size auto replaced by the size found (recipe.yaml records it)
 
     @property
     def workload(self) -> Workload:
@@ -62,7 +64,9 @@ class Setup:
 def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
     """Data, model, freeze plan, loaders, the frozen part and the training step, as the recipe says."""
     cfg = recipe.train
-    check_batch(cfg.batch_size, dist.world, dist.main)
+    auto = cfg.batch_size == "auto"
+    if not auto:
+        check_batch(cfg.batch_size, dist.world, dist.main)
     compute = resolve_compute(rank_device(dist, cfg.device), cfg.amp, dist)
     if cfg.sync_bn and dist.enabled and compute.device.type != "cuda":
         raise ConfigError("train.sync_bn needs CUDA: torch's SyncBatchNorm runs on GPUs only; set it to false")
@@ -81,11 +85,18 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
     model.to(compute.device, memory_format=torch.channels_last)
     balance = resolve_balance([y for _, y in splits.train], len(splits.class_names), recipe.data.class_weights,
                               recipe.data.sampler, cfg.seed)
-    loaders = create_loaders(splits, info.preprocessing, recipe.data, cfg.seed, cfg.batch_size, dist,
-                             balance.sampler, pin_memory=compute.device.type == "cuda")
+    loaders = create_loaders(splits, info.preprocessing, recipe.data, cfg.seed, dist.world if auto else cfg.batch_size,
+                             dist, balance.sampler, pin_memory=compute.device.type == "cuda")
     # the frozen prefix runs once per image where it can (its outputs stored); each step trains the rest alone
     features = plan_features(recipe)
     split = frozen_split(model, plan, features, loaders.val_images, compute, console, info.head_input)
+    if auto:  # train.batch_size auto: found on real steps of a step of its own, the model left as it was
+        size = find_batch_size(lambda: build_step(model, split, plan, recipe, balance, compute, 1),
+                               loaders.train_images, split, features.fixed, compute, cfg.seed, console)
+        recipe = recipe.model_copy(update={"train": cfg.model_copy(update={"batch_size": size})})
+        cfg = recipe.train
+        loaders = create_loaders(splits, info.preprocessing, recipe.data, cfg.seed, size, dist, balance.sampler,
+                                 pin_memory=compute.device.type == "cuda")
     frozen = None if split is None else FrozenFeatures(
         FeatureStore(store_root(recipe.features.dir, recipe.data.root)),
         FeatureKey.of(recipe.model, info.preprocessing), compute, console, seed=cfg.seed,
@@ -97,7 +108,7 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
                           environment=environment(cfg.seed, compute.device))
     return Setup(splits, info, plan, features, balance, loaders, split, frozen,
                  train_transform_name(recipe.data, features.train_views, cfg.seed), step, template, compute, cfg,
-                 recipe.strategy.head_solver == "lbfgs")
+                 recipe.strategy.head_solver == "lbfgs", recipe)
 
 
 def build_step(model: nn.Module, split: Split | None, plan: FreezePlan, recipe: Recipe, balance: Balance,
