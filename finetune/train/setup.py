@@ -91,7 +91,7 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
     features = plan_features(recipe)
     split = frozen_split(model, plan, features, loaders.val_images, compute, console, info.head_input)
     if auto:  # train.batch_size auto: found on real steps of a step of its own, the model left as it was
-        size = find_batch_size(lambda: build_step(model, split, plan, recipe, balance, compute, 1),
+        size = find_batch_size(lambda: build_step(model, split, plan, recipe, balance, compute, 1, splits.targets),
                                loaders.train_images, split, features.fixed, compute, cfg.seed, console)
         recipe = recipe.model_copy(update={"train": cfg.model_copy(update={"batch_size": size})})
         cfg = recipe.train
