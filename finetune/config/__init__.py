@@ -23,12 +23,13 @@ from .recipe import (
     RunSpec,
     ScheduleSpec,
     StrategySpec,
+    SwaSpec,
     TrainSpec,
 )
 from .strategies import TRAINED_GROUPS
 
 __all__ = [
     "MAX_IMAGE_SIZE", "MAX_LR", "TRAINED_GROUPS", "DataSpec", "FeaturePlan", "FeaturesSpec", "HeadSpec", "ModelSpec",
-    "OptimSpec", "Recipe", "RunSpec", "ScheduleSpec", "StrategySpec", "TrainSpec", "build_recipe", "dump_recipe",
-    "load_recipe", "parse_override", "plan_features", "read_yaml",
+    "OptimSpec", "Recipe", "RunSpec", "ScheduleSpec", "StrategySpec", "SwaSpec", "TrainSpec", "build_recipe",
+    "dump_recipe", "load_recipe", "parse_override", "plan_features", "read_yaml",
 ]

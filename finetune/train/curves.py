@@ -9,6 +9,7 @@ from pathlib import Path
 from ..console import literal
 from ..metrics import epoch_rank
 from ..plotting import figure, save_png
+from .swa import average_is_best
 
 
 class CurvesPlot:
@@ -78,9 +79,10 @@ def plot_reliability(path: Path, logits, labels, temperature: float, bins: int =
     return save_png(fig, path)
 
 
-def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Path, stopped: str = "") -> None:
+def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Path, stopped: str = "",
+                      swa: dict | None = None) -> None:
     """End of `finetune train`: best and last epoch, time, calibration, and where the files are. `stopped`:
-    why training stopped before its last epoch (early stopping), if it did."""
+    why training stopped before its last epoch (early stopping), if it did. `swa`: train.swa's average's row."""
     from rich.table import Table
 
     best = max(rows, key=epoch_rank)
@@ -88,9 +90,20 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
     table = Table(title=f"run summary: {literal(run_dir)}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("best.pt", f"epoch {best['epoch']}: val acc {best['val_acc']:.4f}, val loss {best['val_loss']:.4f}")
-    table.add_row("last.pt", f"epoch {last['epoch']}: val acc {last['val_acc']:.4f}, val loss {last['val_loss']:.4f}, "
-                             f"train acc {last['train_acc']:.4f}")
+    if swa is not None:
+        first, end = swa["swa_epochs"]
+        average = f"the average of epochs {first}-{end}: val acc {swa['val_acc']:.4f}, val loss {swa['val_loss']:.4f}"
+        table.add_row("swa", f"{average} (epoch {last['epoch']} alone: val acc {last['val_acc']:.4f})")
+    if swa is not None and average_is_best(swa, rows):
+        table.add_row("best.pt", average)
+    else:
+        table.add_row("best.pt", f"epoch {best['epoch']}: val acc {best['val_acc']:.4f}, val loss "
+                                 f"{best['val_loss']:.4f}")
+    if swa is not None:
+        table.add_row("last.pt", average)
+    else:
+        table.add_row("last.pt", f"epoch {last['epoch']}: val acc {last['val_acc']:.4f}, val loss "
+                                 f"{last['val_loss']:.4f}, train acc {last['train_acc']:.4f}")
     if "head_l2" in last:  # strategy.head_solver lbfgs: one solve, no epochs
         table.add_row("head", f"L-BFGS, l2 {last['head_l2']:.3g} chosen on the sweep (head_sweep.csv, head_sweep.png)")
         table.add_row("time", f"{last['seconds']:.1f}s to read the features and solve the head")
