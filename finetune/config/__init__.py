@@ -24,6 +24,7 @@ from .recipe import (
     RunSpec,
     ScheduleSpec,
     StrategySpec,
+    SwaSpec,
     TrainSpec,
 )
 from .space import SearchParam, Space, check_space, default_space, load_space, search_base
@@ -31,7 +32,8 @@ from .strategies import TRAINED_GROUPS
 
 __all__ = [
     "MAX_IMAGE_SIZE", "MAX_LR", "TRAINED_GROUPS", "DataSpec", "FeaturePlan", "FeaturesSpec", "HeadSpec", "ModelSpec",
-    "OptimSpec", "Recipe", "RunSpec", "ScheduleSpec", "SearchParam", "Space", "StrategySpec", "TrainSpec",
+    "OptimSpec", "Recipe", "RunSpec", "ScheduleSpec", "SearchParam", "Space", "StrategySpec", "SwaSpec",
+    "TrainSpec",
     "build_recipe", "check_space", "default_space", "dump_recipe", "load_recipe", "load_space", "override_tree",
     "parse_override", "plan_features", "read_yaml", "search_base",
 ]

@@ -99,7 +99,7 @@ class StrategySpec(_Section):
         None, description="feature-extract only: lbfgs fits the linear head on the cached features as L2-regularised "
         "logistic regression (L-BFGS, L2 chosen by a sweep on val; train.epochs, optim and schedule unused); sgd "
         "trains it for train.epochs with optim. Default: lbfgs when the features can be cached (feature-extract, "
-        "linear head without dropout, no random augmentation or features.views > 0, no mixup/cutmix/EMA), else sgd")
+        "linear head without dropout, no random augmentation or features.views > 0, no mixup/cutmix/EMA/SWA), else sgd")
 
     @field_validator("lr")
     @classmethod
@@ -143,6 +143,17 @@ class ScheduleSpec(_Section):
     min_factor: float = Field(0.0, ge=0, le=1, description="cosine only: final lr as a fraction of the initial")
 
 
+class SwaSpec(_Section):
+    start_epoch: int = Field(
+        ..., ge=1, description="stochastic weight averaging (Izmailov et al. 2018, torch.optim.swa_utils): the "
+        "weights at the end of this epoch and of every later one are averaged with equal weight; at the end of the "
+        "run the BatchNorm layers that trained get their statistics recomputed on the train images for the "
+        "average, which is evaluated on val (metrics.csv's `swa` row). last.pt holds the average; best.pt holds it "
+        "when it scores at least as well on val as the best epoch. The recipe's own schedule keeps running (no "
+        "SWALR): a schedule that ends near 0 (cosine) leaves little to average, so keep some lr (schedule.min_factor, "
+        "or constant)")
+
+
 class TrainSpec(_Section):
     epochs: int = Field(5, gt=0, le=100_000, description="passes over the training images")
     batch_size: Union[int, Literal["auto"]] = Field(
@@ -161,6 +172,8 @@ class TrainSpec(_Section):
         None, gt=0, lt=1, description="decay of an exponential moving average of the weights, updated every "
         "optimizer step (e.g. 0.999); evaluated each epoch beside the raw weights, and what best.pt/last.pt hold. "
         "null: off")
+    swa: Optional[SwaSpec] = Field(
+        None, description="stochastic weight averaging from epoch start_epoch on ({start_epoch: N}); null: off")
     accumulate: int = Field(1, ge=1, le=1024, description="gradient accumulation: batches per optimizer step")
     grad_clip: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this value; null: off")
     compile: bool = Field(False, description="run the trained part through torch.compile")
@@ -239,6 +252,13 @@ class Recipe(_Section):
         if self.task == "multilabel":
             self._check_multilabel()
         self._resolve_head_solver()
+        swa = self.train.swa
+        if swa is not None and self.train.ema:
+            raise ValueError("train.swa and train.ema both average the weights (equally from an epoch on, or by a "
+                             "decay every step); choose one and set the other to null")
+        if swa is not None and swa.start_epoch > self.train.epochs:
+            raise ValueError(f"train.swa.start_epoch ({swa.start_epoch}) is after the last epoch "
+                             f"(train.epochs {self.train.epochs}): nothing would be averaged")
         if self.strategy.freeze_epochs >= self.train.epochs:
             raise ValueError(f"strategy.freeze_epochs ({self.strategy.freeze_epochs}) must be less than "
                              f"train.epochs ({self.train.epochs}), or the backbone never trains")
@@ -255,7 +275,9 @@ class Recipe(_Section):
                 ("data.sampler balanced draws each class equally often, which needs one class per image; set it "
                  "to null", data.sampler is not None),
                 ("data.class_weights auto weights each image by its one class; set it to null",
-                 data.class_weights is not None)):
+                 data.class_weights is not None),
+                ("train.swa scores its average by accuracy, not the val mAP multilabel runs are chosen by; set it "
+                 "to null", self.train.swa is not None)):
             if refused:
                 raise ValueError(f"task multilabel: {why}")
 
@@ -269,6 +291,7 @@ class Recipe(_Section):
             ("model.head.dropout (L2 regularises the solved head instead)", self.model.head.dropout > 0),
             (features.reason, self.strategy.name == "feature-extract" and not features.fixed),
             ("train.ema", bool(self.train.ema)),
+            ("train.swa (one solve has no epochs to average)", self.train.swa is not None),
         ) if blocks]
         if self.strategy.head_solver is None:
             self.strategy.head_solver = "sgd" if blockers else "lbfgs"

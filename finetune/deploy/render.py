@@ -185,3 +185,40 @@ def print_suggestions(result, format: str, console=None) -> None:
     for s in result.chosen:
         table.add_row(str(s.rank), literal(s.path), f"{s.margin:.3f}", literal(s.model_says), s.why)
     console.print(table)
+
+
+def print_soup(soup, console=None) -> None:
+    """`finetune average`: each checkpoint alone on val, whether it joined, and the soup."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+
+    def acc(score) -> str:
+        return f"{score.acc:.4f}" if score is not None else "-"
+
+    table = Table("checkpoint", "val acc alone", "val acc of the soup with it", "in the soup",
+                  title=f"{soup.method} soup of {len(soup.kept)} of {len(soup.ingredients)} checkpoints: "
+                        f"{literal(soup.output)}", title_justify="left")
+    for i in soup.ingredients:
+        table.add_row(literal(i.path), acc(i.score), acc(i.soup_score), "yes" if i.kept else "[dim]no[/]")
+    console.print(table)
+    if soup.score is not None:
+        console.print(f"soup: val acc {soup.score.acc:.4f}, val loss {soup.score.loss:.4f} on {soup.score.images} "
+                      f"images ({literal(soup.val)}; the split it was chosen on)", soft_wrap=True)
+    for note in soup.notes:
+        console.print(f"[yellow]{literal(note)}[/]", soft_wrap=True)
+
+
+def print_wise_ft(result, console=None) -> None:
+    """`finetune wise-ft`: what moved, and the result's val score."""
+    from rich.console import Console
+
+    console = console or Console()
+    if not result.moved:
+        console.print("[yellow]the backbone did not train in this run (pretrained = fine-tuned outside the head): "
+                      "every alpha gives the same model[/]")
+    score = (f"val acc {result.score.acc:.4f}, val loss {result.score.loss:.4f} on {result.score.images} images "
+             f"({literal(result.val)})" if result.score is not None else f"not scored: {literal(result.val)}")
+    console.print(f"wise-ft alpha {result.alpha:g}: {result.moved} backbone tensor(s) interpolated; {score}",
+                  soft_wrap=True)

@@ -162,7 +162,7 @@ def calibrate_run(run: RunState, net, val_batches, compute: Compute, console=Non
     best = run.best_checkpoint()
     if best.calibration is not None:
         return best.calibration, None
-    if val is None or best.metrics.get("epoch") != run.rows[-1]["epoch"]:
+    if val is None or best.metrics.get("epoch") != run.last_metrics.get("epoch"):  # train.swa: epoch "swa"
         with torch.no_grad():
             run.step.scored.load_state_dict(best.state)
         val = collect_outputs(net, head, val_batches, compute, "calibrate best.pt", console)

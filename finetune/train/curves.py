@@ -9,6 +9,7 @@ from pathlib import Path
 from ..console import literal
 from ..metrics import epoch_rank
 from ..plotting import figure, save_png
+from .swa import average_is_best
 
 
 class CurvesPlot:
@@ -83,10 +84,10 @@ def plot_reliability(path: Path, logits, labels, temperature: float, bins: int =
 
 
 def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Path, stopped: str = "",
-                      multilabel: dict | None = None) -> None:
+                      multilabel: dict | None = None, swa: dict | None = None) -> None:
     """End of `finetune train`: best and last epoch, time, calibration, and where the files are. `stopped`:
     why training stopped before its last epoch (early stopping), if it did. `multilabel`: best.pt's val mAP and
-    F1s at its thresholds (train.thresholds.scores_at)."""
+    F1s at its thresholds (train.thresholds.scores_at). `swa`: train.swa's average's row."""
     from rich.table import Table
 
     best = max(rows, key=epoch_rank)
@@ -94,14 +95,23 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
     table = Table(title=f"run summary: {literal(run_dir)}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    if "val_map" in best:  # task multilabel: val mAP chooses best.pt; acc is the exact-match share at 0.5
+    if swa is not None:
+        first, end = swa["swa_epochs"]
+        average = f"the average of epochs {first}-{end}: val acc {swa['val_acc']:.4f}, val loss {swa['val_loss']:.4f}"
+        table.add_row("swa", f"{average} (epoch {last['epoch']} alone: val acc {last['val_acc']:.4f})")
+    if swa is not None and average_is_best(swa, rows):
+        table.add_row("best.pt", average)
+    elif "val_map" in best:  # task multilabel: val mAP chooses best.pt; acc is the exact-match share at 0.5
         table.add_row("best.pt", f"epoch {best['epoch']}: val mAP {best['val_map']:.4f} (what chooses best.pt), "
                                  f"exact-match acc {best['val_acc']:.4f}, val loss {best['val_loss']:.4f}")
     else:
         table.add_row("best.pt", f"epoch {best['epoch']}: val acc {best['val_acc']:.4f}, "
                                  f"val loss {best['val_loss']:.4f}")
-    table.add_row("last.pt", f"epoch {last['epoch']}: val acc {last['val_acc']:.4f}, val loss {last['val_loss']:.4f}, "
-                             f"train acc {last['train_acc']:.4f}")
+    if swa is not None:
+        table.add_row("last.pt", average)
+    else:
+        table.add_row("last.pt", f"epoch {last['epoch']}: val acc {last['val_acc']:.4f}, val loss "
+                                 f"{last['val_loss']:.4f}, train acc {last['train_acc']:.4f}")
     if "head_l2" in last:  # strategy.head_solver lbfgs: one solve, no epochs
         table.add_row("head", f"L-BFGS, l2 {last['head_l2']:.3g} chosen on the sweep (head_sweep.csv, head_sweep.png)")
         table.add_row("time", f"{last['seconds']:.1f}s to read the features and solve the head")

@@ -45,6 +45,7 @@ from .solved import solve_head
 from .state import RunState
 from .step import TrainStep
 from .stop import StopGuard
+from .swa import finish_average
 from .thresholds import calibrate_thresholds, scores_at
 
 
@@ -65,7 +66,7 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
     run_dir = open_run_dir(recipe, setup, resume_dir, dist)
     with run_lock(run_dir, console) if dist.main else nullcontext():  # one run in a folder at a time
         run = RunState(CheckpointWriter(run_dir, setup.template, dist.main), setup.step, StopGuard(console),
-                       recipe.train.save_every)
+                       recipe.train.save_every, setup.swa)
         if resume_dir:
             run.restore()
             warn_if_environment_changed(run_dir, setup.template.environment, console)
@@ -141,6 +142,8 @@ class Epochs:
                 self.console.print(f"epoch {epoch}: unfreezing {', '.join(plan.unfreezes(epoch))}")
             step.wrap()  # DDP registers what trains when it wraps: again when that changed
             row = self.epoch(epoch)
+            if self.setup.swa is not None:  # train.swa: this epoch's weights join the average from its start on
+                self.setup.swa.update(step.model, epoch)
             best = self.state.end_epoch(row)
             out_of_time = epoch < cfg.epochs and not self.budget.allows_another(
                 [r["seconds"] for r in self.state.rows], self.setup.compute.dist)
@@ -200,6 +203,9 @@ class Epochs:
         """Calibrate (a temperature and rejection thresholds per checkpoint, on val; multilabel: per-label
         thresholds, train.thresholds), and summarise."""
         run, setup, cfg = self.state, self.setup, self.setup.train
+        if setup.swa is not None:  # the average into the model, BatchNorm recomputed, scored: last.pt holds it
+            finish_average(run, setup.swa, setup.step, self.train_batches, lambda net: evaluate(
+                setup.step, net, self.val_batches, self.vanished, self.console, "swa val"), self.console)
         multilabel = setup.splits.multilabel
         if multilabel:
             calibration, val = calibrate_thresholds(run, setup.step.scored_net, self.val_batches, setup.compute,
@@ -216,7 +222,8 @@ class Epochs:
         early = stopped_early(run.rows, cfg.early_stop)
         print_run_summary(self.console, run.rows, calibration, run.run_dir,
                           f"val {'mAP' if multilabel else 'accuracy'} did not improve for {cfg.early_stop} epochs"
-                          if early else self.stop_reason, scores_at(calibration, *val) if val and multilabel else None)
+                          if early else self.stop_reason, scores_at(calibration, *val) if val and multilabel else None,
+                          run.progress.swa)
 
 
 def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, console,

@@ -66,4 +66,5 @@ class Progress:
     tally: dict = field(default_factory=lambda: asdict(Tally()))  # the epoch in progress
     lrs: dict = field(default_factory=dict)  # learning rates at the start of the epoch in progress
     seconds: float = 0.0  # time spent in the epoch in progress before the last save
+    swa: dict | None = None  # train.swa: the average's metrics row, once scored at the end of the run
     world: int = 1  # processes training together (data parallel): a run resumes mid-epoch with as many

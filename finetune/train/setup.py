@@ -32,6 +32,7 @@ from .optim import build_optimizer, build_scheduler
 from .prefix import Split
 from .rundir import environment
 from .step import TrainStep, moving_average
+from .swa import WeightAverage
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Setup:
     train: TrainSpec
     solve_head: bool  # strategy.head_solver lbfgs: the head is solved on the frozen features, no epochs
     recipe: Recipe  # as the run runs it: train.batch_size auto replaced by the size found (recipe.yaml records it)
+    swa: WeightAverage | None = None  # train.swa: the average of the weights from its start epoch on
 
     @property
     def workload(self) -> Workload:
@@ -108,7 +110,8 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
                           environment=environment(cfg.seed, compute.device))
     return Setup(splits, info, plan, features, balance, loaders, split, frozen,
                  train_transform_name(recipe.data, features.train_views, cfg.seed), step, template, compute, cfg,
-                 recipe.strategy.head_solver == "lbfgs", recipe)
+                 recipe.strategy.head_solver == "lbfgs", recipe,
+                 WeightAverage(model, cfg.swa.start_epoch) if cfg.swa is not None else None)
 
 
 def build_step(model: nn.Module, split: Split | None, plan: FreezePlan, recipe: Recipe, balance: Balance,

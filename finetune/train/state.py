@@ -21,13 +21,16 @@ from .failures import Situation, as_user_error, group_lrs, lower_lr
 from .progress import Progress, Tally, capture_rng, restore_rng
 from .step import TrainStep
 from .stop import StopBeforeTraining, StopGuard
+from .swa import WeightAverage
 
 
 class RunState:
     """A run in progress. Every rank keeps one; rank 0's writer writes the files."""
 
-    def __init__(self, writer: CheckpointWriter, step: TrainStep, stop: StopGuard, save_every: int | None = None):
+    def __init__(self, writer: CheckpointWriter, step: TrainStep, stop: StopGuard, save_every: int | None = None,
+                 swa: WeightAverage | None = None):
         self.writer, self.step, self.stop, self.save_every = writer, step, stop, save_every
+        self.swa = swa  # train.swa: its average goes into last.pt's resume state
         self.progress, self.tally = Progress(), Tally()
         self.last_calibration: Calibration | None = None  # last.pt's, once calibrated
         self.saved: Progress | None = None  # what last.pt holds
@@ -48,6 +51,12 @@ class RunState:
     @property
     def rows(self) -> list[dict]:
         return self.progress.rows
+
+    @property
+    def last_metrics(self) -> dict:
+        """What last.pt's weights scored: the last epoch's row, or train.swa's average once scored."""
+        p = self.progress
+        return p.swa or (p.rows[-1] if p.rows else {})
 
     def resumed_at(self) -> str:
         p = self.progress
@@ -96,6 +105,13 @@ class RunState:
         self.tally = Tally()
         return best
 
+    def end_average(self, row: dict, best: bool) -> None:
+        """train.swa: the average, now in the model, scored (`row`): best.pt when it is the best, then last.pt."""
+        self.progress.swa = row
+        if best:
+            self.writer.write_best(self.step.scored.state_dict(), row)
+        self.save()
+
     def save_epoch(self, best: bool) -> None:
         """best.pt (when the epoch is the best so far), then last.pt; then a signal that arrived during validation
         stops the run here. Weights that are not finite are never saved: predict, export and resume would
@@ -126,7 +142,9 @@ class RunState:
                   "scaler": s.scaler.state_dict(), "rng": capture_rng()}
         if s.ema is not None:  # last.pt holds the average (what scored); the raw weights go on training from here
             resume.update(train_model=s.model.state_dict(), ema_n_averaged=s.ema.n_averaged)
-        self.writer.write_last(s.scored.state_dict(), p.rows[-1] if p.rows else {}, resume, calibration)
+        if self.swa is not None:
+            resume.update(self.swa.state())
+        self.writer.write_last(s.scored.state_dict(), self.last_metrics, resume, calibration)
 
     def best_checkpoint(self) -> Checkpoint:
         """best.pt as written this session, or read (by rank 0, shared) when a resumed run had already finished."""
@@ -161,6 +179,8 @@ class RunState:
             s.ema.n_averaged.copy_(state["ema_n_averaged"])
         else:
             s.model.load_state_dict(weights)
+        if self.swa is not None and "swa_model" in state:
+            self.swa.load(state)
         s.optimizer.load_state_dict(state["optimizer"])
         s.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:

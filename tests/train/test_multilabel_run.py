@@ -24,6 +24,7 @@ def multilabel_tree(tiny_tree: dict, root, **strategy) -> dict:
     ({"train": {"label_smoothing": 0.1}}, "train.label_smoothing"),
     ({"data": {"sampler": "balanced"}}, "data.sampler balanced"),
     ({"data": {"class_weights": "auto"}}, "data.class_weights auto"),
+    ({"train": {"swa": {"start_epoch": 2}}}, "train.swa"),
 ])
 def test_what_assumes_one_class_per_image_is_refused(change, what):
     build_recipe(change)  # fine for multiclass
