@@ -65,3 +65,14 @@ def test_a_run_stores_thresholds_and_chooses_best_by_val_map(tiny_tree, tmp_path
     assert "val mAP" in (said.out + said.err).replace("\n", " ")
     if solver == "lbfgs":
         assert float(rows[0]["head_l2"]) > 0 and float(rows[0]["val_map"]) > 0.8  # colours and stripes: easy
+
+
+@pytest.mark.slow
+def test_batch_size_auto_searches_on_the_multilabel_step(tiny_tree, tmp_path, monkeypatch):
+    from finetune.train import batch_size
+
+    monkeypatch.setattr(batch_size, "TIMED_STEPS", 1)
+    data = make_multilabel_set(tmp_path / "ml")
+    tree = multilabel_tree(tiny_tree, data, name="last-stage", lr={"head": 0.05, "last_stage": 0.01})
+    run = fit(build_recipe({**tree, "train": {**tree["train"], "epochs": 1, "batch_size": "auto"}}))
+    assert Checkpoint.load(run / "best.pt").recipe["train"]["batch_size"] in (2, 4, 8, 16)
