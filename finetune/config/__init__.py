@@ -15,6 +15,7 @@ from .recipe import (
     MAX_IMAGE_SIZE,
     MAX_LR,
     DataSpec,
+    DistillSpec,
     FeaturesSpec,
     HeadSpec,
     ModelSpec,
@@ -28,7 +29,7 @@ from .recipe import (
 from .strategies import TRAINED_GROUPS
 
 __all__ = [
-    "MAX_IMAGE_SIZE", "MAX_LR", "TRAINED_GROUPS", "DataSpec", "FeaturePlan", "FeaturesSpec", "HeadSpec", "ModelSpec",
-    "OptimSpec", "Recipe", "RunSpec", "ScheduleSpec", "StrategySpec", "TrainSpec", "build_recipe", "dump_recipe",
-    "load_recipe", "parse_override", "plan_features", "read_yaml",
+    "MAX_IMAGE_SIZE", "MAX_LR", "TRAINED_GROUPS", "DataSpec", "DistillSpec", "FeaturePlan", "FeaturesSpec",
+    "HeadSpec", "ModelSpec", "OptimSpec", "Recipe", "RunSpec", "ScheduleSpec", "StrategySpec", "TrainSpec",
+    "build_recipe", "dump_recipe", "load_recipe", "parse_override", "plan_features", "read_yaml",
 ]

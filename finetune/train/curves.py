@@ -78,9 +78,11 @@ def plot_reliability(path: Path, logits, labels, temperature: float, bins: int =
     return save_png(fig, path)
 
 
-def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Path, stopped: str = "") -> None:
+def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Path, stopped: str = "",
+                      extra: tuple | list = ()) -> None:
     """End of `finetune train`: best and last epoch, time, calibration, and where the files are. `stopped`:
-    why training stopped before its last epoch (early stopping), if it did."""
+    why training stopped before its last epoch (early stopping), if it did; `extra`: more (name, text) rows
+    (distill: the teacher against the student)."""
     from rich.table import Table
 
     best = max(rows, key=epoch_rank)
@@ -115,5 +117,7 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
         table.add_row("predict --reject auto", f"unknown below a calibrated confidence of {r.threshold:.3f}: "
                       f"rejects {r.rejected_correct:.1%} of the {r.correct_images} correctly classified val "
                       f"images (target {r.false_rejection:.0%})")
+    for name, text in extra:
+        table.add_row(name, text)
     table.add_row("files", f"best.pt, last.pt, metrics.csv, {plots}, recipe.yaml")
     console.print(table)

@@ -5,6 +5,7 @@ head solved in solved, the temperature in calibration."""
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..data.folders import Splits, absolute_root, dataset_folders
 from ..data.images import missing_indices
 from ..data.loading import stopped_workers
 from ..files import refuse_inside
-from ..metrics import confusion_matrix
+from ..metrics import confusion_matrix, epoch_rank
 from ..runtime.distributed import Dist
 from .bank import bank_pass
 from .budget import Budget
@@ -54,6 +55,9 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
     if recipe.data.root is not None:  # recorded absolute, so report, evaluate and --resume find it from anywhere
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(
             update={"root": absolute_root(recipe.data.root)})})
+    if recipe.distill is not None:  # the teacher as well
+        recipe = recipe.model_copy(update={"distill": recipe.distill.model_copy(
+            update={"teacher": Path(os.path.abspath(recipe.distill.teacher.expanduser()))})})
     setup = prepare(recipe, console, dist)
     run_dir = open_run_dir(recipe, setup, resume_dir, dist)
     with run_lock(run_dir, console) if dist.main else nullcontext():  # one run in a folder at a time
@@ -107,10 +111,13 @@ def dropped(setup: Setup) -> str:
 
 def frozen_batches(setup: Setup, console):
     """(train batches, val batches) for the trained part: the frozen part's outputs (stored, or computed per
-    batch) when the model is cut at its prefix, else the images."""
-    if setup.split is None:
-        return setup.loaders.train, setup.loaders.val
-    return setup.frozen.batches(setup.split, setup.loaders, setup.features, setup.train_kind)
+    batch) when the model is cut at its prefix, else the images; with distill, train's with the teacher's logits."""
+    def cut(loaders):
+        if setup.split is None:
+            return loaders.train, loaders.val
+        return setup.frozen.batches(setup.split, loaders, setup.features, setup.train_kind)
+
+    return setup.teacher.taught(setup.loaders, cut, console) if setup.teacher else cut(setup.loaders)
 
 
 class Epochs:
@@ -194,8 +201,12 @@ class Epochs:
             self.loggers.end(calibration, confusion_matrix(val[1], val[0].argmax(1), k) if val else None,
                              setup.splits.class_names)
         early = stopped_early(run.rows, cfg.early_stop)
+        best, teacher = max(run.rows, key=epoch_rank), setup.teacher
+        if teacher is not None and self.main:
+            teacher.record(best, run.run_dir)  # distill.json: teacher against student on val
         print_run_summary(self.console, run.rows, calibration, run.run_dir,
-                          f"val accuracy did not improve for {cfg.early_stop} epochs" if early else self.stop_reason)
+                          f"val accuracy did not improve for {cfg.early_stop} epochs" if early else self.stop_reason,
+                          teacher.summary(best, run.run_dir) if teacher else ())
 
 
 def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, console,

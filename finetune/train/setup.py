@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..models.registry import ModelInfo, create_model
 from ..runtime.device import Compute, resolve_compute, seed_everything
 from ..runtime.distributed import Dist, rank_device
+from .distill import DistillLoss, Teacher, load_teacher
 from .estimate import Workload
 from .features.frozen import FrozenFeatures, frozen_split
 from .features.key import FeatureKey, train_transform_name
@@ -49,6 +50,7 @@ class Setup:
     compute: Compute
     train: TrainSpec
     solve_head: bool  # strategy.head_solver lbfgs: the head is solved on the frozen features, no epochs
+    teacher: Teacher | None = None  # distill: the checkpoint whose logits teach the model (train.distill)
 
     @property
     def workload(self) -> Workload:
@@ -72,6 +74,8 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
                                                  screen=lambda tree: training_screen(tree, console, recipe.data.root)))
     # the model, and what of it trains
     model, info = create_model(recipe.model, len(splits.class_names), recipe.data.image_size)
+    # distill: the teacher, checked against the data's classes
+    teacher = load_teacher(recipe.distill, splits.class_names, info.preprocessing, compute, recipe.data.fixed_inputs)
     plan = plan_freeze(model, info, recipe.strategy)
     plan.apply(model)
     if cfg.sync_bn and dist.enabled:
@@ -95,7 +99,7 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
                           environment=environment(cfg.seed, compute.device))
     return Setup(splits, info, plan, features, balance, loaders, split, frozen,
                  train_transform_name(recipe.data, features.train_views, cfg.seed), step, template, compute, cfg,
-                 recipe.strategy.head_solver == "lbfgs")
+                 recipe.strategy.head_solver == "lbfgs", teacher)
 
 
 def build_step(model: nn.Module, split: Split | None, plan: FreezePlan, recipe: Recipe, balance: Balance,
@@ -113,7 +117,8 @@ def build_step(model: nn.Module, split: Split | None, plan: FreezePlan, recipe: 
     return TrainStep(model=model, net=tail_of(model), criterion=criterion.to(compute.device), optimizer=optimizer,
                      scheduler=scheduler, scaler=scaler, compute=compute, grad_clip=cfg.grad_clip, ema=ema,
                      ema_net=tail_of(ema.module) if ema is not None else None, accumulate=cfg.accumulate,
-                     frozen_bn=plan.frozen_bn, compile=cfg.compile)
+                     frozen_bn=plan.frozen_bn, compile=cfg.compile,
+                     distill=DistillLoss(recipe.distill.alpha, recipe.distill.temperature) if recipe.distill else None)
 
 
 def check_batch(batch_size: int, world: int, main: bool = True) -> None:
