@@ -16,6 +16,7 @@ from .recipe import (
     MAX_IMAGE_SIZE,
     MAX_LR,
     DataSpec,
+    DistillSpec,
     FeaturesSpec,
     HeadSpec,
     ModelSpec,
@@ -31,7 +32,8 @@ from .space import SearchParam, Space, check_space, default_space, load_space, s
 from .strategies import TRAINED_GROUPS
 
 __all__ = [
-    "MAX_IMAGE_SIZE", "MAX_LR", "TRAINED_GROUPS", "DataSpec", "FeaturePlan", "FeaturesSpec", "HeadSpec", "ModelSpec",
+    "MAX_IMAGE_SIZE", "MAX_LR", "TRAINED_GROUPS", "DataSpec", "DistillSpec", "FeaturePlan", "FeaturesSpec",
+    "HeadSpec", "ModelSpec",
     "OptimSpec", "Recipe", "RunSpec", "ScheduleSpec", "SearchParam", "Space", "StrategySpec", "SwaSpec",
     "TrainSpec",
     "build_recipe", "check_space", "default_space", "dump_recipe", "load_recipe", "load_space", "override_tree",

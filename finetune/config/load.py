@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -27,9 +27,12 @@ def _section_keys(loc: tuple) -> list[str]:
     model: Any = Recipe
     for part in loc[:-1]:
         field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        # an optional section (distill: null by default) is Optional[Section]: its keys are the Section's
+        section = next((t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type) and
+                        issubclass(t, BaseModel)), None) if field is not None else None
+        if section is None:
             return []
-        model = field.annotation
+        model = section
     return list(model.model_fields)
 
 

@@ -70,6 +70,11 @@ class DataSpec(_Section):
     class_weights: Optional[Literal["auto"]] = Field(None, description="auto: inverse-frequency loss weights")
     sampler: Optional[Literal["balanced"]] = Field(None, description="balanced: sample classes equally often")
 
+    @property
+    def fixed_inputs(self) -> bool:
+        """Each training image is the same tensor every epoch: no random augmentation, erasing or mixing."""
+        return self.augment == "none" and not self.random_erasing and not (self.mixup or self.cutmix)
+
     @field_validator("workers")
     @classmethod
     def _workers(cls, workers):
@@ -99,7 +104,8 @@ class StrategySpec(_Section):
         None, description="feature-extract only: lbfgs fits the linear head on the cached features as L2-regularised "
         "logistic regression (L-BFGS, L2 chosen by a sweep on val; train.epochs, optim and schedule unused); sgd "
         "trains it for train.epochs with optim. Default: lbfgs when the features can be cached (feature-extract, "
-        "linear head without dropout, no random augmentation or features.views > 0, no mixup/cutmix/EMA/SWA), else sgd")
+        "linear head without dropout, no random augmentation or features.views > 0, no mixup/cutmix/EMA/SWA/distill), "
+        "else sgd")
 
     @field_validator("lr")
     @classmethod
@@ -211,6 +217,19 @@ def parse_duration(text: str) -> float:
     return 3600 * h + 60 * m + sec
 
 
+class DistillSpec(_Section):
+    """Knowledge distillation (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"): a trained
+    checkpoint's logits teach the model this recipe trains. The training loss is
+    (1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))."""
+    teacher: Path = Field(description="the teacher: a finetune checkpoint (best.pt of a run, any architecture) "
+                          "trained on the same classes, named and ordered as this data's")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the teacher's soft targets in the loss (0: the "
+                         "labels alone, as without distill; 1: the teacher alone)")
+    temperature: float = Field(4.0, gt=0, le=100, description="T: both models' logits are divided by T before the "
+                               "softmax (softer targets as T grows); the soft term is scaled by T^2 so its gradients "
+                               "keep their size")
+
+
 class RunSpec(_Section):
     dir: Path = Field(Path("runs"), description="parent folder of new run folders")
     name: Optional[str] = Field(
@@ -238,6 +257,8 @@ class Recipe(_Section):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     run: RunSpec = Field(default_factory=RunSpec)
+    distill: Optional[DistillSpec] = Field(
+        None, description="knowledge distillation from a trained checkpoint (teacher, alpha, temperature); null: off")
 
     @model_validator(mode="after")
     def _resolve(self) -> Recipe:
@@ -259,6 +280,7 @@ class Recipe(_Section):
         if swa is not None and swa.start_epoch > self.train.epochs:
             raise ValueError(f"train.swa.start_epoch ({swa.start_epoch}) is after the last epoch "
                              f"(train.epochs {self.train.epochs}): nothing would be averaged")
+        self._check_distill()
         if self.strategy.freeze_epochs >= self.train.epochs:
             raise ValueError(f"strategy.freeze_epochs ({self.strategy.freeze_epochs}) must be less than "
                              f"train.epochs ({self.train.epochs}), or the backbone never trains")
@@ -277,7 +299,9 @@ class Recipe(_Section):
                 ("data.class_weights auto weights each image by its one class; set it to null",
                  data.class_weights is not None),
                 ("train.swa scores its average by accuracy, not the val mAP multilabel runs are chosen by; set it "
-                 "to null", self.train.swa is not None)):
+                 "to null", self.train.swa is not None),
+                ("distill matches one softmax over the classes to the teacher's; set distill to null",
+                 self.distill is not None)):
             if refused:
                 raise ValueError(f"task multilabel: {why}")
 
@@ -292,9 +316,19 @@ class Recipe(_Section):
             (features.reason, self.strategy.name == "feature-extract" and not features.fixed),
             ("train.ema", bool(self.train.ema)),
             ("train.swa (one solve has no epochs to average)", self.train.swa is not None),
+            ("distill (the solved head fits the labels alone; the teacher's soft targets train by SGD)",
+             self.distill is not None),
         ) if blocks]
         if self.strategy.head_solver is None:
             self.strategy.head_solver = "sgd" if blockers else "lbfgs"
         elif self.strategy.head_solver == "lbfgs" and blockers:
             raise ValueError(f"strategy.head_solver lbfgs cannot run with {'; '.join(blockers)}: "
                              "set strategy.head_solver sgd, or change those settings")
+
+    def _check_distill(self) -> None:
+        """The teacher sees the images the student trains on: stored augmented views (features.views) are features,
+        not images, so there is nothing for it to see."""
+        if self.distill is not None and plan_features(self).train_views > 0 and not self.data.fixed_inputs:
+            raise ValueError(f"distill cannot run with features.views {self.features.views}: the student trains on "
+                             "stored augmented views the teacher never sees. Set features.views 0 (the teacher runs "
+                             "on each batch) or data.augment none (its logits are computed once per image)")

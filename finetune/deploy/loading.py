@@ -1,20 +1,8 @@
-"""The one function that turns a checkpoint into a model: no recipe, no dataset, no download."""
+"""deploy's way from a checkpoint to a model: the one function, models.checkpointed.load_model (train's
+distillation teacher needs it too, and train never imports deploy)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from ..models.checkpointed import load_model
 
-from torch import nn
-
-from ..checkpoint import Checkpoint
-from ..models.registry import create_model
-from ..models.weights import load_weights
-
-
-def load_model(checkpoint: Checkpoint | Path) -> tuple[nn.Module, Checkpoint]:
-    """(the checkpoint's model with its weights, in eval mode on the CPU; the Checkpoint). Give a Checkpoint
-    you already read to use it as it is, or a path to read it."""
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
-    model, _ = create_model(ckpt.model, len(ckpt.class_names))
-    load_weights(model, ckpt.state, "in the checkpoint")
-    return model.eval(), ckpt
+__all__ = ["load_model"]

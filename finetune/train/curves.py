@@ -84,10 +84,11 @@ def plot_reliability(path: Path, logits, labels, temperature: float, bins: int =
 
 
 def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Path, stopped: str = "",
-                      multilabel: dict | None = None, swa: dict | None = None) -> None:
+                      multilabel: dict | None = None, swa: dict | None = None, extra: tuple | list = ()) -> None:
     """End of `finetune train`: best and last epoch, time, calibration, and where the files are. `stopped`:
     why training stopped before its last epoch (early stopping), if it did. `multilabel`: best.pt's val mAP and
-    F1s at its thresholds (train.thresholds.scores_at). `swa`: train.swa's average's row."""
+    F1s at its thresholds (train.thresholds.scores_at). `swa`: train.swa's average's row. `extra`: more (name, text)
+    rows (distill: the teacher against the student)."""
     from rich.table import Table
 
     best = max(rows, key=epoch_rank)
@@ -143,5 +144,7 @@ def print_run_summary(console, rows: list[dict], calibration: dict, run_dir: Pat
         table.add_row("predict --reject auto", f"unknown below a calibrated confidence of {r.threshold:.3f}: "
                       f"rejects {r.rejected_correct:.1%} of the {r.correct_images} correctly classified val "
                       f"images (target {r.false_rejection:.0%})")
+    for name, text in extra:
+        table.add_row(name, text)
     table.add_row("files", f"best.pt, last.pt, metrics.csv, {plots}, recipe.yaml")
     console.print(table)

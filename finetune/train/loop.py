@@ -5,6 +5,7 @@ head solved in solved, the temperature in calibration."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -61,6 +62,9 @@ def fit(recipe: Recipe, console=None, resume_dir: Path | None = None, dist: Dist
     if recipe.data.root is not None:  # recorded absolute, so report, evaluate and --resume find it from anywhere
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(
             update={"root": absolute_root(recipe.data.root)})})
+    if recipe.distill is not None:  # the teacher as well
+        recipe = recipe.model_copy(update={"distill": recipe.distill.model_copy(
+            update={"teacher": Path(os.path.abspath(recipe.distill.teacher.expanduser()))})})
     setup = prepare(recipe, console, dist)
     recipe = setup.recipe  # train.batch_size auto: the size found, recorded in recipe.yaml for --resume
     run_dir = open_run_dir(recipe, setup, resume_dir, dist)
@@ -115,10 +119,13 @@ def dropped(setup: Setup) -> str:
 
 def frozen_batches(setup: Setup, console):
     """(train batches, val batches) for the trained part: the frozen part's outputs (stored, or computed per
-    batch) when the model is cut at its prefix, else the images."""
-    if setup.split is None:
-        return setup.loaders.train, setup.loaders.val
-    return setup.frozen.batches(setup.split, setup.loaders, setup.features, setup.train_kind)
+    batch) when the model is cut at its prefix, else the images; with distill, train's with the teacher's logits."""
+    def cut(loaders):
+        if setup.split is None:
+            return loaders.train, loaders.val
+        return setup.frozen.batches(setup.split, loaders, setup.features, setup.train_kind)
+
+    return setup.teacher.taught(setup.loaders, cut, console) if setup.teacher else cut(setup.loaders)
 
 
 class Epochs:
@@ -220,10 +227,13 @@ class Epochs:
             self.loggers.end(calibration, confusion_matrix(val[1], val[0].argmax(1), k)
                              if val and not multilabel else None, setup.splits.class_names)
         early = stopped_early(run.rows, cfg.early_stop)
+        best, teacher = max(run.rows, key=epoch_rank), setup.teacher
+        if teacher is not None and self.main:
+            teacher.record(best, run.run_dir)  # distill.json: teacher against student on val
         print_run_summary(self.console, run.rows, calibration, run.run_dir,
                           f"val {'mAP' if multilabel else 'accuracy'} did not improve for {cfg.early_stop} epochs"
                           if early else self.stop_reason, scores_at(calibration, *val) if val and multilabel else None,
-                          run.progress.swa)
+                          run.progress.swa, teacher.summary(best, run.run_dir) if teacher else ())
 
 
 def train_epoch(step: TrainStep, batches, run: RunState, vanished: Vanished, console,

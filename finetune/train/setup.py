@@ -21,6 +21,7 @@ from ..models.registry import ModelInfo, create_model
 from ..runtime.device import Compute, resolve_compute, seed_everything
 from ..runtime.distributed import Dist, rank_device
 from .batch_size import find_batch_size
+from .distill import DistillLoss, Teacher, load_teacher
 from .estimate import Workload
 from .features.frozen import FrozenFeatures, frozen_split
 from .features.key import FeatureKey, train_transform_name
@@ -54,6 +55,7 @@ class Setup:
     solve_head: bool  # strategy.head_solver lbfgs: the head is solved on the frozen features, no epochs
     recipe: Recipe  # as the run runs it: train.batch_size auto replaced by the size found (recipe.yaml records it)
     swa: WeightAverage | None = None  # train.swa: the average of the weights from its start epoch on
+    teacher: Teacher | None = None  # distill: the checkpoint whose logits teach the model (train.distill)
 
     @property
     def workload(self) -> Workload:
@@ -80,6 +82,8 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
                                                  task=recipe.task))
     # the model, and what of it trains
     model, info = create_model(recipe.model, len(splits.class_names), recipe.data.image_size)
+    # distill: the teacher, checked against the data's classes
+    teacher = load_teacher(recipe.distill, splits.class_names, info.preprocessing, compute, recipe.data.fixed_inputs)
     plan = plan_freeze(model, info, recipe.strategy)
     plan.apply(model)
     if cfg.sync_bn and dist.enabled:
@@ -111,7 +115,7 @@ def prepare(recipe: Recipe, console, dist: Dist = Dist()) -> Setup:
     return Setup(splits, info, plan, features, balance, loaders, split, frozen,
                  train_transform_name(recipe.data, features.train_views, cfg.seed), step, template, compute, cfg,
                  recipe.strategy.head_solver == "lbfgs", recipe,
-                 WeightAverage(model, cfg.swa.start_epoch) if cfg.swa is not None else None)
+                 WeightAverage(model, cfg.swa.start_epoch) if cfg.swa is not None else None, teacher)
 
 
 def build_step(model: nn.Module, split: Split | None, plan: FreezePlan, recipe: Recipe, balance: Balance,
@@ -130,7 +134,8 @@ def build_step(model: nn.Module, split: Split | None, plan: FreezePlan, recipe: 
     return TrainStep(model=model, net=tail_of(model), criterion=criterion.to(compute.device), optimizer=optimizer,
                      scheduler=scheduler, scaler=scaler, compute=compute, grad_clip=cfg.grad_clip, ema=ema,
                      ema_net=tail_of(ema.module) if ema is not None else None, accumulate=cfg.accumulate,
-                     frozen_bn=plan.frozen_bn, compile=cfg.compile)
+                     frozen_bn=plan.frozen_bn, compile=cfg.compile,
+                     distill=DistillLoss(recipe.distill.alpha, recipe.distill.temperature) if recipe.distill else None)
 
 
 def check_batch(batch_size: int, world: int, main: bool = True) -> None:

@@ -3,13 +3,16 @@ the optimizer and the schedule, then the weights' moving average; under the run'
 
 This is where what happens to a batch belongs; the epoch loop in `loop.py` only feeds it batches. Batches
 are (inputs, labels) or, with mixup/cutmix, (inputs, labels, soft targets): the loss then uses the targets,
-and a prediction counts as correct when it is the mixed target's dominant class. A label below 0 marks an
-image that could not be read (data.images.missing_label): it is left out of the loss and the counts.
+and a prediction counts as correct when it is the mixed target's dominant class. With distill, a fourth item
+holds the teacher's logits (the third, None without mixing), and `distill` adds their term (train.distill).
+A label below 0 marks an image that could not be read (data.images.missing_label): it is left out of the loss
+and the counts.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -39,6 +42,7 @@ class TrainStep:
     accumulate: int = 1  # batches per optimizer step
     frozen_bn: str = "eval"  # BatchNorm of frozen modules while training: eval | train
     compile: bool = False  # train.compile: the trained part through torch.compile
+    distill: Callable | None = None  # (loss, logits, teacher logits) -> the loss with the teacher's term
     runner: nn.Module | None = field(default=None, init=False)  # `net` as wrapped by `wrap`
 
     def __post_init__(self):
@@ -120,21 +124,26 @@ class TrainStep:
         loss, n, right = out
         return loss.item(), right, n
 
-    def _forward(self, net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, targets=None, keep=None):
+    def _forward(self, net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, targets=None, teacher=None,
+                 keep=None):
         """(loss, images, correct) over the batch's readable images, or None when it has none. Multi-label
-        (train.multilabel): the labels index the targets, and correct is an exact match of every label."""
+        (train.multilabel): the labels index the targets, and correct is an exact match of every label. `teacher`:
+        distill's logits of these images."""
         valid = labels >= 0
         if not valid.all():
             if not valid.any():
                 return None
             inputs, labels = inputs[valid], labels[valid]
             targets = targets[valid] if targets is not None else None
+            teacher = teacher[valid.to(teacher.device)] if teacher is not None else None
         device = self.compute.device
         inputs, labels = self.compute.to_device(inputs), labels.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True) if targets is not None else None
         with self.compute.autocast():
             logits = net(inputs)
             loss = self.criterion(logits.float(), labels if targets is None else targets)
+            if teacher is not None:
+                loss = self.distill(loss, logits.float(), teacher.to(device, non_blocking=True))
         if keep is not None:
             keep.append((logits.detach().float().cpu(), labels.cpu()))
         if isinstance(self.criterion, MultiLabelLoss):

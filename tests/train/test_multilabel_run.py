@@ -25,6 +25,7 @@ def multilabel_tree(tiny_tree: dict, root, **strategy) -> dict:
     ({"data": {"sampler": "balanced"}}, "data.sampler balanced"),
     ({"data": {"class_weights": "auto"}}, "data.class_weights auto"),
     ({"train": {"swa": {"start_epoch": 2}}}, "train.swa"),
+    ({"distill": {"teacher": "teacher.pt"}}, "distill matches"),
 ])
 def test_what_assumes_one_class_per_image_is_refused(change, what):
     build_recipe(change)  # fine for multiclass
