@@ -107,7 +107,7 @@ def test_early_stop_ends_the_run_says_so_and_stays_stopped(tiny_tree, capsys):
     from finetune.train.loop import stopped_early
     from finetune.train.resume import load_run_recipe
 
-    rows = [{"val_acc": a} for a in (0.5, 0.7, 0.7, 0.6)]
+    rows = [{"val_acc": a, "val_loss": 1.0} for a in (0.5, 0.7, 0.7, 0.6)]
     assert not stopped_early(rows[:3], 2) and stopped_early(rows, 2) and not stopped_early(rows, None)
     tiny_tree["train"].update(epochs=8, early_stop=1)
     tiny_tree["strategy"]["lr"] = {"head": 0.5}  # blue vs red: val accuracy is 1.0 at once, then cannot improve
