@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import ConfigError, FinetuneError
-from ..files import write_text
+from ..errors import ConfigError, DataError, FinetuneError
+from ..files import refuse_inside, write_text
 from .app import app
 from .boundary import command, tune, write_run_report
 from .options import (
@@ -65,7 +65,7 @@ def predict(
     tune(("torch", "torchvision"))
     from ..deploy import ranks
     from ..deploy.engines import load_source
-    from ..deploy.predict import expand_paths
+    from ..deploy.predict import expand_paths, folders_read
     from ..deploy.predict import predict as run_predict
     from ..deploy.render import format_predictions, print_predictions
     from ..runtime.distributed import from_environment, launched, rank_device, shutdown
@@ -77,7 +77,10 @@ def predict(
                           "joined into FILE); add --output, and leave --cam to a single process")
     dist = from_environment(device)
     try:
-        source, photos = load_source(checkpoint), ranks.share(expand_paths(paths), dist)
+        source, everything = load_source(checkpoint), expand_paths(paths)
+        if output is not None:
+            refuse_inside(output, folders_read(paths, everything, source), "--output", DataError)
+        photos = ranks.share(everything, dist)
         if cam is not None:
             from ..deploy.cam import check_cam_folder, write_cams
 

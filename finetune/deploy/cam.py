@@ -18,12 +18,12 @@ from torch import nn
 
 from ..checkpoint import Checkpoint
 from ..console import progress, stderr_console
-from ..data.folders import dataset_of
 from ..data.images import load_rgb
 from ..data.transforms import ResizeCrop, eval_transform
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, make_folder, refuse_inside
 from .loading import load_model
+from .predict import folders_read
 
 
 def require() -> None:
@@ -98,10 +98,7 @@ def check_cam_folder(folder: Path, inputs: list[str], photos: list[Path], source
         raise ConfigError("--cam follows gradients through the torch model: give the .pt checkpoint, not an .onnx "
                           "export")
     require()
-    read_from = [Path(item).expanduser() for item in inputs if Path(item).expanduser().is_dir()]
-    read_from += sorted({dataset_of(Path(p).expanduser().absolute()) for p in photos})
-    for root in [*read_from, (source.recipe.get("data") or {}).get("root")]:  # and the set the model learnt from
-        refuse_inside(folder, root, "--cam", DataError)
+    refuse_inside(folder, folders_read(inputs, photos, source), "--cam", DataError)
     make_folder(folder, "--cam", DataError)
 
 

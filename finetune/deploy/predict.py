@@ -10,7 +10,7 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..console import progress, stderr_console
-from ..data.folders import is_image_name
+from ..data.folders import dataset_of, is_image_name
 from ..data.images import load_rgb
 from ..data.lists import is_list_argument, read_path_list
 from ..data.loading import prefetched, resolve_workers
@@ -62,6 +62,16 @@ class Prediction:
 
 
 UNKNOWN = "unknown"  # the label of a rejected image ("none of these")
+
+
+def folders_read(inputs: list[str], photos: list[Path], source) -> list:
+    """The folders predict reads photos from, where nothing it writes (--cam, --output) may go: a folder given, the
+    dataset of any photo however it was named (a file, a glob, an @list; `dataset_of`), and the data the model
+    was trained on."""
+    read_from = [Path(item).expanduser() for item in inputs if Path(item).expanduser().is_dir()]
+    read_from += sorted({dataset_of(Path(p).expanduser().absolute()) for p in photos})
+    trained_on = ((getattr(source, "recipe", None) or {}).get("data") or {}).get("root")
+    return [*read_from, trained_on] if trained_on else read_from
 
 
 def expand_paths(items: list[str]) -> list[Path]:

@@ -71,3 +71,13 @@ def test_two_processes_write_what_one_does(tmp_path):
         assert x["top"][0]["prob"] == pytest.approx(y["top"][0]["prob"], abs=1e-5)
     halves = [part_path(two, Dist(r, 2)) for r in range(2)]
     assert [len(p.read_text().splitlines()) for p in halves] == [12, 12]
+
+
+def test_output_is_never_written_inside_the_photos(tmp_path):
+    from conftest import checkpoint_of, make_folder
+
+    data = make_folder(tmp_path / "d", {"val": 1})
+    ckpt = tmp_path / "m.pt"
+    checkpoint_of({}).save(ckpt)
+    code, _, err = invoke("predict", ckpt, data / "val", "--format", "jsonl", "--output", data / "preds.jsonl")
+    assert code == 1 and "inside the dataset" in err and not (data / "preds.jsonl").exists()
