@@ -167,12 +167,11 @@ def load_teacher(spec: DistillSpec | None, class_names: list[str], student: Prep
     return Teacher(model.eval().requires_grad_(False), checkpoint, spec, student, compute, cached)
 
 
-class CachedTeacherBatches:
-    """Train batches with each image's stored teacher logits, looked up by the index the sampler gave it: the
-    DataLoader under the batches takes the sampler's positions in order, `len(labels)` per batch."""
+class _TeacherBatches:
+    """Train batches with the teacher's logits beside them; epochs, length and workers are the batches' own."""
 
-    def __init__(self, batches, logits: torch.Tensor, sampler):
-        self.batches, self.logits, self.sampler = batches, logits, sampler
+    def __init__(self, batches):
+        self.batches = batches
 
     @property
     def loader(self):  # data.loading.stopped_workers finds the worker processes through it
@@ -184,6 +183,15 @@ class CachedTeacherBatches:
     def __len__(self) -> int:
         return len(self.batches)
 
+
+class CachedTeacherBatches(_TeacherBatches):
+    """Train batches with each image's stored teacher logits, looked up by the index the sampler gave it: the
+    DataLoader under the batches takes the sampler's positions in order, `len(labels)` per batch."""
+
+    def __init__(self, batches, logits: torch.Tensor, sampler):
+        super().__init__(batches)
+        self.logits, self.sampler = logits, sampler
+
     def __iter__(self):
         positions = iter(self.sampler)  # a pure function of (seed, epoch, skip): the same order the loader reads
         for inputs, labels, *rest in self.batches:
@@ -191,21 +199,12 @@ class CachedTeacherBatches:
             yield inputs, labels, rest[0] if rest else None, self.logits[index.clamp(min=0)]  # -1: padding
 
 
-class LiveTeacherBatches:
+class LiveTeacherBatches(_TeacherBatches):
     """Image batches (augmented, or mixed) with the teacher's logits of those very images."""
 
     def __init__(self, batches, teacher: Teacher):
-        self.batches, self.teacher = batches, teacher
-
-    @property
-    def loader(self):
-        return self.batches
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.batches.set_epoch(epoch, skip)
-
-    def __len__(self) -> int:
-        return len(self.batches)
+        super().__init__(batches)
+        self.teacher = teacher
 
     def __iter__(self):
         for images, labels, *rest in self.batches:
