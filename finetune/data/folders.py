@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ..errors import DataError
 from .lists import LIST_PREFIX, is_list_argument, labelled_tree, read_path_list
 from .multilabel import multilabel_splits
+from .shard_reader import is_shard_root, shard_folder, shard_splits
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,6 +103,8 @@ def dataset_folders(root: Path | None) -> list[Path]:
     of every folder its images are in (`dataset_of`); none when there is no root or the list cannot be read."""
     if root is None:
         return []
+    if is_shard_root(root):
+        return [shard_folder(root)]
     if not is_list_argument(root):
         return [Path(root)]
     try:
@@ -118,7 +121,8 @@ def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=Non
                    ) -> Splits:
     """train/ + val/ (or valid/, validation/) when present, else a seeded split stratified by class. `root` may
     also be a `@list.csv` with path and label columns (lists.labelled_tree), split by its split column or the same
-    way. task multilabel: a labels CSV (data.multilabel).
+    way, or WebDataset shards (data.shard_reader: their samples are ShardMembers, not paths). task multilabel: a
+    labels CSV (data.multilabel).
 
     screen(tree) -> {path: reason} names files to leave out (unreadable ones, label conflicts); `tree` is
     {split: {class: [paths]}} as scanned. They land in `skipped`.
@@ -126,7 +130,13 @@ def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=Non
     if root is None:
         raise DataError("no dataset given: set data.root in the recipe or pass --data ROOT")
     if task == "multilabel":
+        if is_shard_root(root):
+            raise DataError(f"data.root {root}: task multilabel reads a labels CSV; shards hold one class per image")
         return Splits(*multilabel_splits(root, val_fraction, seed, screen))
+    if is_shard_root(root):  # checked when they were written (finetune shard); their index checks each shard
+        splits = Splits(*shard_splits(root, val_fraction, seed))
+        _check(splits, root)
+        return splits
     if is_list_argument(root):
         scanned, unmatched = labelled_tree(root), f"the val rows of {root} have classes with no train rows"
     else:

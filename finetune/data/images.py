@@ -3,6 +3,7 @@ train, val and predict, and a dataset of (path, label) samples that yields tenso
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
@@ -12,6 +13,7 @@ from PIL import Image, ImageOps
 
 from ..errors import DataError
 from .folders import Sample
+from .shard_reader import ShardMember
 
 
 def open_image(fp) -> Image.Image:
@@ -35,7 +37,11 @@ def open_image(fp) -> Image.Image:
 
 def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     """Open any image as correct RGB: EXIF rotation applied, transparency composited on white,
-    CMYK and 16-bit converted, first frame of an animation. Used identically by train, val and predict."""
+    CMYK and 16-bit converted, first frame of an animation. Used identically by train, val and predict.
+    `path` may be a data.shard_reader.ShardMember: the image's bytes in a shard."""
+    if isinstance(path, ShardMember):
+        with open_image(io.BytesIO(path.read_bytes())) as im:
+            return decode_rgb(im, draft_size)
     if not stat.S_ISREG(os.stat(path).st_mode):  # reading a FIFO would wait forever, a device never end
         raise DataError(f"{path} is not a regular file: {special_file(Path(path))}")
     with open_image(path) as im:

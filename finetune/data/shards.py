@@ -19,16 +19,15 @@ import os
 import random
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, file_sha256, make_folder, refuse_inside, write_text
 from .folders import absolute_root, dataset_folders, resolve_splits
 from .lists import is_list_argument
+from .shard_reader import INDEX, Shard, ShardSet
 
-INDEX = "dataset.json"
-FORMAT = "finetune-shards/1"
 MTIME = 946_684_800  # 2000-01-01: every member's time, so a rerun writes the same bytes
 SPLITS = ("train", "val")
 SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -59,30 +58,6 @@ def parse_shard_size(text: str) -> ShardLimit:
     return ShardLimit(bytes=max(1, int(float(parts.group(1)) * SIZE_UNITS[unit])))
 
 
-@dataclass
-class Shard:
-    name: str
-    images: int
-    bytes: int
-    sha256: str
-    counts: dict[str, int]
-
-
-@dataclass
-class ShardSet:
-    """What dataset.json says: the classes, and each split's shards."""
-    classes: list[str]
-    seed: int
-    val_fraction: float
-    source: str
-    splits: dict[str, list[Shard]] = field(default_factory=dict)
-    skipped: int = 0
-    format: str = FORMAT
-
-    def images(self, split: str) -> int:
-        return sum(s.images for s in self.splits.get(split, []))
-
-
 def write_shards(root: Path, out: Path, limit: ShardLimit, val_fraction: float, seed: int, console=None,
                  overwrite: bool = False) -> ShardSet:
     """Shards of `root` (an ImageFolder or @labels.csv) in `out` as train-000000.tar..., val-000000.tar...,
@@ -104,21 +79,6 @@ def write_shards(root: Path, out: Path, limit: ShardLimit, val_fraction: float, 
         shards.splits[split] = _write_split(Path(out), split, samples, splits.class_names, base, limit, console)
     write_text(Path(out) / INDEX, json.dumps(asdict(shards), indent=2, ensure_ascii=False) + "\n")
     return shards
-
-
-def read_shard_set(folder: Path) -> ShardSet:
-    """The dataset.json of a shard folder."""
-    path = Path(folder) / INDEX
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw.get("format") != FORMAT:
-            raise ValueError(f"format {raw.get('format')!r}, expected {FORMAT}")
-        raw["splits"] = {k: [Shard(**s) for s in v] for k, v in raw["splits"].items()}
-        return ShardSet(**raw)
-    except FileNotFoundError:
-        raise DataError(f"{folder} has no {INDEX}: not a finished `finetune shard` folder") from None
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
 
 
 def _prepare(out: Path, overwrite: bool) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import invoke, make_folder
 
-from finetune.data.shards import MTIME, ShardLimit, parse_shard_size, read_shard_set, write_shards
+from finetune.data.shard_reader import read_shard_set
+from finetune.data.shards import MTIME, ShardLimit, parse_shard_size, write_shards
 from finetune.errors import ConfigError, DataError
 
 wds = pytest.importorskip("webdataset")

@@ -84,15 +84,13 @@ def test_last_stage_of_a_batchnorm_resnet_on_two_processes_with_a_ragged_last_ba
     assert (progress["world"], progress["global_step"]) == (2, 3)
 
 
-def test_kill_9_of_the_launcher_mid_epoch_then_resume_on_as_many_processes_is_exact(data, tmp_path):
-    recipe = write_yaml(tmp_path / "r.yaml", tree(data, save_every=1))
-    reference = finetune("train", recipe, "--output", tmp_path / "reference", "--nproc", "2")
-    assert reference.returncode == 0, reference.stderr
+def killed_mid_epoch_2(recipe: Path, tmp_path: Path, out: Path) -> None:
+    """`finetune train recipe` on 2 processes, the launcher killed (kill -9) while both ranks hold at step 5."""
     driver, marker = tmp_path / "paused.py", tmp_path / "paused-rank"
     driver.write_text(PAUSED_CLI)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PAUSE_AT": "5", "PAUSE_MARKER": str(marker)}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(driver), "train", str(recipe), "--output", str(tmp_path / "killed")],
+                             str(driver), "train", str(recipe), "--output", str(out)],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.monotonic() + 240
@@ -103,17 +101,40 @@ def test_kill_9_of_the_launcher_mid_epoch_then_resume_on_as_many_processes_is_ex
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)  # the launcher, mid-epoch 2: its ranks are told (SIGTERM) and stop
     proc.wait()
-    lock = tmp_path / "killed" / ".lock"
+    lock = out / ".lock"
     while lock.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["resume"]["progress"]
+    saved = torch.load(out / "last.pt", weights_only=True)["resume"]["progress"]
     assert (saved["epoch"], saved["step"], saved["world"]) == (2, 2, 2)  # the step in flight finished and saved
+
+
+def test_kill_9_of_the_launcher_mid_epoch_then_resume_on_as_many_processes_is_exact(data, tmp_path):
+    recipe = write_yaml(tmp_path / "r.yaml", tree(data, save_every=1))
+    reference = finetune("train", recipe, "--output", tmp_path / "reference", "--nproc", "2")
+    assert reference.returncode == 0, reference.stderr
+    killed_mid_epoch_2(recipe, tmp_path, tmp_path / "killed")
     alone = finetune("train", "--resume", tmp_path / "killed")
     assert alone.returncode == 1 and "resume it on 2 (torchrun --nproc_per_node=2)" in alone.stderr
     resumed = finetune("train", "--resume", tmp_path / "killed", "--nproc", "2")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming epoch 2 after step 2" in resumed.stderr
     assert_same(tmp_path / "reference", tmp_path / "killed", tolerance=0.0)  # the same two processes: exact
+
+
+def test_two_processes_on_shards_killed_mid_shard_and_resumed_train_as_on_the_folder(data, tmp_path):
+    # the shards of `data` (3 train shards of 10, 10, 6): step 5 is mid-epoch 2, inside a shard. The images come
+    # in the folder's order (data.shard_reader), so the run equals the folder's, bit for bit, resume included
+    from finetune.data.shards import ShardLimit, write_shards
+
+    write_shards(data, tmp_path / "shards", ShardLimit(images=10), 0.2, 0)
+    folder = finetune("train", write_yaml(tmp_path / "f.yaml", tree(data)), "--output", tmp_path / "folder",
+                      "--nproc", "2")
+    assert folder.returncode == 0, folder.stderr
+    recipe = write_yaml(tmp_path / "r.yaml", tree(tmp_path / "shards", save_every=1))
+    killed_mid_epoch_2(recipe, tmp_path, tmp_path / "shards-run")
+    resumed = finetune("train", "--resume", tmp_path / "shards-run", "--nproc", "2")
+    assert resumed.returncode == 0 and "resuming epoch 2 after step 2" in resumed.stderr, resumed.stderr
+    assert_same(tmp_path / "folder", tmp_path / "shards-run", tolerance=0.0)
 
 
 def test_what_a_user_can_fix_is_one_line(data, tmp_path):

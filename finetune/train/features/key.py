@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...config import DataSpec, ModelSpec
+from ...data.shard_reader import ShardMember
 from ...files import file_sha256
 from ...preprocessing import Preprocessing
 
@@ -36,9 +37,13 @@ class FeatureKey:
                     "cifar_stem": spec.cifar_stem, "preprocessing": pre.to_dict(), "torch": torch.version.__version__})
 
     def key(self, samples, transform: str) -> str:
-        """A hash of the material, the transform, and every sample's path, size and mtime with its label."""
+        """A hash of the material, the transform, and every sample's path, size and mtime with its label (a shard's
+        image: its place in the shard, and the shard's size and mtime)."""
         stamps = []
         for path, label in samples:
+            if isinstance(path, ShardMember):
+                stamps.append((*path.stamp(), label))
+                continue
             try:
                 st = os.stat(path)
                 stamp = (st.st_size, st.st_mtime_ns)
