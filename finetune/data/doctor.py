@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import DataError
 from .filecheck import SMALL_SIDE, check_files
 from .folders import is_image_name, scan_classes, split_folders
+from .shard_reader import is_shard_root
 
 IMBALANCE_WARN = 3.0  # largest / smallest class; above this the loss or the sampler should compensate
 
@@ -90,6 +91,10 @@ class Report:
 def inspect_dataset(root: Path, console=None) -> Report:
     """Scan ROOT (train/ + val/, or class folders) and report what training would trip over."""
     start = time.perf_counter()
+    if is_shard_root(root):
+        raise DataError(f"{root} holds shards: `finetune shard` checked their images as it wrote them (dataset.json "
+                        "counts those it left out), and training checks each shard against it; inspect the folder "
+                        "the shards were made from")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data root {root} is not a folder")

@@ -167,6 +167,34 @@ def shard_splits(root, val_fraction: float, seed: int):
     return names, train, val, "shards"
 
 
+def shard_images(root) -> list[ShardMember]:
+    """Every image of a shard root (predict), shard after shard, each in the shard's order (one pass over the files)."""
+    _, train, val, _ = shard_splits(root, 0.5, 0)
+    return sorted((m for m, _ in train + val), key=lambda m: (m.shard, m.offset))
+
+
+def labelled_shard_images(root) -> dict[str, list[ShardMember]]:
+    """{class: images} to evaluate on: a shard set's val shards; every image of shards without a dataset.json."""
+    names, train, val, _ = shard_splits(root, 0.5, 0)
+    listed = (shard_folder(root) / INDEX).is_file()
+    found: dict[str, list[ShardMember]] = {}
+    for member, label in (val if listed else train + val):
+        found.setdefault(names[label], []).append(member)
+    return found
+
+
+def sample_at(text: str):
+    """The image a written path names: a ShardMember for SHARD.tar#MEMBER (str(ShardMember), as predictions and
+    evaluations record it), else the Path."""
+    shard, sep, name = str(text).rpartition("#")
+    if sep and shard.endswith(".tar") and os.path.isfile(shard):
+        with _index_cache(Path(shard).parent) as cache:
+            found = next((m for m, _, _ in index_shard(Path(shard), cache) if m.name == name), None)
+        if found is not None:
+            return found
+    return Path(text)
+
+
 @contextmanager
 def _index_cache(folder: Path):
     from ..cache import FileResults

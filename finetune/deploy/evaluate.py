@@ -18,6 +18,7 @@ import numpy as np
 
 from ..data.folders import dataset_folders, find_val_folder, scan_classes
 from ..data.lists import is_list_argument, read_path_list
+from ..data.shard_reader import is_shard_root, labelled_shard_images, shard_folder
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, make_folder, refuse_inside
 from ..metrics import (
@@ -91,7 +92,10 @@ def resolve_data_folder(data: Path, class_names: list[str]) -> Path:
 def labelled_images(data: Path | str, class_names: list[str]) -> tuple[Path, dict[str, list[Path]], list[Path]]:
     """(what was evaluated, {class: [paths]}, the folders no output may go into) for DATA: a folder of class
     folders, a split root (its val/), or a list `@list.csv` / `@list.txt` whose `label` column, or else each
-    image's folder name, is the class (a list with a split column: its val rows, as a split root's val/)."""
+    image's folder name, is the class (a list with a split column: its val rows, as a split root's val/), or
+    WebDataset shards (a shard set's val shards)."""
+    if is_shard_root(data):  # a shard set's val shards (data.shard_reader)
+        return shard_folder(data), labelled_shard_images(data), [shard_folder(data)]
     if is_list_argument(data):
         found: dict[str, list[Path]] = {}
         listed = read_path_list(data)

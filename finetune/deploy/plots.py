@@ -43,12 +43,13 @@ def plot_mistakes(path: Path, mistakes: list[dict], image_size: int, columns: in
     as the model sees them (without the normalisation).
     """
     from ..data.images import load_rgb
+    from ..data.shard_reader import sample_at
 
     rows = math.ceil(len(mistakes) / columns)
     fig = figure(3.0 * columns, 3.3 * rows)
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax, m in zip(axes, mistakes):
-        ax.imshow(_as_seen(load_rgb(Path(m["path"])), image_size))
+        ax.imshow(_as_seen(load_rgb(sample_at(m["path"])), image_size))
         ax.set_title(f"true: {m['true']}\npredicted: {m['predicted']} ({m['prob']:.2f})", fontsize=9, color="firebrick")
         ax.set_xlabel(Path(m["path"]).name[:32], fontsize=7)
         ax.set_xticks([])

@@ -14,6 +14,7 @@ from ..data.folders import dataset_of, is_image_name
 from ..data.images import load_rgb
 from ..data.lists import is_list_argument, read_path_list
 from ..data.loading import prefetched, resolve_workers
+from ..data.shard_reader import ShardMember, is_shard_root, shard_folder, shard_images
 from ..data.transforms import eval_transform
 from ..errors import ConfigError, DataError
 from ..models.folding import fold_checked
@@ -69,19 +70,23 @@ def folders_read(inputs: list[str], photos: list[Path], source) -> list:
     dataset of any photo however it was named (a file, a glob, an @list; `dataset_of`), and the data the model
     was trained on."""
     read_from = [Path(item).expanduser() for item in inputs if Path(item).expanduser().is_dir()]
-    read_from += sorted({dataset_of(Path(p).expanduser().absolute()) for p in photos})
+    read_from += sorted({shard_folder(p.shard) if isinstance(p, ShardMember) else
+                         dataset_of(Path(p).expanduser().absolute()) for p in photos})
     trained_on = ((getattr(source, "recipe", None) or {}).get("data") or {}).get("root")
     return [*read_from, trained_on] if trained_on else read_from
 
 
 def expand_paths(items: list[str]) -> list[Path]:
-    """Image files, folders (recursively, image extensions only), glob patterns and `@list` files (data.lists), in
-    a stable order. A path named as such, on the command line or in a list, is kept whatever it is (a FIFO, a
-    device, a file that is gone): predict then reports it, it never vanishes."""
+    """Image files, folders (recursively, image extensions only), glob patterns, `@list` files (data.lists) and
+    WebDataset shards (a shard folder, a .tar, a brace pattern: data.shard_reader), in a stable order. A path
+    named as such, on the command line or in a list, is kept whatever it is (a FIFO, a device, a file that is
+    gone): predict then reports it, it never vanishes."""
     out: list[Path] = []
     for item in items:
         p = Path(item).expanduser()
-        if is_list_argument(item):
+        if is_shard_root(item):
+            out += shard_images(item)
+        elif is_list_argument(item):
             for listed in read_path_list(item):
                 q = listed.path
                 out += sorted(f for f in q.rglob("*") if not f.is_dir() and is_image_name(f)) if q.is_dir() else [q]

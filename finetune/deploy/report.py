@@ -20,6 +20,7 @@ import yaml
 
 from ..checkpoint import Checkpoint
 from ..data.folders import dataset_folders
+from ..data.shard_reader import is_shard_root, sample_at
 from ..errors import DataError
 from ..files import atomic_write, refuse_inside
 
@@ -87,6 +88,9 @@ def _findings(recipe: dict) -> str:
     root = (recipe.get("data") or {}).get("root")
     if recipe.get("task") == "multilabel":  # finetune inspect reads class folders, which a labels CSV has not
         return ""
+    if root and is_shard_root(root):
+        return ("<p>The data is WebDataset shards: <code>finetune shard</code> checked their images as it wrote "
+                "them, and each shard is checked against its dataset.json as it is read.</p>")
     if not root or not Path(root).is_dir():
         return "<p>The dataset is not at hand here, so it was not inspected.</p>"
     from ..data.doctor import inspect_dataset
@@ -166,7 +170,7 @@ def _gallery(mistakes: list[dict], cams: dict[str, bytes]) -> str:
         return "<h3>Mistakes</h3><p>No image was classified wrong.</p>"
     cards = []
     for m in mistakes:
-        thumb = _thumbnail(Path(m["path"]))
+        thumb = _thumbnail(sample_at(m["path"]))
         cam = cams.get(m["path"])
         pictures = (f'<img src="{thumb}" alt="{_e(Path(m["path"]).name)}">' if thumb else
                     '<div class="missing">image not found</div>')

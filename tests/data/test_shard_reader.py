@@ -107,3 +107,10 @@ def test_class_numbers_outside_the_sets_classes_are_refused(sharded):
     (shards / "dataset.json").write_text(json.dumps(index))
     with pytest.raises(DataError, match="class number outside the 1 classes"):
         resolve_splits(shards, 0.2, 0)
+
+
+def test_inspect_says_shards_were_checked_when_written(sharded):
+    from finetune.data.doctor import inspect_dataset
+
+    with pytest.raises(DataError, match="holds shards: `finetune shard` checked their images"):
+        inspect_dataset(sharded[1])

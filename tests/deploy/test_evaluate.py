@@ -114,3 +114,21 @@ def test_evaluate_refuses_to_write_into_the_dataset_and_unknown_only_data(traine
     out = CliRunner().invoke(app, ["evaluate", str(trained), str(other), "--output", str(tmp_path / "o")])
     assert out.exit_code == 1 and "Traceback" not in out.output
     assert "no images of the checkpoint's classes (blue, red)" in out.output and "cats" in out.output
+
+
+def test_evaluate_and_predict_read_shards_as_the_folder_they_were_made_from(trained, tmp_path):
+    from finetune.data.shards import ShardLimit, write_shards
+    from finetune.deploy.predict import expand_paths, predict
+
+    data = make_folder(tmp_path / "d", {"train": 3, "val": 4})
+    write_shards(data, tmp_path / "shards", ShardLimit(images=5), 0.2, 0)
+    on_folder = evaluate(trained, data, output=tmp_path / "f")
+    on_shards = evaluate(trained, tmp_path / "shards", output=tmp_path / "s")  # the set's val shards
+    assert on_shards.images == on_folder.images == 8
+    assert on_shards.confusion_matrix == on_folder.confusion_matrix and on_shards.top1 == on_folder.top1
+    assert (tmp_path / "s" / "mistakes.png").exists() == (tmp_path / "f" / "mistakes.png").exists()
+    members = expand_paths([str(tmp_path / "shards")])  # every image of the set, shard by shard
+    assert len(members) == 14 and all(str(m).startswith(str(tmp_path / "shards")) for m in members)
+    results, files = predict(trained, members), predict(trained, [data / m.source for m in members])
+    assert [r.path for r in results] == [str(m) for m in members] and not any(r.error for r in results)
+    assert [r.top for r in results] == [r.top for r in files]  # the same bytes, decoded alike
