@@ -33,7 +33,8 @@ def predict(
     checkpoint: ModelArg,
     paths: Annotated[list[str], typer.Argument(
         help="Image files, folders (searched recursively), glob patterns, or @LIST: a .txt with one path per line "
-             "or a .csv with a path column (relative paths from the list's folder).")],
+             "or a .csv with a path column (relative paths from the list's folder), or WebDataset shards (a `finetune "
+             "shard` folder, a .tar, a brace pattern: every image in them).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per image (a "
                                        "multi-label model shows every label over its threshold).")] = 1,
     format: Annotated[PredictFormat, typer.Option(
@@ -114,8 +115,8 @@ def evaluate(
     data: Annotated[Path, typer.Argument(
         help="A folder of class folders (e.g. hymenoptera/val), a root with train/ and val/ (val/ is used), or "
              "@LIST: a .csv with path and label columns (and split: its val rows), or a .txt of paths (the class is "
-             "each image's folder). A multi-label checkpoint: @labels.csv with path and labels columns, or a folder "
-             "holding labels.csv.")],
+             "each image's folder), or WebDataset shards (a `finetune shard` folder: its val shards). A multi-label "
+             "checkpoint: @labels.csv with path and labels columns, or a folder holding labels.csv.")],
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Folder for the CSV, PNG and JSON files (default: eval-CHECKPOINT-DATA next to "
                                "the checkpoint; never inside DATA).")] = None,

@@ -56,6 +56,7 @@ class ExportFormat(str, Enum):
     safetensors = "safetensors"
 
 DataOpt = Annotated[Optional[Path], typer.Option(
-    "--data", help="ImageFolder root, or @labels.csv (path, label, optional split columns); overrides data.root.")]
+    "--data", help="ImageFolder root, @labels.csv (path, label, optional split columns), or WebDataset shards (a "
+                   "`finetune shard` folder, a .tar, a brace pattern); overrides data.root.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a recipe key, e.g. --set optim.name=sgd (repeatable).")]

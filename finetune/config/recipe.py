@@ -47,9 +47,11 @@ class ModelSpec(_Section):
 
 class DataSpec(_Section):
     root: Optional[Path] = Field(None, description="ImageFolder root: class folders, or train/ and val/ holding "
-                                                   "them; or @labels.csv (path, label, optional split columns). "
-                                                   "task multilabel: @labels.csv with path and labels (separated "
-                                                   "by | or ;) columns, or a folder holding labels.csv")
+                                                   "them; or @labels.csv (path, label, optional split columns); "
+                                                   "or WebDataset shards: a `finetune shard` folder, a .tar, or a "
+                                                   "brace pattern of .tar files. task multilabel: @labels.csv "
+                                                   "with path and labels (separated by | or ;) columns, or a "
+                                                   "folder holding labels.csv")
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="share of each class held out when there is no val/ folder")
     image_size: Optional[int] = Field(
