@@ -18,7 +18,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-KINDS = ("features", "files", "logs")
+KINDS = ("features", "files", "hf", "logs")  # hf: parquet files converted to Arrow by datasets (data.hf)
 _said: set[str] = set()
 
 

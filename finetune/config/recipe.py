@@ -49,7 +49,8 @@ class DataSpec(_Section):
     root: Optional[Path] = Field(None, description="ImageFolder root: class folders, or train/ and val/ holding "
                                                    "them; or @labels.csv (path, label, optional split columns); "
                                                    "or WebDataset shards: a `finetune shard` folder, a .tar, or a "
-                                                   "brace pattern of .tar files. task multilabel: @labels.csv "
+                                                   "brace pattern of .tar files; or hf:PATH[:split], a Hugging "
+                                                   "Face dataset (save_to_disk, parquet). task multilabel: @labels.csv "
                                                    "with path and labels (separated by | or ;) columns, or a "
                                                    "folder holding labels.csv")
     val_fraction: float = Field(

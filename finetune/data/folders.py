@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DataError
+from .hf import hf_folder, hf_root, hf_splits, is_hf_root
 from .lists import LIST_PREFIX, is_list_argument, labelled_tree, read_path_list
 from .multilabel import multilabel_splits
 from .shard_reader import is_shard_root, shard_folder, shard_splits
@@ -90,9 +91,22 @@ def split_folders(root: Path) -> dict[str, Path]:
     return {"all": root}
 
 
+def is_packed_root(root) -> bool:
+    """data.root names images packed in files of their own kind: WebDataset shards, an hf: dataset."""
+    return is_shard_root(root) or is_hf_root(root)
+
+
+def packed_images(root) -> list:
+    """Every image of a packed root (predict), in the order it is stored (shard and offset; split and row)."""
+    splits = resolve_splits(root, 0.2, 0)
+    return sorted(image for image, _ in splits.train + splits.val)
+
+
 def absolute_root(root: Path) -> Path:
     """data.root as a run records it, so report, evaluate and --resume find it from anywhere: an absolute folder,
     or @ and the list file's absolute path."""
+    if is_hf_root(root):
+        return Path(hf_root(root))
     if is_list_argument(root):
         return Path(LIST_PREFIX + os.path.abspath(Path(str(root)[len(LIST_PREFIX):]).expanduser()))
     return Path(os.path.abspath(Path(root).expanduser()))
@@ -105,6 +119,8 @@ def dataset_folders(root: Path | None) -> list[Path]:
         return []
     if is_shard_root(root):
         return [shard_folder(root)]
+    if is_hf_root(root):
+        return [folder] if (folder := hf_folder(root)) else []
     if not is_list_argument(root):
         return [Path(root)]
     try:
@@ -130,11 +146,12 @@ def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=Non
     if root is None:
         raise DataError("no dataset given: set data.root in the recipe or pass --data ROOT")
     if task == "multilabel":
-        if is_shard_root(root):
-            raise DataError(f"data.root {root}: task multilabel reads a labels CSV; shards hold one class per image")
+        if is_packed_root(root):
+            raise DataError(f"data.root {root}: task multilabel reads a labels CSV; shards and hf: datasets are read "
+                            "with one class per image")
         return Splits(*multilabel_splits(root, val_fraction, seed, screen))
-    if is_shard_root(root):  # checked when they were written (finetune shard); their index checks each shard
-        splits = Splits(*shard_splits(root, val_fraction, seed))
+    if is_packed_root(root):  # shards are checked when written (finetune shard), and their index checks each
+        splits = Splits(*(shard_splits if is_shard_root(root) else hf_splits)(root, val_fraction, seed))
         _check(splits, root)
         return splits
     if is_list_argument(root):

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 from ..errors import DataError
 from .folders import Sample
-from .shard_reader import ShardMember
+from .packed import PackedImage
 
 
 def open_image(fp) -> Image.Image:
@@ -38,14 +38,30 @@ def open_image(fp) -> Image.Image:
 def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     """Open any image as correct RGB: EXIF rotation applied, transparency composited on white,
     CMYK and 16-bit converted, first frame of an animation. Used identically by train, val and predict.
-    `path` may be a data.shard_reader.ShardMember: the image's bytes in a shard."""
-    if isinstance(path, ShardMember):
+    `path` may be a data.packed.PackedImage: an image in a shard, a dataset row."""
+    if isinstance(path, PackedImage):
         with open_image(io.BytesIO(path.read_bytes())) as im:
             return decode_rgb(im, draft_size)
     if not stat.S_ISREG(os.stat(path).st_mode):  # reading a FIFO would wait forever, a device never end
         raise DataError(f"{path} is not a regular file: {special_file(Path(path))}")
     with open_image(path) as im:
         return decode_rgb(im, draft_size)
+
+
+def sample_at(text: str):
+    """The image a recorded path names: a PackedImage for SHARD.tar#MEMBER or hf:SOURCE:SPLIT#ROW, else the Path."""
+    text = str(text)
+    if text.startswith("hf:") and "#" in text:
+        from .hf import hf_image_at
+
+        return hf_image_at(text)
+    if ".tar#" in text:
+        from .shard_reader import shard_member_at
+
+        found = shard_member_at(text)
+        if found is not None:
+            return found
+    return Path(text)
 
 
 def decode_rgb(im: Image.Image, draft_size: int | None = None) -> Image.Image:

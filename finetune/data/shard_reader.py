@@ -26,16 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError, DataError
+from .packed import PackedImage
 
 INDEX = "dataset.json"  # what `finetune shard` writes last: the classes and each split's shards
 FORMAT = "finetune-shards/1"
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm"}  # a member's image
 INDEX_VERSION = "1"  # of the per-shard index in the results cache
-REMOTE = re.compile(r"^(pipe|https?|s3|gs|gcs|ais|hf)[:]", re.IGNORECASE)
+REMOTE = re.compile(r"^(pipe|https?|s3|gs|gcs|ais)[:]", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class ShardMember:
+@dataclass(frozen=True, order=True)
+class ShardMember(PackedImage):
     """One image in a shard: where its bytes are. Stands where a file's path does in a sample (path, label)."""
     shard: str  # the tar's absolute path
     offset: int  # of the image's bytes
@@ -59,6 +60,10 @@ class ShardMember:
         """(identity, size, mtime_ns) for cache keys: the member within its shard, and the shard's size and mtime."""
         st = os.stat(self.shard)
         return f"{self}@{self.offset}", st.st_size, st.st_mtime_ns
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.shard).parent
 
     def __str__(self) -> str:
         return f"{self.shard}#{self.name}"
@@ -167,32 +172,13 @@ def shard_splits(root, val_fraction: float, seed: int):
     return names, train, val, "shards"
 
 
-def shard_images(root) -> list[ShardMember]:
-    """Every image of a shard root (predict), shard after shard, each in the shard's order (one pass over the files)."""
-    _, train, val, _ = shard_splits(root, 0.5, 0)
-    return sorted((m for m, _ in train + val), key=lambda m: (m.shard, m.offset))
-
-
-def labelled_shard_images(root) -> dict[str, list[ShardMember]]:
-    """{class: images} to evaluate on: a shard set's val shards; every image of shards without a dataset.json."""
-    names, train, val, _ = shard_splits(root, 0.5, 0)
-    listed = (shard_folder(root) / INDEX).is_file()
-    found: dict[str, list[ShardMember]] = {}
-    for member, label in (val if listed else train + val):
-        found.setdefault(names[label], []).append(member)
-    return found
-
-
-def sample_at(text: str):
-    """The image a written path names: a ShardMember for SHARD.tar#MEMBER (str(ShardMember), as predictions and
-    evaluations record it), else the Path."""
+def shard_member_at(text: str) -> ShardMember | None:
+    """The ShardMember that SHARD.tar#MEMBER (its str, as predictions and evaluations record it) names, if any."""
     shard, sep, name = str(text).rpartition("#")
-    if sep and shard.endswith(".tar") and os.path.isfile(shard):
-        with _index_cache(Path(shard).parent) as cache:
-            found = next((m for m, _, _ in index_shard(Path(shard), cache) if m.name == name), None)
-        if found is not None:
-            return found
-    return Path(text)
+    if not (sep and shard.endswith(".tar") and os.path.isfile(shard)):
+        return None
+    with _index_cache(Path(shard).parent) as cache:
+        return next((m for m, _, _ in index_shard(Path(shard), cache) if m.name == name), None)
 
 
 @contextmanager

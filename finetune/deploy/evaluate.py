@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.folders import dataset_folders, find_val_folder, scan_classes
+from ..data.folders import dataset_folders, find_val_folder, is_packed_root, resolve_splits, scan_classes
 from ..data.lists import is_list_argument, read_path_list
-from ..data.shard_reader import is_shard_root, labelled_shard_images, shard_folder
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, make_folder, refuse_inside
 from ..metrics import (
@@ -93,9 +92,13 @@ def labelled_images(data: Path | str, class_names: list[str]) -> tuple[Path, dic
     """(what was evaluated, {class: [paths]}, the folders no output may go into) for DATA: a folder of class
     folders, a split root (its val/), or a list `@list.csv` / `@list.txt` whose `label` column, or else each
     image's folder name, is the class (a list with a split column: its val rows, as a split root's val/), or
-    WebDataset shards (a shard set's val shards)."""
-    if is_shard_root(data):  # a shard set's val shards (data.shard_reader)
-        return shard_folder(data), labelled_shard_images(data), [shard_folder(data)]
+    WebDataset shards or an hf: dataset (their val split)."""
+    if is_packed_root(data):  # shards, an hf: dataset: the val split training makes by default (a shard set's own)
+        found: dict[str, list] = {}
+        splits = resolve_splits(data, 0.2, 0)
+        for image, label in splits.val:
+            found.setdefault(splits.class_names[label], []).append(image)
+        return Path(str(data)), found, dataset_folders(data)
     if is_list_argument(data):
         found: dict[str, list[Path]] = {}
         listed = read_path_list(data)

@@ -42,8 +42,7 @@ def plot_mistakes(path: Path, mistakes: list[dict], image_size: int, columns: in
     mistakes: [{"path", "true", "predicted", "prob"}]; images shown center-cropped to a square,
     as the model sees them (without the normalisation).
     """
-    from ..data.images import load_rgb
-    from ..data.shard_reader import sample_at
+    from ..data.images import load_rgb, sample_at
 
     rows = math.ceil(len(mistakes) / columns)
     fig = figure(3.0 * columns, 3.3 * rows)

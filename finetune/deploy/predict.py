@@ -10,11 +10,11 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..console import progress, stderr_console
-from ..data.folders import dataset_of, is_image_name
+from ..data.folders import dataset_of, is_image_name, is_packed_root, packed_images
 from ..data.images import load_rgb
 from ..data.lists import is_list_argument, read_path_list
 from ..data.loading import prefetched, resolve_workers
-from ..data.shard_reader import ShardMember, is_shard_root, shard_folder, shard_images
+from ..data.packed import PackedImage
 from ..data.transforms import eval_transform
 from ..errors import ConfigError, DataError
 from ..models.folding import fold_checked
@@ -70,22 +70,22 @@ def folders_read(inputs: list[str], photos: list[Path], source) -> list:
     dataset of any photo however it was named (a file, a glob, an @list; `dataset_of`), and the data the model
     was trained on."""
     read_from = [Path(item).expanduser() for item in inputs if Path(item).expanduser().is_dir()]
-    read_from += sorted({shard_folder(p.shard) if isinstance(p, ShardMember) else
-                         dataset_of(Path(p).expanduser().absolute()) for p in photos})
+    read_from += sorted({p.folder if isinstance(p, PackedImage) else dataset_of(Path(p).expanduser().absolute())
+                         for p in photos} - {None})
     trained_on = ((getattr(source, "recipe", None) or {}).get("data") or {}).get("root")
     return [*read_from, trained_on] if trained_on else read_from
 
 
 def expand_paths(items: list[str]) -> list[Path]:
-    """Image files, folders (recursively, image extensions only), glob patterns, `@list` files (data.lists) and
-    WebDataset shards (a shard folder, a .tar, a brace pattern: data.shard_reader), in a stable order. A path
-    named as such, on the command line or in a list, is kept whatever it is (a FIFO, a device, a file that is
+    """Image files, folders (recursively, image extensions only), glob patterns, `@list` files (data.lists),
+    WebDataset shards (a shard folder, a .tar, a brace pattern) and hf: datasets (every image), in a stable order.
+    A path named as such, on the command line or in a list, is kept whatever it is (a FIFO, a device, a file that is
     gone): predict then reports it, it never vanishes."""
     out: list[Path] = []
     for item in items:
         p = Path(item).expanduser()
-        if is_shard_root(item):
-            out += shard_images(item)
+        if is_packed_root(item):
+            out += packed_images(item)
         elif is_list_argument(item):
             for listed in read_path_list(item):
                 q = listed.path

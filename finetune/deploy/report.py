@@ -20,7 +20,8 @@ import yaml
 
 from ..checkpoint import Checkpoint
 from ..data.folders import dataset_folders
-from ..data.shard_reader import is_shard_root, sample_at
+from ..data.images import sample_at
+from ..data.shard_reader import is_shard_root
 from ..errors import DataError
 from ..files import atomic_write, refuse_inside
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...config import DataSpec, ModelSpec
-from ...data.shard_reader import ShardMember
+from ...data.packed import PackedImage
 from ...files import file_sha256
 from ...preprocessing import Preprocessing
 
@@ -37,11 +37,11 @@ class FeatureKey:
                     "cifar_stem": spec.cifar_stem, "preprocessing": pre.to_dict(), "torch": torch.version.__version__})
 
     def key(self, samples, transform: str) -> str:
-        """A hash of the material, the transform, and every sample's path, size and mtime with its label (a shard's
-        image: its place in the shard, and the shard's size and mtime)."""
+        """A hash of the material, the transform, and every sample's path, size and mtime with its label (an image
+        in a shard or a dataset: PackedImage.stamp)."""
         stamps = []
         for path, label in samples:
-            if isinstance(path, ShardMember):
+            if isinstance(path, PackedImage):
                 stamps.append((*path.stamp(), label))
                 continue
             try:
