@@ -10,7 +10,8 @@ from finetune import cache
 def test_the_root_is_finetune_cache_dir_with_one_folder_per_kind(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "c"))
     assert {kind: cache.cache_dir(kind) for kind in cache.KINDS} == {
-        "features": tmp_path / "c" / "features", "files": tmp_path / "c" / "files", "logs": tmp_path / "c" / "logs"}
+        "features": tmp_path / "c" / "features", "files": tmp_path / "c" / "files", "hf": tmp_path / "c" / "hf",
+        "logs": tmp_path / "c" / "logs"}
     with pytest.raises(ValueError, match="unknown cache kind"):
         cache.cache_dir("models")
 
