@@ -24,6 +24,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # the ranks on this machine (torchrun numbers them rank - local_rank onwards)
 
     @property
     def main(self) -> bool:
@@ -123,7 +124,7 @@ def from_environment(device: str = "auto", backend: str = "auto") -> Dist:
                           f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({type(exc).__name__}: "
                           f"{first_line(exc)}); check that every "
                           "node runs the same torchrun command with the same --rdzv-endpoint") from None
-    return Dist(rank, world, local)
+    return Dist(rank, world, local, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
 
 def rank_device(dist: Dist, device: str) -> str:

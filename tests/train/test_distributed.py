@@ -61,12 +61,15 @@ def data(tmp_path_factory) -> Path:
 def test_two_processes_train_as_one_and_rank_0_writes_the_one_run_folder(data, tmp_path, model, strategy):
     # last-stage on a model without BatchNorm: per-rank batch statistics would differ from one process's
     recipe = write_yaml(tmp_path / "r.yaml", tree(data, model, strategy))
-    one = finetune("train", recipe, "--output", tmp_path / "one")
-    two = finetune("train", recipe, "--output", tmp_path / "two", "--nproc", "2")
+    one = finetune("train", recipe, "--output", tmp_path / "one", "--set", f"features.dir={tmp_path / 'f1'}")
+    two = finetune("train", recipe, "--output", tmp_path / "two", "--nproc", "2",
+                   "--set", f"features.dir={tmp_path / 'f2'}")  # computed again, the pass shared by the two
     assert one.returncode == 0 and two.returncode == 0, two.stderr
+    if strategy == "feature-extract":
+        assert "features: train's pass shared by the 2 processes of this machine, up to 13 images each" in two.stderr
     assert two.stdout.strip().splitlines() == [str(tmp_path / "two")]  # rank 0 prints the run folder, once
     assert_same(tmp_path / "one", tmp_path / "two")
-    made = sorted(p.name for p in tmp_path.iterdir() if p.name != "finetune-cache")
+    made = sorted(p.name for p in tmp_path.iterdir() if p.name not in ("finetune-cache", "f1", "f2"))
     assert made == ["one", "r.yaml", "two"]  # no second run folder, nothing else
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     assert torch.load(tmp_path / "two" / "last.pt", weights_only=True)["resume"]["progress"]["world"] == 2

@@ -20,6 +20,7 @@ from ...config import FeaturePlan
 from ...console import literal, progress
 from ...data.images import ImageDataset
 from ...data.loading import Loaders, one_pass_loader, prefetched
+from ...data.sampling import SeededDataset
 from ...models.adapters import HeadInput
 from ...runtime.device import Compute
 from ...runtime.threads import tuned_threads
@@ -27,7 +28,7 @@ from ..freeze import FreezePlan
 from ..prefix import Split, split_frozen
 from .batches import CachedBatches, PrefixedBatches
 from .key import FeatureKey
-from .store import FeatureSet, FeatureStore, storage_dtype
+from .store import FeatureSet, FeatureStore, open_rows, storage_dtype
 
 PROBE_IMAGES = 4  # real val images that drive the cut and check it reproduces the model
 
@@ -88,22 +89,39 @@ class FrozenFeatures:
                         layout: tuple, compute: bool = True) -> FeatureSet | None:
         """The stored features of `images` (`views` views of transform `kind`), computed and stored first when
         they are not and `compute` allows (None when they cannot be: no room on disk, an unwritable store).
-        `layout`: (shape, dtype) of one image's prefix output (`layout()`)."""
+        `layout`: (shape, dtype) of one image's prefix output (`layout()`). Data parallel: the ranks of each
+        machine that computes share the pass, each writing its rows of one entry; the others read it."""
         dist = self.compute.dist
         key = self.key.key(images.samples, f"{kind}-draft{images.draft_size}-{self.compute.precision}-"
                                            f"{split.boundary}")
         first = dist.local_rank == 0
         features = self.store.load(key, name, self.console) if first else None
-        if first and features is None and compute:
-            shape, dtype = layout
-            if self.store.fits(views * len(images), (shape, dtype)):
-                labels = np.array([label for _, label in images.samples], dtype=np.int64)
-                features = self.store.write(key, (views, len(images), *shape), dtype, labels,
-                                            self._filler(name, images, split))
-        if dist.enabled:
-            dist.barrier()
-            features = features if first else self.store.load(key, name, self.console)
-        return features
+        shape, dtype = layout
+        size = (views, len(images), *shape)
+        todo = first and features is None and compute and self.store.fits(views * len(images), (shape, dtype))
+        labels = np.array([label for _, label in images.samples], dtype=np.int64)
+        if not dist.enabled:
+            return self.store.write(key, size, dtype, labels, self._filler(name, images, split)) if todo else features
+        tmp = dist.gather([self.store.begin(key, size, dtype) if todo else None])[dist.rank - dist.local_rank]
+        done = []
+        if tmp is not None:  # this machine computes: its ranks' contiguous shares of the rows
+            share = -(-len(images) // dist.local_world)
+            rows = range(dist.local_rank * share, min(len(images), (dist.local_rank + 1) * share))
+            out = open_rows(tmp)
+            self._filler(name, images, split, rows)(out, labels)
+            out.flush()
+            del out
+            done = [(dist.rank - dist.local_rank, rows.start, labels[rows.start:rows.stop].tolist())]
+            if dist.main:
+                self.console.print(f"features: {name}'s pass shared by the {dist.local_world} processes of this "
+                                   f"machine, up to {share} images each", style="dim", soft_wrap=True)
+        for machine, start, part in dist.gather(done):  # the labels of images that vanished, from every share
+            if machine == dist.rank - dist.local_rank:
+                labels[start:start + len(part)] = part
+        if tmp is not None and first:
+            features = self.store.finish(key, tmp, labels)
+        dist.barrier()
+        return features if first else self.store.load(key, name, self.console)
 
     def layout(self, split: Split, images: ImageDataset) -> tuple:
         """(shape, storage dtype) of the prefix's output, from the first of `images` (val's: no augmentation)."""
@@ -111,26 +129,29 @@ class FrozenFeatures:
             sample = split.prefix(self.compute.to_device(images[0][0][None])).float()
         return tuple(sample.shape[1:]), storage_dtype(sample)
 
-    def _filler(self, name: str, images: ImageDataset, split: Split):
-        """What writes the prefix's outputs of `images` (in file order), view after view, into an entry."""
+    def _filler(self, name: str, images: ImageDataset, split: Split, rows: range | None = None):
+        """What writes the prefix's outputs of `images` (in file order; `rows` of them), view after view, into an
+        entry. View v of image i is augmented under a seed of (seed, v, i), whichever process computes it."""
         cpu = self.compute.device.type == "cpu"  # decode in a thread of this process, as predict does (prefetched)
-        ordered = one_pass_loader(images, self.batch_size, 0 if cpu else self.workers, self.seed, not cpu)
+        rows = range(len(images)) if rows is None else rows
 
         def fill(out: np.ndarray, labels: np.ndarray) -> None:
             with progress(self.console) as bar, torch.inference_mode():
-                task = bar.add_task(f"computing {name} features", total=len(out) * len(ordered))
+                task = bar.add_task(f"computing {name} features", total=len(out) * len(rows))
                 for v in range(len(out)):
-                    row = 0
-                    with torch.random.fork_rng(devices=[]):  # view v's augmentations: from (seed, v), not the run's
-                        torch.manual_seed(int(np.random.SeedSequence([self.seed, v]).generate_state(1)[0]))
-                        for batch, got in (tuned_threads(prefetched(ordered)) if cpu else ordered):
-                            with self.compute.autocast():
-                                features = split.prefix(self.compute.to_device(batch))
-                            out[v, row:row + len(features)] = features.float().cpu().numpy()
-                            # an image that vanished since the pre-scan keeps its negative label (missing_label)
-                            labels[row:row + len(features)] = np.minimum(labels[row:row + len(features)], got.numpy())
-                            row += len(features)
-                            bar.advance(task)
+                    seeds = np.random.SeedSequence([self.seed, v]).generate_state(len(images), np.uint64)
+                    view = SeededDataset(images)
+                    ordered = one_pass_loader(_Rows(view, [(i, int(seeds[i] >> 1)) for i in rows]), self.batch_size,
+                                              0 if cpu else self.workers, self.seed, not cpu)
+                    row = rows.start
+                    for batch, got in (tuned_threads(prefetched(ordered)) if cpu else ordered):
+                        with self.compute.autocast():
+                            features = split.prefix(self.compute.to_device(batch))
+                        out[v, row:row + len(features)] = features.float().cpu().numpy()
+                        # an image that vanished since the pre-scan keeps its negative label (missing_label)
+                        labels[row:row + len(features)] = np.minimum(labels[row:row + len(features)], got.numpy())
+                        row += len(features)
+                        bar.advance(task)
         return fill
 
     def _say(self, split: Split, recomputed: dict[str, str], seconds: float) -> None:
@@ -143,3 +164,16 @@ class FrozenFeatures:
             if why:
                 self.console.print(f"features: for {name}, the frozen part runs every epoch, BatchNorm folded "
                                    f"({why})", style="dim", soft_wrap=True)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """dataset[items[j]] as item j: some rows of a dataset, each with its own key (SeededDataset's (index, seed))."""
+
+    def __init__(self, dataset, items: list):
+        self.dataset, self.items = dataset, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, j: int):
+        return self.dataset[self.items[j]]

@@ -18,7 +18,7 @@ from ...data.packed import PackedImage
 from ...files import file_sha256
 from ...preprocessing import Preprocessing
 
-FORMAT = 5  # bumped when the same key would now store other features or files (5: labels of vanished files)
+FORMAT = 6  # bumped when the same key would store other features or files (6: view v of image i seeded by (seed, v, i))
 
 
 @dataclass(frozen=True)

@@ -101,14 +101,33 @@ class FeatureStore:
               fill: Callable[[np.ndarray, np.ndarray], None]) -> FeatureSet:
         """A new entry of `shape` (views x N x ...): `fill(features, labels)` writes into the memory-mapped array
         (and may lower labels of images that vanished); checksums last, then one atomic rename."""
+        tmp = self.begin(key, shape, dtype)
+        try:
+            out = open_rows(tmp)
+            fill(out, labels)
+            out.flush()
+            del out
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.finish(key, tmp, labels)
+
+    def begin(self, key: str, shape: tuple, dtype) -> Path:
+        """A temporary folder holding the entry's features.npy, allocated (open_rows opens it, in any process)."""
         folder = self.root / key
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", dir=folder.parent))
         try:
-            out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=dtype, shape=shape)
-            fill(out, labels)
-            out.flush()
-            del out
+            np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=dtype, shape=shape).flush()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return tmp
+
+    def finish(self, key: str, tmp: Path, labels: np.ndarray) -> FeatureSet:
+        """The entry in `tmp` (features filled) with its labels and checksums, renamed into place."""
+        folder = self.root / key
+        try:
             np.save(tmp / "labels.npy", labels)
             # written last: an entry is trusted only when its arrays still match (read_entry)
             (tmp / CHECKSUMS).write_text(json.dumps({name: _crc32(tmp / name) for name in ARRAYS}))
@@ -120,6 +139,11 @@ class FeatureStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return read_entry(folder)
+
+
+def open_rows(tmp: Path) -> np.ndarray:
+    """The features.npy of an entry being written (FeatureStore.begin), memory-mapped for writing."""
+    return np.lib.format.open_memmap(tmp / "features.npy", mode="r+")
 
 
 def read_entry(folder: Path) -> FeatureSet:
