@@ -3,8 +3,8 @@ rest trains on (stored features, or the prefix run on each batch where they cann
 
 `FeaturePlan` (config.plan_features) says whether there is a frozen part to store and how many train views;
 `prefix.split_frozen` cuts the model where the freeze plan's first trained module runs; the store keeps one
-entry per split (train, val) under a key of everything that changes it. Data parallel: the first process of
-each machine computes the entries, the others wait and read them.
+entry per split (train, val) under a key of everything that changes it. Data parallel: the processes of
+each machine share the pass, each writing its rows of one entry, which the first of them finishes.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class FrozenFeatures:
         """(train batches, val batches) for the part after the prefix: stored features where they can be, the
         prefix on each batch where not (train's fresh augmentations, an unwritable store, a full disk)."""
         start, dist = time.perf_counter(), self.compute.dist
-        first = dist.local_rank == 0  # computes the features for every rank of its machine; the others wait
+        first = dist.local_rank == 0  # loads, allocates and finishes the entries of its machine
         unwritable = self.store.prepare(clean=first)
         if unwritable:
             self.console.print(f"[yellow]features: the cache folder {literal(self.store.root)} cannot be written "
