@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import Recipe, RunSpec
 from ..console import literal, progress, stderr_console
 from ..data.filecheck import check_files
-from ..data.folders import absolute_root, dataset_folders
+from ..data.folders import absolute_root, dataset_folders, is_packed_root
 from ..errors import ConfigError
 from ..files import refuse_inside
 from ..runtime.threads import usable_cpus
@@ -45,6 +45,9 @@ def run_audit(recipe: Recipe, threshold: float = THRESHOLD, folds: int = FOLDS, 
     if recipe.task == "multilabel":
         raise ConfigError("finetune audit checks one class per image (label conflicts, confident learning); it does "
                           "not read task multilabel's labels CSV")
+    if is_packed_root(recipe.data.root):
+        raise ConfigError(f"finetune audit reads image files (their bytes, hashes and checks), and data.root "
+                          f"{recipe.data.root} packs them in shards or a dataset: audit the folder they were made from")
     console = console or stderr_console()
     root = absolute_root(recipe.data.root) if recipe.data.root else None
     out = recipe.run.output

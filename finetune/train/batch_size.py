@@ -48,6 +48,7 @@ from .step import TrainStep
 
 MARGIN = 0.10  # CUDA: the share of the device's memory a found size leaves free
 MAX_AUTO = 1024  # images per process at most: beyond it the learning rate would need rescaling, which auto never does
+MIN_STEPS = 8  # steps an epoch, at least, that the chosen batch leaves
 STORED_FEATURES_BATCH = 32  # the head alone on stored features: TrainSpec's default
 TIMED_STEPS = 3  # CPU: steps timed per size (their median), after one warm-up step
 RISE = 0.05  # CPU: a larger size is taken only for this much more images/s
@@ -70,12 +71,14 @@ def find_batch_size(new_step: Callable[[], TrainStep], images: ImageDataset, spl
     `new_step()` builds a training step like the run's, for the search alone; `split` is the model cut at its
     frozen prefix, whose outputs are `stored` (computed once, not per step) or computed on each batch."""
     dist = compute.dist
-    cap = min(MAX_AUTO, len(images) // dist.world)  # a batch beyond the train images would only drop them
+    # at least MIN_STEPS steps an epoch: the ragged last batch, dropped, is then under 1/MIN_STEPS of the images (a
+    # batch of 256 on 450 images left out 194 of them every epoch) and the schedule has steps to work with
+    cap = min(MAX_AUTO, len(images) // (MIN_STEPS * dist.world))
     if stored and split is not None and split.only_boundary:
         found = Found(STORED_FEATURES_BATCH, "the head trains on stored features, where a step costs next to nothing "
                                              "at any batch size: the default")
     elif cap < 2:
-        found = Found(1, "one train image per process")
+        found = Found(1, f"too few train images per process for {MIN_STEPS} steps an epoch of two or more")
     else:
         sizes = [2 ** k for k in range(1, cap.bit_length())]
         trials = Trials(new_step(), images, split, stored, compute, seed)

@@ -131,10 +131,13 @@ def fake_cuda(monkeypatch, step: OutOfMemoryAbove, gib: float):
 
 
 class Images:
-    """Stands in for the run's ImageDataset: 2000 tiny (image, label) samples."""
+    """Stands in for the run's ImageDataset: `n` tiny (image, label) samples (enough for 8 steps of 1024)."""
+
+    def __init__(self, n: int = 10_000):
+        self.n = n
 
     def __len__(self):
-        return 2000
+        return self.n
 
     def __getitem__(self, i):
         return torch.zeros(3, 4, 4), i % 2
@@ -148,6 +151,17 @@ def test_cuda_search_is_a_binary_search_that_backs_off_when_memory_runs_out(monk
     assert sorted(set(step.tried)) == [32, 256, 512]  # a binary search over 2..1024: 3 sizes of 10, one ran out
     said = capsys.readouterr().err
     assert "train.batch_size auto: 256 (" in said and "512 did not fit" in said
+
+
+def test_the_batch_leaves_eight_steps_an_epoch_so_the_ragged_batch_dropped_stays_small(monkeypatch, capsys):
+    step = OutOfMemoryAbove(limit=10_000)
+    fake_cuda(monkeypatch, step, gib=1000)
+    size = find_batch_size(lambda: step, Images(450), None, False, Compute(torch.device("cuda")), 0, quiet_console())
+    assert size == 32 and max(step.tried) == 32  # 450 // 8 = 56: 64 is never tried (256 left out 194 images)
+    assert 450 % size < 450 / batch_size.MIN_STEPS
+    assert find_batch_size(lambda: step, Images(15), None, False, Compute(torch.device("cuda")), 0,
+                           stderr_console()) == 1
+    assert "too few train images per process for 8 steps" in capsys.readouterr().err
 
 
 def test_cuda_search_leaves_the_margin_free(monkeypatch):
