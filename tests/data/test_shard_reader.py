@@ -109,8 +109,14 @@ def test_class_numbers_outside_the_sets_classes_are_refused(sharded):
         resolve_splits(shards, 0.2, 0)
 
 
-def test_inspect_says_shards_were_checked_when_written(sharded):
+def test_inspect_says_shards_were_checked_when_written_and_audit_asks_for_the_folder(sharded, tiny_tree):
+    from finetune.audit.run import run_audit
+    from finetune.config import build_recipe
     from finetune.data.doctor import inspect_dataset
+    from finetune.errors import ConfigError
 
     with pytest.raises(DataError, match="holds shards: `finetune shard` checked their images"):
         inspect_dataset(sharded[1])
+    recipe = build_recipe({**tiny_tree, "data": {**tiny_tree["data"], "root": str(sharded[1])}})
+    with pytest.raises(ConfigError, match="audit the folder they were made from"):
+        run_audit(recipe)
