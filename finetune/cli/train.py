@@ -19,8 +19,8 @@ from .options import DataOpt, Device, SetOpt
 def train(
     recipe: Annotated[Optional[Path], typer.Argument(
         help="Recipe YAML file (see recipes/), or a folder of photos (class folders, or train/ and val/ holding "
-             "them) or @labels.csv (path, label and optional split columns) to train without a recipe: the plan is "
-             "chosen for --budget. Not with --resume.")] = None,
+             "them), @labels.csv (path, label and optional split columns), shards or hf:DATASET to train without a "
+             "recipe: the plan is chosen for --budget. Not with --resume.")] = None,
     data: DataOpt = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Run folder to create (default: a new folder under runs/); for a folder of photos, "
@@ -61,9 +61,10 @@ def train(
                           "--output and --exist-ok")
     if resume is None and recipe is None:
         raise ConfigError("give a RECIPE file to start a run, or --resume RUN_DIR to continue one")
+    from ..data.folders import is_packed_root
     from ..data.lists import is_list_argument
 
-    folder = recipe is not None and (recipe.is_dir() or is_list_argument(recipe))
+    folder = recipe is not None and (recipe.is_dir() or is_list_argument(recipe) or is_packed_root(recipe))
     if model is not None and not folder:
         raise ConfigError("--model picks the backbone of a run planned for a folder of photos; in a recipe set "
                           "model.name")
