@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from .hf import hf_folder, hf_root, hf_splits, is_hf_root
 from .lists import LIST_PREFIX, is_list_argument, labelled_tree, read_path_list
 from .multilabel import multilabel_splits
 from .shard_reader import is_shard_root, shard_folder, shard_splits
+from .split import stratified_split
 
 if TYPE_CHECKING:
     import numpy as np
@@ -176,16 +176,8 @@ def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=Non
     else:
         classes = scanned["all"]
         names = sorted(classes)
-        rng = random.Random(seed)
-        train_s, val_s = [], []
-        for label, name in enumerate(names):
-            paths = list(classes[name])
-            rng.shuffle(paths)
-            n_val = round(len(paths) * val_fraction) if len(paths) > 1 else 0
-            n_val = max(1, n_val) if len(paths) > 1 else 0
-            val_s += [(p, label) for p in sorted(paths[:n_val])]
-            train_s += [(p, label) for p in sorted(paths[n_val:])]
-        splits = Splits(names, train_s, val_s, "split")
+        train, val = stratified_split({label: classes[name] for label, name in enumerate(names)}, val_fraction, seed)
+        splits = Splits(names, train, val, "split")
     splits.skipped = sorted(skipped.items())
     _check(splits, root)
     return splits

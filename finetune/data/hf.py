@@ -14,13 +14,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import cache_dir
 from ..errors import ConfigError, DataError
 from .packed import PackedImage
+from .split import stratified_split
 
 PREFIX = "hf:"
 VAL_SPLITS = ("validation", "val", "valid", "test")
@@ -82,17 +82,10 @@ def hf_splits(root, val_fraction: float, seed: int):
     train = _samples(splits[train_name], source, train_name, image, label, classes)
     if val_name is not None:
         return classes, train, _samples(splits[val_name], source, val_name, image, label, classes), "hf"
-    rng = random.Random(seed)
     by_class: dict[int, list] = {}
-    for sample in train:
-        by_class.setdefault(sample[1], []).append(sample)
-    train, val = [], []
-    for label_id in sorted(by_class):
-        items = list(by_class[label_id])
-        rng.shuffle(items)
-        n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
-        val += sorted(items[:n_val], key=lambda s: s[0].row)
-        train += sorted(items[n_val:], key=lambda s: s[0].row)
+    for sample, number in train:
+        by_class.setdefault(number, []).append(sample)
+    train, val = stratified_split(by_class, val_fraction, seed)  # HFImages order by split and row
     return classes, train, val, "hf"
 
 

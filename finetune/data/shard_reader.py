@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import tarfile
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError, DataError
 from .packed import PackedImage
+from .split import stratified_split
 
 INDEX = "dataset.json"  # what `finetune shard` writes last: the classes and each split's shards
 FORMAT = "finetune-shards/1"
@@ -161,14 +161,7 @@ def shard_splits(root, val_fraction: float, seed: int):
     by_class: dict[int, list] = {}
     for member, label, _ in pooled:
         by_class.setdefault(relabel[label], []).append(member)
-    rng = random.Random(seed)
-    train, val = [], []
-    for label in sorted(by_class):
-        items = list(by_class[label])
-        rng.shuffle(items)
-        n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
-        val += [(m, label) for m in _sorted(items[:n_val])]
-        train += [(m, label) for m in _sorted(items[n_val:])]
+    train, val = stratified_split(by_class, val_fraction, seed, _sorted)
     return names, train, val, "shards"
 
 
