@@ -9,7 +9,6 @@ PYTHONPATH=. python benchmarks/shard_features.py --images 100000 --work /tmp/syn
 import argparse
 import json
 import os
-import random
 import resource
 import shutil
 import subprocess
