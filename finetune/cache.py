@@ -5,7 +5,9 @@ The root is `$FINETUNE_CACHE_DIR`, else `$XDG_CACHE_HOME/finetune`, else `~/.cac
 - `features/`: frozen-prefix outputs (train.features), reused by later runs on the same data and model;
 - `files/`: per-file results (FileResults): the file checks (data.filecheck), so a second scan of a folder only
   stats it, and the audit's perceptual hashes;
-- `logs/`: crash logs of commands that were not inside a run folder.
+- `hf/`: parquet files converted to Arrow by `datasets` (data.hf);
+- `logs/`: crash logs of commands that were not inside a run folder;
+- `shards/`: copies of shards behind a URL (data.shard_fetch), one folder per data.root.
 
 Everything here can be deleted at any time; it is recomputed. The older `$FINETUNE_CACHE` (the file checks' folder)
 still sets the root when `$FINETUNE_CACHE_DIR` is not set, with a one-line notice.
@@ -18,7 +20,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-KINDS = ("features", "files", "hf", "logs")  # hf: parquet files converted to Arrow by datasets (data.hf)
+KINDS = ("features", "files", "hf", "logs", "shards")
 _said: set[str] = set()
 
 

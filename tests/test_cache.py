@@ -11,7 +11,7 @@ def test_the_root_is_finetune_cache_dir_with_one_folder_per_kind(tmp_path, monke
     monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "c"))
     assert {kind: cache.cache_dir(kind) for kind in cache.KINDS} == {
         "features": tmp_path / "c" / "features", "files": tmp_path / "c" / "files", "hf": tmp_path / "c" / "hf",
-        "logs": tmp_path / "c" / "logs"}
+        "logs": tmp_path / "c" / "logs", "shards": tmp_path / "c" / "shards"}
     with pytest.raises(ValueError, match="unknown cache kind"):
         cache.cache_dir("models")
 

@@ -57,6 +57,7 @@ class ExportFormat(str, Enum):
 
 DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", help="ImageFolder root, @labels.csv (path, label, optional split columns), or WebDataset shards (a "
-                   "`finetune shard` folder, a .tar, a brace pattern); overrides data.root.")]
+                   "`finetune shard` folder, a .tar, a brace pattern, or one of those behind a URL: https://, s3://, "
+                   "pipe:COMMAND), or hf:PATH[:split]; overrides data.root.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a recipe key, e.g. --set optim.name=sgd (repeatable).")]

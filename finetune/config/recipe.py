@@ -6,10 +6,11 @@ strategy.head_solver) are resolved once, here, when a Recipe is built.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from .features import plan_features
 from .strategies import TRAINED_GROUPS
@@ -45,16 +46,30 @@ class ModelSpec(_Section):
     cifar_stem: bool = Field(False, description="scratch ResNets: 3x3 stride-1 stem, no max-pool (small images)")
 
 
+# data.root is read as a path, which makes one "/" of the "//" after a URL's scheme (a shard URL, data.shard_fetch)
+_COLLAPSED_URL = re.compile(r"\b(https?|s3|gs|gcs|ais|sftp|scp|ftps|az|abfs):/(?=[^/])", re.IGNORECASE)
+
+
+def root_text(root) -> str:
+    """data.root as the user wrote it: a URL's "//" put back."""
+    return _COLLAPSED_URL.sub(r"\1://", str(root))
+
+
 class DataSpec(_Section):
     root: Optional[Path] = Field(None, description="ImageFolder root: class folders, or train/ and val/ holding "
                                                    "them; or @labels.csv (path, label, optional split columns); "
                                                    "or WebDataset shards: a `finetune shard` folder, a .tar, or a "
-                                                   "brace pattern of .tar files; or hf:PATH[:split], a Hugging "
+                                                   "brace pattern of .tar files, or the same behind a URL "
+                                                   "(https://, s3://, pipe:COMMAND); or hf:PATH[:split], a Hugging "
                                                    "Face dataset (save_to_disk, parquet). task multilabel: @labels.csv "
                                                    "with path and labels (separated by | or ;) columns, or a "
                                                    "folder holding labels.csv")
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="share of each class held out when there is no val/ folder")
+
+    @field_serializer("root", when_used="json")
+    def _root(self, root: Optional[Path]) -> Optional[str]:
+        return None if root is None else root_text(root)
     image_size: Optional[int] = Field(
         None, ge=8, le=MAX_IMAGE_SIZE, description="crop size for training and evaluation (default: the weights' own)")
     augment: Optional[Literal["none", "flip", "standard", "randaugment", "trivialaugment", "autoaugment"]] = Field(

@@ -16,6 +16,7 @@ from ..errors import DataError
 from .hf import hf_folder, hf_root, hf_splits, is_hf_root
 from .lists import LIST_PREFIX, is_list_argument, labelled_tree, read_path_list
 from .multilabel import multilabel_splits
+from .shard_fetch import remote_text
 from .shard_reader import is_shard_root, shard_folder, shard_splits
 from .split import stratified_split
 
@@ -107,6 +108,8 @@ def absolute_root(root: Path) -> Path:
     or @ and the list file's absolute path."""
     if is_hf_root(root):
         return Path(hf_root(root))
+    if remote_text(root):
+        return Path(remote_text(root))
     if is_list_argument(root):
         return Path(LIST_PREFIX + os.path.abspath(Path(str(root)[len(LIST_PREFIX):]).expanduser()))
     return Path(os.path.abspath(Path(root).expanduser()))
@@ -118,7 +121,7 @@ def dataset_folders(root: Path | None) -> list[Path]:
     if root is None:
         return []
     if is_shard_root(root):
-        return [shard_folder(root)]
+        return [folder] if (folder := shard_folder(root)) else []
     if is_hf_root(root):
         return [folder] if (folder := hf_folder(root)) else []
     if not is_list_argument(root):

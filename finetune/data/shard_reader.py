@@ -1,5 +1,8 @@
 """WebDataset shards as a dataset to train on: data.root is a `finetune shard` folder (it holds dataset.json), one
-.tar, or a brace pattern of local tars (/data/train-{000000..000099}.tar).
+.tar, or a brace pattern of tars (/data/train-{000000..000099}.tar); or the same behind a URL (a set's URL, a
+URL pattern, `pipe:COMMAND`), whose shards are fetched once into the cache (data.shard_fetch) and then read as
+local ones. A set's dataset.json is fetched each time, and a shard again when its size there changes; shards named
+by a pattern are taken as immutable, read from the cache once fetched.
 
 Each tar is indexed once: its headers are read (the images' bytes are skipped, never decoded) with the small .cls
 and .json members, and the index is kept in the per-file results cache, trusted while the shard's size and mtime
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tarfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,13 +28,13 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError, DataError
 from .packed import PackedImage
+from .shard_fetch import cache_folder, fetch, local_names, remote_text
 from .split import stratified_split
 
 INDEX = "dataset.json"  # what `finetune shard` writes last: the classes and each split's shards
 FORMAT = "finetune-shards/1"
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm"}  # a member's image
 INDEX_VERSION = "1"  # of the per-shard index in the results cache
-REMOTE = re.compile(r"^(pipe|https?|s3|gs|gcs|ais)[:]", re.IGNORECASE)
 
 
 @dataclass(frozen=True, order=True)
@@ -112,30 +114,28 @@ def is_shard_root(root) -> bool:
     """data.root names shards: a folder with dataset.json, a .tar file, or a pattern/URL of .tar files."""
     if root is None:
         return False
+    if remote_text(root):
+        return True
     text = str(root)
-    if REMOTE.match(text):
-        return text.rstrip("/").endswith((".tar", "}")) or "{" in text
     if "{" in text and ".tar" in text:
         return True
     path = Path(text).expanduser()
     return path.suffix == ".tar" or (path.is_dir() and (path / "dataset.json").is_file())
 
 
-def shard_folder(root) -> Path:
-    """The folder a shard root's files are in (never written into)."""
+def shard_folder(root) -> Path | None:
+    """The folder a shard root's files are in (never written into); None for a URL (its copies are the cache's)."""
+    if remote_text(root):
+        return None
     path = Path(str(root)).expanduser()
     return path if path.is_dir() else path.parent
 
 
 def shard_splits(root, val_fraction: float, seed: int):
     """(class names, train samples, val samples, source) of a shard root, as data.folders.Splits takes them."""
-    text = str(root)
-    if REMOTE.match(text):
-        raise DataError(f"data.root {text}: shards are read from local or mounted folders (a shared filesystem, "
-                        "an fsspec/s3fs mount); streaming them from a URL is not supported yet: copy or mount them")
-    folder = shard_folder(root)
+    text = remote_text(root) or str(root)
+    folder, files = _fetched(text) if remote_text(root) else _located(text)
     listed = read_shard_set(folder) if (folder / INDEX).is_file() else None
-    files = [Path(p) for p in _expand(text)] if not Path(text).expanduser().is_dir() else None
     if listed is not None:
         shards = {split: [folder / s.name for s in listed.splits.get(split, [])] for split in ("train", "val")}
         if files is not None:  # the pattern picks which train shards; val is the set's own
@@ -163,6 +163,31 @@ def shard_splits(root, val_fraction: float, seed: int):
         by_class.setdefault(relabel[label], []).append(member)
     train, val = stratified_split(by_class, val_fraction, seed, _sorted)
     return names, train, val, "shards"
+
+
+def _located(text: str) -> tuple[Path, list[Path] | None]:
+    """(folder, the tars a pattern or a .tar names, or None for a whole set) of a local root."""
+    folder = shard_folder(text)
+    return folder, None if Path(text).expanduser().is_dir() else [Path(p) for p in _expand(text)]
+
+
+def _fetched(url: str) -> tuple[Path, list[Path] | None]:
+    """As _located, for a URL: a pattern's shards are fetched when not in the cache; a set's dataset.json is fetched,
+    then the shards it lists that the cache lacks or holds at another size."""
+    from ..console import stderr_console
+
+    folder = cache_folder(url)
+    folder.mkdir(parents=True, exist_ok=True)
+    if url.endswith(".tar") or "{" in url:
+        urls = _expand(url)
+        files = [folder / name for name in local_names(urls)]
+        fetch([(u, f) for u, f in zip(urls, files) if not f.is_file()], stderr_console())
+        return folder, files
+    fetch([(f"{url.rstrip('/')}/{INDEX}", folder / INDEX)])
+    wanted = [s for split in read_shard_set(folder).splits.values() for s in split]
+    fetch([(f"{url.rstrip('/')}/{s.name}", folder / s.name) for s in wanted
+           if not (folder / s.name).is_file() or (folder / s.name).stat().st_size != s.bytes], stderr_console())
+    return folder, None
 
 
 def shard_member_at(text: str) -> ShardMember | None:
@@ -254,7 +279,7 @@ def _expand(pattern: str) -> list[str]:
     except ImportError:
         raise ConfigError("shards need webdataset, which is not installed: pip install 'finetune[shards]' "
                           "(or pip install webdataset)") from None
-    return [os.path.expanduser(p) for p in expand_urls(pattern)]
+    return [p if remote_text(p) else os.path.expanduser(p) for p in expand_urls(pattern)]
 
 
 def _check_labels(members: dict, names: list[str], folder: Path) -> None:

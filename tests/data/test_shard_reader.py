@@ -49,7 +49,7 @@ def test_a_brace_pattern_picks_train_shards_and_a_bare_pattern_is_split_by_val_f
     assert is_shard_root(bare / "train-000000.tar") and not is_shard_root(bare)
 
 
-def test_damaged_truncated_missing_and_remote_shards_are_one_line_errors(sharded):
+def test_damaged_truncated_and_missing_shards_are_one_line_errors(sharded):
     _, shards = sharded
     first = shards / "train-000000.tar"
     original = first.read_bytes()
@@ -62,8 +62,6 @@ def test_damaged_truncated_missing_and_remote_shards_are_one_line_errors(sharded
     first.unlink()
     with pytest.raises(DataError, match="train-000000.tar is missing"):
         resolve_splits(shards, 0.2, 0)
-    with pytest.raises(DataError, match="streaming them from a URL is not supported yet"):
-        resolve_splits("https://example.com/train-{000000..000009}.tar", 0.2, 0)
 
 
 def test_a_truncated_shard_without_an_index_is_said_not_read_past(tmp_path, sharded):

@@ -1,0 +1,81 @@
+"""Shards behind a URL: fetched once, whole, into the cache (`$FINETUNE_CACHE_DIR/shards/`), then indexed and read
+by offset as local shards are, the way webdataset's indexed reader (wids) keeps remote shards in a local cache.
+
+A URL is opened by webdataset (`pipe:COMMAND`, http(s):// through curl, gs:// through gsutil, sftp://, scp://) or,
+for any other scheme (s3://, az://...), by fsspec with the user's filesystem package (s3fs, adlfs). Each shard is
+written to a temporary file and renamed into place, so an interrupted fetch leaves nothing half-written, and
+processes fetching the same shard at once each end with the whole file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ..config.recipe import root_text
+from ..errors import ConfigError, DataError
+
+REMOTE = re.compile(r"^(pipe|https?|s3|gs|gcs|ais|sftp|scp|ftps|az|abfs):", re.IGNORECASE)
+_SHARD_NAME = re.compile(r"[\w.-]+\.tar")
+_CHUNK = 1 << 20
+
+
+def remote_text(root) -> str | None:
+    """The URL data.root names (its "//" put back where a path made them "/"), or None for a local root."""
+    text = root_text(root)
+    return text if REMOTE.match(text) else None
+
+
+def cache_folder(url: str) -> Path:
+    """Where the shards of one remote root are kept: a folder of its own under the cache's shards/."""
+    from ..cache import cache_dir
+
+    return cache_dir("shards") / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def local_names(urls: list[str]) -> list[str]:
+    """A file name for each shard URL: its last NAME.tar, else its place in the list (pipe: commands)."""
+    found = [(_SHARD_NAME.findall(u) or [""])[-1] for u in urls]
+    if all(found) and len(set(found)) == len(found):
+        return found
+    return [f"shard-{i:06d}.tar" for i in range(len(urls))]
+
+
+def fetch(pairs: list[tuple[str, Path]], console=None) -> None:
+    """Copy each (url, destination) in turn, under one progress bar; the first that fails stops with one line."""
+    from ..console import track
+
+    for url, dest in track(pairs, "fetching shards", console):
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        try:
+            with _open(url) as source, open(tmp, "wb") as out:
+                shutil.copyfileobj(source, out, _CHUNK)
+            os.replace(tmp, dest)
+        except OSError as exc:  # webdataset's pipes say "(COMMAND...): exit STATUS (read) ..."
+            status = re.search(r"\): exit (\d+)", str(exc))
+            why = f"the command exited with status {status.group(1)}" if status else str(exc)
+            raise DataError(f"cannot fetch {url}: {why}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _open(url: str):
+    try:
+        from webdataset.gopen import gopen, gopen_schemes
+    except ImportError:
+        raise ConfigError("shards need webdataset, which is not installed: pip install 'finetune[shards]'") from None
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in gopen_schemes:
+        return gopen(url, "rb")
+    try:
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    except ImportError as exc:
+        raise ConfigError(f"{url}: {scheme}:// is opened by fsspec with its filesystem package ({exc.name} is "
+                          f"missing): pip install fsspec and the one for {scheme}:// (s3fs for s3://)") from None
+    except ValueError as exc:  # fsspec: unknown protocol
+        raise ConfigError(f"{url}: {exc}") from None
