@@ -226,6 +226,9 @@ def test_a_real_server_answers_concurrent_clients_as_predict_and_loses_nothing_o
             except httpx.RemoteProtocolError as exc:  # connected, but closed before the server read a request:
                 assert "without sending a response" in str(exc)  # uvicorn closes such idle connections at
                 refused.append(f)  # shutdown and waits for every request it is serving; never begun, not lost
+            except httpx.ReadError as exc:  # still in the kernel's listen queue, never accepted, when the server
+                assert "Connection reset by peer" in str(exc)  # closed its socket: the kernel resets those (seen
+                refused.append(f)  # on a loaded 2-core machine)
     # any other error (a reset in the middle of a response, a 5xx) would be an accepted request lost
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
     assert answered and all(code == 200 and rows[0]["top"] for code, rows in answered), answered
