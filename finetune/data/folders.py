@@ -17,7 +17,7 @@ from .hf import hf_folder, hf_root, hf_splits, is_hf_root
 from .lists import LIST_PREFIX, is_list_argument, labelled_tree, read_path_list
 from .multilabel import multilabel_splits
 from .shard_fetch import remote_text
-from .shard_reader import is_shard_root, shard_folder, shard_splits
+from .shard_reader import is_shard_root, shard_folder, shard_images, shard_splits
 from .split import stratified_split
 
 if TYPE_CHECKING:
@@ -99,8 +99,15 @@ def is_packed_root(root) -> bool:
 
 def packed_images(root) -> list:
     """Every image of a packed root (predict), in the order it is stored (shard and offset; split and row)."""
-    splits = resolve_splits(root, 0.2, 0)
+    if is_shard_root(root):
+        return shard_images(root)
+    splits = packed_splits(root, 0.2, 0)
     return sorted(image for image, _ in splits.train + splits.val)
+
+
+def packed_splits(root, val_fraction: float, seed: int) -> Splits:
+    """The splits of shards or an hf: dataset, as stored (evaluate's val may come without a train split)."""
+    return Splits(*(shard_splits if is_shard_root(root) else hf_splits)(root, val_fraction, seed))
 
 
 def absolute_root(root: Path) -> Path:
@@ -154,7 +161,7 @@ def resolve_splits(root: Path | None, val_fraction: float, seed: int, screen=Non
                             "with one class per image")
         return Splits(*multilabel_splits(root, val_fraction, seed, screen))
     if is_packed_root(root):  # shards are checked when written (finetune shard), and their index checks each
-        splits = Splits(*(shard_splits if is_shard_root(root) else hf_splits)(root, val_fraction, seed))
+        splits = packed_splits(root, val_fraction, seed)
         _check(splits, root)
         return splits
     if is_list_argument(root):

@@ -133,17 +133,17 @@ def shard_folder(root) -> Path | None:
 
 def shard_splits(root, val_fraction: float, seed: int):
     """(class names, train samples, val samples, source) of a shard root, as data.folders.Splits takes them."""
-    text = remote_text(root) or str(root)
-    folder, files = _fetched(text) if remote_text(root) else _located(text)
-    listed = read_shard_set(folder) if (folder / INDEX).is_file() else None
+    folder, files, listed = _source(root)
     if listed is not None:
         shards = {split: [folder / s.name for s in listed.splits.get(split, [])] for split in ("train", "val")}
-        if files is not None:  # the pattern picks which train shards; val is the set's own
+        if files is not None:  # the pattern picks shards of each split; val is the set's own where it names none
             known = {p.name for p in shards["train"] + shards["val"]}
             unknown = [p.name for p in files if p.name not in known]
             if unknown:
                 raise DataError(f"{unknown[0]} is not listed in {folder / INDEX}: give shards of that set")
-            shards["train"] = [p for p in files if p.name not in {v.name for v in shards["val"]}]
+            val = {v.name for v in shards["val"]}
+            shards = {"train": [p for p in files if p.name not in val],
+                      "val": [p for p in files if p.name in val] or shards["val"]}
         expected = {s.name: s for split in listed.splits.values() for s in split}
         names = list(listed.classes)
         with _index_cache(folder) as cache:
@@ -154,7 +154,7 @@ def shard_splits(root, val_fraction: float, seed: int):
     with _index_cache(folder) as cache:
         pooled = [m for p in files or [] for m in index_shard(p, cache)]
     if not pooled:
-        raise DataError(f"data.root {text}: no images in those shards")
+        raise DataError(f"data.root {root}: no images in those shards")
     numbers = sorted({label for _, label, _ in pooled})
     names = _class_names(pooled, numbers)
     relabel = {n: i for i, n in enumerate(numbers)}
@@ -188,6 +188,23 @@ def _fetched(url: str) -> tuple[Path, list[Path] | None]:
     fetch([(f"{url.rstrip('/')}/{s.name}", folder / s.name) for s in wanted
            if not (folder / s.name).is_file() or (folder / s.name).stat().st_size != s.bytes], stderr_console())
     return folder, None
+
+
+def shard_images(root) -> list[ShardMember]:
+    """Every image of the shards a root names (predict): a set's shards, or exactly those a pattern or .tar names,
+    in shard order."""
+    folder, files, listed = _source(root)
+    expected = {s.name: s for split in listed.splits.values() for s in split} if listed else {}
+    with _index_cache(folder) as cache:
+        return sorted(m for p in files or [folder / name for name in expected]
+                      for m, _, _ in index_shard(p, cache, expected.get(p.name)))
+
+
+def _source(root) -> tuple[Path, list[Path] | None, ShardSet | None]:
+    """(folder, the tars a pattern or a .tar names or None for a whole set, the folder's dataset.json if any)."""
+    url = remote_text(root)
+    folder, files = _fetched(url) if url else _located(str(root))
+    return folder, files, read_shard_set(folder) if (folder / INDEX).is_file() else None
 
 
 def shard_member_at(text: str) -> ShardMember | None:

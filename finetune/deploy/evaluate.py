@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.folders import dataset_folders, find_val_folder, is_packed_root, resolve_splits, scan_classes
+from ..data.folders import dataset_folders, find_val_folder, is_packed_root, packed_splits, scan_classes
 from ..data.lists import is_list_argument, read_path_list
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, make_folder, refuse_inside
@@ -95,7 +95,7 @@ def labelled_images(data: Path | str, class_names: list[str]) -> tuple[Path, dic
     WebDataset shards or an hf: dataset (their val split)."""
     if is_packed_root(data):  # shards, an hf: dataset: the val split training makes by default (a shard set's own)
         found: dict[str, list] = {}
-        splits = resolve_splits(data, 0.2, 0)
+        splits = packed_splits(data, 0.2, 0)
         for image, label in splits.val:
             found.setdefault(splits.class_names[label], []).append(image)
         return Path(str(data)), found, dataset_folders(data)

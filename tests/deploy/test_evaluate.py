@@ -132,3 +132,7 @@ def test_evaluate_and_predict_read_shards_as_the_folder_they_were_made_from(trai
     results, files = predict(trained, members), predict(trained, [data / m.source for m in members])
     assert [r.path for r in results] == [str(m) for m in members] and not any(r.error for r in results)
     assert [r.top for r in results] == [r.top for r in files]  # the same bytes, decoded alike
+    last = tmp_path / "shards" / "val-000001.tar"  # one shard of a set: that shard alone, with no train split
+    assert evaluate(trained, last, output=tmp_path / "one").images == 3 == len(expand_paths([str(last)]))
+    assert [str(m) for m in expand_paths([str(tmp_path / "shards" / "train-000000.tar")])] == \
+        [str(m) for m in members[:5]]
