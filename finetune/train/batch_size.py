@@ -78,7 +78,8 @@ def find_batch_size(new_step: Callable[[], TrainStep], images: ImageDataset, spl
         found = Found(STORED_FEATURES_BATCH, "the head trains on stored features, where a step costs next to nothing "
                                              "at any batch size: the default")
     elif cap < 2:
-        found = Found(1, f"too few train images per process for {MIN_STEPS} steps an epoch of two or more")
+        found = Found(2, f"too few train images per process for {MIN_STEPS} steps an epoch of two or more: two, "
+                         "the fewest a training BatchNorm layer takes")
     else:
         sizes = [2 ** k for k in range(1, cap.bit_length())]
         trials = Trials(new_step(), images, split, stored, compute, seed)

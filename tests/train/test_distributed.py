@@ -87,6 +87,16 @@ def test_last_stage_of_a_batchnorm_resnet_on_two_processes_with_a_ragged_last_ba
     assert (progress["world"], progress["global_step"]) == (2, 3)
 
 
+def test_batch_size_auto_on_two_processes_gives_a_batchnorm_model_two_images_a_process(data, tmp_path):
+    # 26 images are too few for 8 steps an epoch of 2 a process: auto had then taken 1, which the run refused
+    spec = tree(data, "resnet18", "last-stage", epochs=1, batch_size="auto")
+    spec["model"]["source"] = "torchvision"
+    two = finetune("train", write_yaml(tmp_path / "r.yaml", spec), "--output", tmp_path / "two", "--nproc", "2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "train.batch_size auto: 4 (2 per process, the smallest of 2 processes' searches" in two.stderr
+    assert "each epoch leaves out its last 2 train image(s)" in two.stderr
+
+
 def killed_mid_epoch_2(recipe: Path, tmp_path: Path, out: Path) -> None:
     """`finetune train recipe` on 2 processes, the launcher killed (kill -9) while both ranks hold at step 5."""
     driver, marker = tmp_path / "paused.py", tmp_path / "paused-rank"
