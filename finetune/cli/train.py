@@ -105,7 +105,10 @@ def train(
     from ..train.loop import fit
 
     if launched():
+        from ..data.shard_reader import fetch_shards
+
         die_with_launcher()
+        fetch_shards(config.data.root)  # shards behind a URL: fetched before the first collective could time out
     dist = from_environment(config.train.device, config.train.dist_backend)
     try:
         run_dir = fit(config, resume_dir=resume, dist=dist)

@@ -3,8 +3,8 @@ by offset as local shards are, the way webdataset's indexed reader (wids) keeps 
 
 A URL is opened by webdataset (`pipe:COMMAND`, http(s):// through curl, gs:// through gsutil, sftp://, scp://) or,
 for any other scheme (s3://, az://...), by fsspec with the user's filesystem package (s3fs, adlfs). Each shard is
-written to a temporary file and renamed into place, so an interrupted fetch leaves nothing half-written, and
-processes fetching the same shard at once each end with the whole file.
+written to a temporary file and renamed into place, so an interrupted fetch leaves nothing half-written; the
+processes of a machine take turns on each shard, so it is fetched once.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..config.recipe import root_text
@@ -44,22 +45,42 @@ def local_names(urls: list[str]) -> list[str]:
     return [f"shard-{i:06d}.tar" for i in range(len(urls))]
 
 
-def fetch(pairs: list[tuple[str, Path]], console=None) -> None:
-    """Copy each (url, destination) in turn, under one progress bar; the first that fails stops with one line."""
+def fetch(wanted: list[tuple[str, Path, int | None]], console=None) -> None:
+    """Copy each (url, destination, size) the cache lacks (a copy of that size; of any, for None; always, for -1),
+    under one progress bar; the first that fails stops with one line. The processes of a machine take turns on
+    each destination (a lock file beside it), so one fetches and the others find its copy."""
     from ..console import track
 
-    for url, dest in track(pairs, "fetching shards", console):
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    for url, dest, size in track(wanted, "fetching shards", console):
+        with _locked(dest):
+            if size != -1 and dest.is_file() and size in (None, dest.stat().st_size):
+                continue
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+            try:
+                with _open(url) as source, open(tmp, "wb") as out:
+                    shutil.copyfileobj(source, out, _CHUNK)
+                os.replace(tmp, dest)
+            except OSError as exc:  # webdataset's pipes say "(COMMAND...): exit STATUS (read) ..."
+                status = re.search(r"\): exit (\d+)", str(exc))
+                why = f"the command exited with status {status.group(1)}" if status else str(exc)
+                raise DataError(f"cannot fetch {url}: {why}") from None
+            finally:
+                tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked(dest: Path):
+    try:
+        import fcntl
+    except ImportError:  # not on Windows: there each process fetches its own copy, renamed into place alike
+        yield
+        return
+    with open(dest.with_name(f".{dest.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            with _open(url) as source, open(tmp, "wb") as out:
-                shutil.copyfileobj(source, out, _CHUNK)
-            os.replace(tmp, dest)
-        except OSError as exc:  # webdataset's pipes say "(COMMAND...): exit STATUS (read) ..."
-            status = re.search(r"\): exit (\d+)", str(exc))
-            why = f"the command exited with status {status.group(1)}" if status else str(exc)
-            raise DataError(f"cannot fetch {url}: {why}") from None
+            yield
         finally:
-            tmp.unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _open(url: str):

@@ -181,13 +181,19 @@ def _fetched(url: str) -> tuple[Path, list[Path] | None]:
     if url.endswith(".tar") or "{" in url:
         urls = _expand(url)
         files = [folder / name for name in local_names(urls)]
-        fetch([(u, f) for u, f in zip(urls, files) if not f.is_file()], stderr_console())
+        fetch([(u, f, None) for u, f in zip(urls, files)], stderr_console())
         return folder, files
-    fetch([(f"{url.rstrip('/')}/{INDEX}", folder / INDEX)])
+    fetch([(f"{url.rstrip('/')}/{INDEX}", folder / INDEX, -1)])
     wanted = [s for split in read_shard_set(folder).splits.values() for s in split]
-    fetch([(f"{url.rstrip('/')}/{s.name}", folder / s.name) for s in wanted
-           if not (folder / s.name).is_file() or (folder / s.name).stat().st_size != s.bytes], stderr_console())
+    fetch([(f"{url.rstrip('/')}/{s.name}", folder / s.name, s.bytes) for s in wanted], stderr_console())
     return folder, None
+
+
+def fetch_shards(root) -> None:
+    """Fetch what a URL root names into the cache, if it is one (before a data-parallel run's first collective,
+    which would time out waiting for a long fetch)."""
+    if remote_text(root):
+        _fetched(remote_text(root))
 
 
 def shard_images(root) -> list[ShardMember]:

@@ -1,8 +1,12 @@
 """Shards behind a URL (data.shard_fetch): fetched once into the cache, then the same samples as the local shards;
 a failed fetch is one line and leaves no partial file."""
 
+import os
 import shutil
+import subprocess
+import sys
 import threading
+import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,6 +34,10 @@ def served(tmp_path, monkeypatch):
     class Handler(SimpleHTTPRequestHandler):
         def log_message(self, *args):
             asked.append(self.path)
+
+        def do_GET(self):
+            time.sleep(float(os.environ.get("SLOW_SERVER", "0")))
+            super().do_GET()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(tmp_path / "www")))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -93,3 +101,28 @@ def test_a_failed_fetch_is_one_line_and_leaves_nothing_half_written(served, tmp_
         resolve_splits(url, 0.2, 0)
     left = [p.name for p in (tmp_path / "cache" / "shards").rglob("*")]
     assert left and not [n for n in left if n.endswith(".part")]
+
+
+READER = """
+import sys, time
+from pathlib import Path
+from finetune.data.folders import resolve_splits
+print("ready", flush=True)
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.01)
+print(len(resolve_splits(sys.argv[1], 0.2, 0).train))
+"""
+
+
+@pytest.mark.slow
+def test_processes_reading_one_url_at_once_fetch_each_shard_once(served, tmp_path, monkeypatch):
+    _, url, asked = served
+    monkeypatch.setenv("SLOW_SERVER", "0.3")  # each answer takes a while, so the two overlap
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", READER, f"{url}/train-{{000000..000003}}.tar", str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert all(p.stdout.readline().strip() == "ready" for p in procs)
+    go.touch()  # both start fetching now
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [o.strip() for o, _ in outs] == ["8", "8"], outs
+    assert sorted(asked) == [f"/shards/train-00000{i}.tar" for i in range(4)]  # once each, not once a process
