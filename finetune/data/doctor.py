@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..config.recipe import root_text
 from ..errors import DataError
 from .filecheck import SMALL_SIDE, check_files
 from .folders import is_image_name, scan_classes, split_folders
@@ -92,9 +93,9 @@ def inspect_dataset(root: Path, console=None) -> Report:
     """Scan ROOT (train/ + val/, or class folders) and report what training would trip over."""
     start = time.perf_counter()
     if is_shard_root(root):
-        raise DataError(f"{root} holds shards: `finetune shard` checked their images as it wrote them (dataset.json "
-                        "counts those it left out), and training checks each shard against it; inspect the folder "
-                        "the shards were made from")
+        raise DataError(f"{root_text(root)} holds shards: `finetune shard` checked their images as it wrote them "
+                        "(dataset.json counts those it left out), and training checks each shard against it; inspect "
+                        "the folder the shards were made from")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data root {root} is not a folder")

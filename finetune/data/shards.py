@@ -22,9 +22,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..config.recipe import root_text
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, file_sha256, make_folder, refuse_inside, write_text
-from .folders import absolute_root, dataset_folders, resolve_splits
+from .folders import absolute_root, dataset_folders, is_packed_root, resolve_splits
 from .lists import is_list_argument
 from .shard_reader import INDEX, Shard, ShardSet
 
@@ -65,6 +66,9 @@ def write_shards(root: Path, out: Path, limit: ShardLimit, val_fraction: float, 
     from .doctor import training_screen
 
     _webdataset()  # before the screen reads every file
+    if is_packed_root(root):
+        raise DataError(f"{root_text(root)} is already a dataset of its own format (shards, hf:): `finetune shard` "
+                        "reads a folder of photos or an @list of them")
     if not 0 < val_fraction < 1:
         raise ConfigError(f"--val-fraction {val_fraction}: give a share of each class above 0 and below 1, e.g. 0.2")
     refuse_inside(out, dataset_folders(root), "the shard folder", error=DataError)

@@ -98,6 +98,9 @@ def test_the_output_must_be_outside_the_dataset_and_new_unless_overwriting_shard
     write_shards(data, tmp_path / "out", ShardLimit(images=10), 0.2, 0, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dataset.json", "train-000000.tar",
                                                                      "val-000000.tar"]
+    with pytest.raises(DataError, match="already a dataset of its own format"):  # had crashed on a ShardMember
+        write_shards(tmp_path / "out", tmp_path / "again", ShardLimit(images=10), 0.2, 0)
+    assert not (tmp_path / "again").exists()
 
 
 def test_shard_command_from_a_labelled_list(tmp_path):
