@@ -22,6 +22,8 @@ from ..errors import ConfigError, DataError
 REMOTE = re.compile(r"^(pipe|https?|s3|gs|gcs|ais|sftp|scp|ftps|az|abfs):", re.IGNORECASE)
 _SHARD_NAME = re.compile(r"[\w.-]+\.tar")
 _CHUNK = 1 << 20
+CURL_STATUS = {6: "the host name does not resolve", 7: "the server cannot be reached",
+               22: "the server answered with an error (no such file, or access refused)", 28: "it timed out"}
 
 
 def remote_text(root) -> str | None:
@@ -63,6 +65,8 @@ def fetch(wanted: list[tuple[str, Path, int | None]], console=None) -> None:
             except OSError as exc:  # webdataset's pipes say "(COMMAND...): exit STATUS (read) ..."
                 status = re.search(r"\): exit (\d+)", str(exc))
                 why = f"the command exited with status {status.group(1)}" if status else str(exc)
+                if status and url.lower().startswith("http") and int(status.group(1)) in CURL_STATUS:
+                    why = f"{CURL_STATUS[int(status.group(1))]} (curl's status {status.group(1)})"
                 raise DataError(f"cannot fetch {url}: {why}") from None
             finally:
                 tmp.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tarfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -178,7 +179,7 @@ def _fetched(url: str) -> tuple[Path, list[Path] | None]:
 
     folder = cache_folder(url)
     folder.mkdir(parents=True, exist_ok=True)
-    if url.endswith(".tar") or "{" in url:
+    if "{" in url or re.search(r"\.tar($|\?)", url):  # a pattern, or one shard (a signed URL has a ?query)
         urls = _expand(url)
         files = [folder / name for name in local_names(urls)]
         fetch([(u, f, None) for u, f in zip(urls, files)], stderr_console())

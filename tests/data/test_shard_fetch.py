@@ -15,7 +15,7 @@ import pytest
 from conftest import make_folder
 
 from finetune.config import DataSpec
-from finetune.data.folders import absolute_root, dataset_folders, resolve_splits
+from finetune.data.folders import absolute_root, dataset_folders, packed_images, resolve_splits
 from finetune.data.images import load_rgb
 from finetune.data.shards import ShardLimit, write_shards
 from finetune.errors import DataError
@@ -86,18 +86,20 @@ def test_a_url_pattern_and_a_pipe_command_are_read_as_local_patterns(served):
     assert len(asked) == 4
     assert resolve_splits(remote, 0.2, 0).train == first.train and len(asked) == 4  # a pattern's shards: kept
     _same_samples(resolve_splits(f"pipe:cat {copy}/{pattern}", 0.2, 0), bare)
+    signed = packed_images(f"{url}/val-000000.tar?token=x")  # one shard, by a signed URL: its query is no set
+    assert [m.name for m in signed] == [m.name for m in packed_images(shards / "val-000000.tar")]
     assert len(bare.train) + len(bare.val) == 10 and bare.counts("val") == {"blue": 1, "red": 1}
 
 
 def test_a_failed_fetch_is_one_line_and_leaves_nothing_half_written(served, tmp_path):
     shards, url, _ = served
-    with pytest.raises(DataError, match=r"cannot fetch http://.*/nowhere/dataset.json: the command exited with "
-                                        r"status 22"):
+    with pytest.raises(DataError, match=r"cannot fetch http://.*/nowhere/dataset.json: the server answered with an "
+                                        r"error \(no such file, or access refused\) \(curl's status 22\)"):
         resolve_splits(url.replace("shards", "nowhere"), 0.2, 0)
     with pytest.raises(DataError, match="cannot fetch pipe:cat /nope/train-000000.tar: the command exited"):
         resolve_splits("pipe:cat /nope/train-000000.tar", 0.2, 0)
     (shards / "val-000000.tar").unlink()
-    with pytest.raises(DataError, match="val-000000.tar: the command exited with status 22"):
+    with pytest.raises(DataError, match="val-000000.tar: the server answered with an error"):
         resolve_splits(url, 0.2, 0)
     left = [p.name for p in (tmp_path / "cache" / "shards").rglob("*")]
     assert left and not [n for n in left if n.endswith(".part")]
