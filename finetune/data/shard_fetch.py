@@ -51,11 +51,19 @@ def fetch(wanted: list[tuple[str, Path, int | None]], console=None) -> None:
     """Copy each (url, destination, size) the cache lacks (a copy of that size; of any, for None; always, for -1),
     under one progress bar; the first that fails stops with one line. The processes of a machine take turns on
     each destination (a lock file beside it), so one fetches and the others find its copy."""
-    from ..console import track
+    from ..console import literal, track
 
+    def cached(dest: Path, size: int | None) -> bool:
+        return size != -1 and dest.is_file() and size in (None, dest.stat().st_size)
+
+    todo = [(url, dest) for url, dest, size in wanted if not cached(dest, size)]
+    if console is not None and todo:  # a fetch can take long, or retry a while before it fails: never silently
+        console.print(f"shards: fetching {len(todo)} of {len(wanted)} from {literal(todo[0][0])}"
+                      f"{' ...' if len(todo) > 1 else ''} into {literal(todo[0][1].parent)}", style="dim",
+                      soft_wrap=True)
     for url, dest, size in track(wanted, "fetching shards", console):
         with _locked(dest):
-            if size != -1 and dest.is_file() and size in (None, dest.stat().st_size):
+            if cached(dest, size):
                 continue
             tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
             try:
@@ -99,8 +107,8 @@ def _open(url: str):
         import fsspec
 
         return fsspec.open(url, "rb").open()
-    except ImportError as exc:
-        raise ConfigError(f"{url}: {scheme}:// is opened by fsspec with its filesystem package ({exc.name} is "
-                          f"missing): pip install fsspec and the one for {scheme}:// (s3fs for s3://)") from None
+    except ImportError as exc:  # fsspec itself, or its package for the scheme ("Install s3fs to access S3")
+        raise ConfigError(f"{url}: {scheme}:// is opened by fsspec with its package for {scheme}:// ({exc}): pip "
+                          f"install fsspec and it (s3fs for s3://, gcsfs for gcs://, adlfs for az://)") from None
     except ValueError as exc:  # fsspec: unknown protocol
         raise ConfigError(f"{url}: {exc}") from None

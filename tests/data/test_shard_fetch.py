@@ -1,6 +1,7 @@
 """Shards behind a URL (data.shard_fetch): fetched once into the cache, then the same samples as the local shards;
 a failed fetch is one line and leaves no partial file."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from finetune.config import DataSpec
 from finetune.data.folders import absolute_root, dataset_folders, packed_images, resolve_splits
 from finetune.data.images import load_rgb
 from finetune.data.shards import ShardLimit, write_shards
-from finetune.errors import DataError
+from finetune.errors import ConfigError, DataError
 
 
 @pytest.fixture
@@ -53,9 +54,10 @@ def _same_samples(a, b):
         assert all(load_rgb(m).tobytes() == load_rgb(n).tobytes() for (m, _), (n, _) in zip(ours, theirs))
 
 
-def test_a_set_behind_a_url_is_fetched_once_and_read_as_the_local_set(served, tmp_path):
+def test_a_set_behind_a_url_is_fetched_once_and_read_as_the_local_set(served, tmp_path, capsys):
     shards, url, asked = served
     remote = resolve_splits(Path(url), 0.2, 0)  # as data.root and --data read it: a path, its "//" made "/"
+    assert f"shards: fetching 6 of 6 from {url}/train-000000.tar ..." in capsys.readouterr().err  # never silent
     _same_samples(remote, resolve_splits(shards, 0.2, 0))
     assert sorted(asked) == sorted(f"/shards/{p.name}" for p in shards.iterdir())  # each file once
     assert all(str(m.shard).startswith(str(tmp_path / "cache" / "shards")) for m, _ in remote.train)
@@ -101,6 +103,9 @@ def test_a_failed_fetch_is_one_line_and_leaves_nothing_half_written(served, tmp_
     (shards / "val-000000.tar").unlink()
     with pytest.raises(DataError, match="val-000000.tar: the server answered with an error"):
         resolve_splits(url, 0.2, 0)
+    if importlib.util.find_spec("s3fs") is None:  # other schemes go to fsspec, which needs the scheme's package
+        with pytest.raises(ConfigError, match=r"s3:// is opened by fsspec .*Install s3fs"):
+            packed_images("s3://bucket/shards/train-000000.tar")
     left = [p.name for p in (tmp_path / "cache" / "shards").rglob("*")]
     assert left and not [n for n in left if n.endswith(".part")]
 
