@@ -67,9 +67,6 @@ class DataSpec(_Section):
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="share of each class held out when there is no val/ folder")
 
-    @field_serializer("root", when_used="json")
-    def _root(self, root: Optional[Path]) -> Optional[str]:
-        return None if root is None else root_text(root)
     image_size: Optional[int] = Field(
         None, ge=8, le=MAX_IMAGE_SIZE, description="crop size for training and evaluation (default: the weights' own)")
     augment: Optional[Literal["none", "flip", "standard", "randaugment", "trivialaugment", "autoaugment"]] = Field(
@@ -99,6 +96,10 @@ class DataSpec(_Section):
         if workers != "auto" and not 0 <= workers <= 256:
             raise ValueError("must be auto or a number of worker processes from 0 to 256")
         return workers
+
+    @field_serializer("root", when_used="json")
+    def _root(self, root: Optional[Path]) -> Optional[str]:
+        return None if root is None else root_text(root)
 
 
 class StrategySpec(_Section):

@@ -84,7 +84,7 @@ def fetch(wanted: list[tuple[str, Path, int | None]], console=None) -> None:
 def _locked(dest: Path):
     try:
         import fcntl
-    except ImportError:  # not on Windows: there each process fetches its own copy, renamed into place alike
+    except ImportError:  # no fcntl (Windows): each process fetches its own copy, renamed into place alike
         yield
         return
     with open(dest.with_name(f".{dest.name}.lock"), "w") as lock:

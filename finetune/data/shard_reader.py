@@ -155,7 +155,7 @@ def shard_splits(root, val_fraction: float, seed: int):
     with _index_cache(folder) as cache:
         pooled = [m for p in files or [] for m in index_shard(p, cache)]
     if not pooled:
-        raise DataError(f"data.root {root}: no images in those shards")
+        raise DataError(f"data.root {remote_text(root) or root}: no images in those shards")
     numbers = sorted({label for _, label, _ in pooled})
     names = _class_names(pooled, numbers)
     relabel = {n: i for i, n in enumerate(numbers)}
