@@ -484,12 +484,12 @@ PAUSE_IN_FEATURES = '''
 import os, signal, sys
 from pathlib import Path
 from finetune.train.features.store import FeatureStore
-real = FeatureStore.write
+real = FeatureStore.begin
 def paused(*args, **kwargs):
     Path(os.environ["PAUSE_MARKER"]).touch()
     signal.pause()
     return real(*args, **kwargs)
-FeatureStore.write = paused
+FeatureStore.begin = paused
 from finetune.cli import app
 app(sys.argv[1:], prog_name="finetune")
 '''

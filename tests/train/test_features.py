@@ -66,8 +66,8 @@ def test_cache_hit_miss_and_invalidation(tiny_tree, image_folder, tmp_path, monk
     from finetune.train.features.store import FeatureStore
 
     computed = []
-    real = FeatureStore.write
-    monkeypatch.setattr(FeatureStore, "write", lambda self, key, *a, **k: (computed.append(key),
+    real = FeatureStore.begin
+    monkeypatch.setattr(FeatureStore, "begin", lambda self, key, *a, **k: (computed.append(key),
                                                                            real(self, key, *a, **k))[1])
     _fit(tiny_tree, tmp_path, train__epochs=1)
     first = _entries(tmp_path)
@@ -100,6 +100,31 @@ def test_cache_hit_miss_and_invalidation(tiny_tree, image_folder, tmp_path, monk
     torch.save(state, weights)
     _fit(tiny_tree, tmp_path, train__epochs=1)
     assert len(computed) == 9
+
+
+@pytest.mark.slow
+def test_shards_are_stored_an_entry_a_shard_and_a_run_on_some_of_them_reuses_theirs(tiny_tree, image_folder,
+                                                                                     tmp_path, monkeypatch):
+    from finetune.data.shard_reader import read_shard_set
+    from finetune.data.shards import ShardLimit, write_shards
+    from finetune.train.features.store import FeatureStore
+
+    computed = []
+    real = FeatureStore.begin
+    monkeypatch.setattr(FeatureStore, "begin", lambda self, key, *a, **k: (computed.append(key),
+                                                                           real(self, key, *a, **k))[1])
+    write_shards(image_folder, tmp_path / "shards", ShardLimit(images=5), 0.2, 0)  # train 5+5+5+1, val 5+3
+    on_folder, _ = _fit(tiny_tree, tmp_path / "folder", train__epochs=2)
+    sharded = {**tiny_tree, "data": {**tiny_tree["data"], "root": str(tmp_path / "shards")}}
+    on_shards, _ = _fit(sharded, tmp_path, train__epochs=2)
+    shards = read_shard_set(tmp_path / "shards").splits
+    assert len(computed) - 2 == len(_entries(tmp_path)) == len(shards["train"]) + len(shards["val"]) == 6
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in on_folder]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in on_shards] == strip  # the folder's run
+    computed.clear()
+    some = {**sharded, "data": {**sharded["data"], "root": str(tmp_path / "shards" / "train-{000000..000001}.tar")}}
+    rows, _ = _fit(some, tmp_path, train__epochs=1)
+    assert computed == [] and len(rows) == 1  # two train shards and the val shards: every entry read, none computed
 
 
 @pytest.mark.slow

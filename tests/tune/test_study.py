@@ -33,8 +33,8 @@ def trial_rows(folder):
 def test_a_study_runs_its_trials_as_runs_shares_the_features_and_writes_the_best_recipe(tiny_tree, tmp_path,
                                                                                         monkeypatch):
     writes = []
-    original = FeatureStore.write
-    monkeypatch.setattr(FeatureStore, "write", lambda self, key, *a, **k: writes.append(key) or
+    original = FeatureStore.begin
+    monkeypatch.setattr(FeatureStore, "begin", lambda self, key, *a, **k: writes.append(key) or
                         original(self, key, *a, **k))
     recipe, space, folder = study_files(tiny_tree, tmp_path)
     code, out, err = invoke("tune", recipe, "--trials", 2, "--space", space, "--output", folder)

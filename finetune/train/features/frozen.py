@@ -3,12 +3,15 @@ rest trains on (stored features, or the prefix run on each batch where they cann
 
 `FeaturePlan` (config.plan_features) says whether there is a frozen part to store and how many train views;
 `prefix.split_frozen` cuts the model where the freeze plan's first trained module runs; the store keeps one
-entry per split (train, val) under a key of everything that changes it. Data parallel: the processes of
-each machine share the pass, each writing its rows of one entry, which the first of them finishes.
+entry per split (train, val), or per input shard of a split from shards, under a key of everything that changes
+it. Data parallel: the processes of each machine share the pass, each writing its rows of each entry, which the
+first of them finishes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -21,6 +24,7 @@ from ...console import literal, progress
 from ...data.images import ImageDataset
 from ...data.loading import Loaders, one_pass_loader, prefetched
 from ...data.sampling import SeededDataset
+from ...data.shard_reader import ShardMember
 from ...models.adapters import HeadInput
 from ...runtime.device import Compute
 from ...runtime.threads import tuned_threads
@@ -89,39 +93,62 @@ class FrozenFeatures:
                         layout: tuple, compute: bool = True) -> FeatureSet | None:
         """The stored features of `images` (`views` views of transform `kind`), computed and stored first when
         they are not and `compute` allows (None when they cannot be: no room on disk, an unwritable store).
-        `layout`: (shape, dtype) of one image's prefix output (`layout()`). Data parallel: the ranks of each
-        machine that computes share the pass, each writing its rows of one entry; the others read it."""
-        dist = self.compute.dist
-        key = self.key.key(images.samples, f"{kind}-draft{images.draft_size}-{self.compute.precision}-"
-                                           f"{split.boundary}")
-        first = dist.local_rank == 0
-        features = self.store.load(key, name, self.console) if first else None
-        shape, dtype = layout
-        size = (views, len(images), *shape)
-        todo = first and features is None and compute and self.store.fits(views * len(images), (shape, dtype))
-        labels = np.array([label for _, label in images.samples], dtype=np.int64)
-        if not dist.enabled:
-            return self.store.write(key, size, dtype, labels, self._filler(name, images, split)) if todo else features
-        tmp = dist.gather([self.store.begin(key, size, dtype) if todo else None])[dist.rank - dist.local_rank]
+        `layout`: (shape, dtype) of one image's prefix output (`layout()`). Images from shards are stored one
+        entry per shard (`entry_rows`), so a later run on some of the same shards reuses theirs; the missing
+        entries are computed in one pass in the split's order, batch for batch as one entry would be. Data
+        parallel: the ranks of each machine that computes share the pass, each writing its rows of the entries."""
+        dist, (shape, dtype) = self.compute.dist, layout
+        parts = entry_rows(images.samples)
+        placed = len(parts) > 1 and kind != "eval"  # augmented views are seeded by place: keyed by it
+        keys = [self.key.key([images.samples[i] for i in rows], f"{kind}-draft{images.draft_size}-"
+                             f"{self.compute.precision}-{split.boundary}{f'-rows{_digest(rows)}' if placed else ''}")
+                for rows in parts]
+        first = dist.local_rank == 0  # loads, allocates and finishes the entries of its machine
+        stored = [self.store.load(key, name, self.console) if first else None for key in keys]
+        missing = [p for p, got in enumerate(stored) if got is None]
+        todo = first and bool(missing) and compute and self.store.fits(
+            views * sum(len(parts[p]) for p in missing), (shape, dtype))
+        began = {p: self.store.begin(keys[p], (views, len(parts[p]), *shape), dtype) for p in missing} if todo else {}
+        began = dist.gather([began])[dist.rank - dist.local_rank] if dist.enabled else began
+        labels = {p: np.array([images.samples[i][1] for i in parts[p]], dtype=np.int64) for p in began}
         done = []
-        if tmp is not None:  # this machine computes: its ranks' contiguous shares of the rows
-            share = -(-len(images) // dist.local_world)
-            rows = range(dist.local_rank * share, min(len(images), (dist.local_rank + 1) * share))
-            out = open_rows(tmp)
-            self._filler(name, images, split, rows)(out, labels)
-            out.flush()
-            del out
-            done = [(dist.rank - dist.local_rank, rows.start, labels[rows.start:rows.stop].tolist())]
-            if dist.main:
+        if began:  # this machine computes: its ranks' contiguous shares of the missing rows, in the split's order
+            where = {i: (p, r) for p in began for r, i in enumerate(parts[p])}
+            rows = sorted(where)
+            share = -(-len(rows) // dist.local_world)
+            mine = rows[dist.local_rank * share:(dist.local_rank + 1) * share]
+            outs = {p: open_rows(tmp) for p, tmp in began.items()}
+            try:
+                for v, at, features, got in self._pass(name, images, split, mine, views):
+                    for i, x, y in zip(at, features, got):
+                        p, r = where[i]
+                        outs[p][v, r] = x
+                        labels[p][r] = min(labels[p][r], y)  # an image that vanished keeps its negative label
+            except BaseException:
+                if not dist.enabled:
+                    for tmp in began.values():
+                        shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            for out in outs.values():
+                out.flush()
+            del outs
+            done = [(dist.rank - dist.local_rank, [(*where[i], int(labels[where[i][0]][where[i][1]])) for i in mine])]
+            if dist.enabled and dist.main:
                 self.console.print(f"features: {name}'s pass shared by the {dist.local_world} processes of this "
                                    f"machine, up to {share} images each", style="dim", soft_wrap=True)
-        for machine, start, part in dist.gather(done):  # the labels of images that vanished, from every share
-            if machine == dist.rank - dist.local_rank:
-                labels[start:start + len(part)] = part
-        if tmp is not None and first:
-            features = self.store.finish(key, tmp, labels)
-        dist.barrier()
-        return features if first else self.store.load(key, name, self.console)
+        for machine, got in (dist.gather(done) if dist.enabled else done):  # every share's vanished images
+            for p, r, y in got if machine == dist.rank - dist.local_rank else ():
+                labels[p][r] = y
+        if first:
+            for p, tmp in began.items():
+                stored[p] = self.store.finish(keys[p], tmp, labels[p])
+        if dist.enabled:
+            dist.barrier()
+            if not first:
+                stored = [self.store.load(key, name, self.console) for key in keys]
+        if any(got is None for got in stored):
+            return None
+        return stored[0] if len(stored) == 1 else FeatureSet.joined(stored, parts)
 
     def layout(self, split: Split, images: ImageDataset) -> tuple:
         """(shape, storage dtype) of the prefix's output, from the first of `images` (val's: no augmentation)."""
@@ -129,30 +156,24 @@ class FrozenFeatures:
             sample = split.prefix(self.compute.to_device(images[0][0][None])).float()
         return tuple(sample.shape[1:]), storage_dtype(sample)
 
-    def _filler(self, name: str, images: ImageDataset, split: Split, rows: range | None = None):
-        """What writes the prefix's outputs of `images` (in file order; `rows` of them), view after view, into an
-        entry. View v of image i is augmented under a seed of (seed, v, i), whichever process computes it."""
+    def _pass(self, name: str, images: ImageDataset, split: Split, rows: list[int], views: int):
+        """(view, rows, prefix outputs, labels) batch by batch: the images at `rows`, `views` times. View v of
+        image i is augmented under a seed of (seed, v, i), whichever process computes it."""
         cpu = self.compute.device.type == "cpu"  # decode in a thread of this process, as predict does (prefetched)
-        rows = range(len(images)) if rows is None else rows
-
-        def fill(out: np.ndarray, labels: np.ndarray) -> None:
-            with progress(self.console) as bar, torch.inference_mode():
-                task = bar.add_task(f"computing {name} features", total=len(out) * len(rows))
-                for v in range(len(out)):
-                    seeds = np.random.SeedSequence([self.seed, v]).generate_state(len(images), np.uint64)
-                    view = SeededDataset(images)
-                    ordered = one_pass_loader(_Rows(view, [(i, int(seeds[i] >> 1)) for i in rows]), self.batch_size,
-                                              0 if cpu else self.workers, self.seed, not cpu)
-                    row = rows.start
-                    for batch, got in (tuned_threads(prefetched(ordered)) if cpu else ordered):
-                        with self.compute.autocast():
-                            features = split.prefix(self.compute.to_device(batch))
-                        out[v, row:row + len(features)] = features.float().cpu().numpy()
-                        # an image that vanished since the pre-scan keeps its negative label (missing_label)
-                        labels[row:row + len(features)] = np.minimum(labels[row:row + len(features)], got.numpy())
-                        row += len(features)
-                        bar.advance(task)
-        return fill
+        with progress(self.console) as bar, torch.inference_mode():
+            task = bar.add_task(f"computing {name} features", total=views * len(rows))
+            for v in range(views):
+                seeds = np.random.SeedSequence([self.seed, v]).generate_state(len(images), np.uint64)
+                view = SeededDataset(images)
+                ordered = one_pass_loader(_Rows(view, [(i, int(seeds[i] >> 1)) for i in rows]), self.batch_size,
+                                          0 if cpu else self.workers, self.seed, not cpu)
+                at = 0
+                for batch, got in (tuned_threads(prefetched(ordered)) if cpu else ordered):
+                    with self.compute.autocast():
+                        features = split.prefix(self.compute.to_device(batch))
+                    yield v, rows[at:at + len(features)], features.float().cpu().numpy(), got.tolist()
+                    at += len(features)
+                    bar.advance(task)
 
     def _say(self, split: Split, recomputed: dict[str, str], seconds: float) -> None:
         cached = [name for name in ("train", "val") if name not in recomputed]
@@ -164,6 +185,21 @@ class FrozenFeatures:
             if why:
                 self.console.print(f"features: for {name}, the frozen part runs every epoch, BatchNorm folded "
                                    f"({why})", style="dim", soft_wrap=True)
+
+
+def entry_rows(samples) -> list[list[int]]:
+    """The split's rows each entry stores: one entry per input shard for images from shards (in the order the
+    split first meets them), else one for all."""
+    if not samples or not isinstance(samples[0][0], ShardMember):
+        return [list(range(len(samples)))]
+    shards: dict[str, list[int]] = {}
+    for i, (member, _) in enumerate(samples):
+        shards.setdefault(member.shard, []).append(i)
+    return list(shards.values())
+
+
+def _digest(rows: list[int]) -> str:
+    return hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 class _Rows(torch.utils.data.Dataset):

@@ -1,4 +1,5 @@
-"""The feature store: a folder of entries, one per key, each the frozen part's outputs for one split's images.
+"""The feature store: a folder of entries, one per key, each the frozen part's outputs for one split's images (or
+for those of one input shard: `FeatureSet.joined` reads several as one).
 
 An entry is `features.npy` (views x N x ..., fp16 where the values fit, memory-mapped when read), `labels.npy`
 and `checksums.json` (CRC32 of both, written last). It is written into a temporary folder and renamed into
@@ -14,7 +15,6 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +45,43 @@ class FeatureSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @classmethod
+    def joined(cls, parts: list[FeatureSet], rows: list[list[int]]) -> FeatureSet:
+        """One set of several entries: row rows[p][r] is row r of parts[p]."""
+        labels = np.empty(sum(len(r) for r in rows), dtype=np.int64)
+        for part, where in zip(parts, rows):
+            labels[where] = part.labels
+        return cls(JoinedRows([p.features for p in parts], rows), labels)
+
     def __getitem__(self, item):
         i = item[0] if isinstance(item, tuple) else item  # training samplers yield (index, sample seed)
         if i == PAD:  # padding of a rank's last batch (data.sampling.EpochSampler.shard)
             return torch.zeros(self.features.shape[2:]), PAD_LABEL
         return torch.from_numpy(np.asarray(self.features[self.view, i], dtype=np.float32)), int(self.labels[i])
+
+
+class JoinedRows:
+    """Several entries' features (views x N_p x ...) read as one views x N x ... array: [v, i] is one image's,
+    [v] one whole view (gathered), as from one entry's memory-mapped array."""
+
+    def __init__(self, parts: list[np.ndarray], rows: list[list[int]]):
+        self.parts, self.rows = parts, rows
+        n = sum(len(r) for r in rows)
+        self.where = np.empty((n, 2), dtype=np.int64)  # row i: (part, its row there)
+        for p, where in enumerate(rows):
+            self.where[where, 0], self.where[where, 1] = p, np.arange(len(where))
+        self.shape, self.dtype = (parts[0].shape[0], n, *parts[0].shape[2:]), parts[0].dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            v, i = key
+            p, r = self.where[i]
+            return self.parts[p][v, r]
+        out = np.empty(self.shape[1:], dtype=self.dtype)
+        for part, where in zip(self.parts, self.rows):
+            out[where] = part[key]
+        return out
 
 
 class DamagedEntry(Exception):
@@ -71,7 +103,7 @@ class FeatureStore:
                 pass
         except OSError as exc:
             return exc.strerror or str(exc)
-        for tmp in self.root.glob(".*.*.*") if clean else []:  # .KEY.PID.XXXX from write()
+        for tmp in self.root.glob(".*.*.*") if clean else []:  # .KEY.PID.XXXX from begin()
             parts = tmp.name.split(".")
             if tmp.is_dir() and len(parts) >= 4 and parts[2].isdigit() and not pid_alive(int(parts[2])):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -96,21 +128,6 @@ class FeatureStore:
                           f"({literal(why)}); computing them again[/]", highlight=False, soft_wrap=True)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-
-    def write(self, key: str, shape: tuple, dtype, labels: np.ndarray,
-              fill: Callable[[np.ndarray, np.ndarray], None]) -> FeatureSet:
-        """A new entry of `shape` (views x N x ...): `fill(features, labels)` writes into the memory-mapped array
-        (and may lower labels of images that vanished); checksums last, then one atomic rename."""
-        tmp = self.begin(key, shape, dtype)
-        try:
-            out = open_rows(tmp)
-            fill(out, labels)
-            out.flush()
-            del out
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return self.finish(key, tmp, labels)
 
     def begin(self, key: str, shape: tuple, dtype) -> Path:
         """A temporary folder holding the entry's features.npy, allocated (open_rows opens it, in any process)."""
