@@ -14,6 +14,7 @@ import hashlib
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -110,38 +111,14 @@ class FrozenFeatures:
             views * sum(len(parts[p]) for p in missing), (shape, dtype))
         began = {p: self.store.begin(keys[p], (views, len(parts[p]), *shape), dtype) for p in missing} if todo else {}
         began = dist.gather([began])[dist.rank - dist.local_rank] if dist.enabled else began
-        labels = {p: np.array([images.samples[i][1] for i in parts[p]], dtype=np.int64) for p in began}
-        done = []
-        if began:  # this machine computes: its ranks' contiguous shares of the missing rows, in the split's order
-            where = {i: (p, r) for p in began for r, i in enumerate(parts[p])}
-            rows = sorted(where)
-            share = -(-len(rows) // dist.local_world)
-            mine = rows[dist.local_rank * share:(dist.local_rank + 1) * share]
-            outs = {p: open_rows(tmp) for p, tmp in began.items()}
-            try:
-                for v, at, features, got in self._pass(name, images, split, mine, views):
-                    for i, x, y in zip(at, features, got):
-                        p, r = where[i]
-                        outs[p][v, r] = x
-                        labels[p][r] = min(labels[p][r], y)  # an image that vanished keeps its negative label
-            except BaseException:
-                if not dist.enabled:
-                    for tmp in began.values():
-                        shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            for out in outs.values():
-                out.flush()
-            del outs
-            done = [(dist.rank - dist.local_rank, [(*where[i], int(labels[where[i][0]][where[i][1]])) for i in mine])]
-            if dist.enabled and dist.main:
-                self.console.print(f"features: {name}'s pass shared by the {dist.local_world} processes of this "
-                                   f"machine, up to {share} images each", style="dim", soft_wrap=True)
-        for machine, got in (dist.gather(done) if dist.enabled else done):  # every share's vanished images
-            for p, r, y in got if machine == dist.rank - dist.local_rank else ():
-                labels[p][r] = y
-        if first:
-            for p, tmp in began.items():
-                stored[p] = self.store.finish(keys[p], tmp, labels[p])
+        labels, mine = self._fill(name, images, split, views, parts, began) if began else ({}, [])
+        if dist.enabled:  # every rank, computing or not: the labels of vanished images, from each share
+            machine = dist.rank - dist.local_rank
+            for theirs, got in dist.gather([(machine, mine)]):
+                for p, r, y in got if theirs == machine else ():
+                    labels[p][r] = y
+        for p, tmp in began.items() if first else ():
+            stored[p] = self.store.finish(keys[p], tmp, labels[p])
         if dist.enabled:
             dist.barrier()
             if not first:
@@ -149,6 +126,38 @@ class FrozenFeatures:
         if any(got is None for got in stored):
             return None
         return stored[0] if len(stored) == 1 else FeatureSet.joined(stored, parts)
+
+    def _fill(self, name: str, images: ImageDataset, split: Split, views: int, parts: list[list[int]],
+              began: dict[int, Path]) -> tuple[dict[int, np.ndarray], list[tuple[int, int, int]]]:
+        """The prefix's outputs written into the entries `began` (entry p: the images at parts[p]) in one pass in
+        the split's order: the entries' labels (an image that vanished since the scan keeps a negative one), and
+        (entry, row, label) of the rows this process wrote. Data parallel: each rank of the machine writes a
+        contiguous share of the rows."""
+        dist = self.compute.dist
+        where = {i: (p, r) for p in began for r, i in enumerate(parts[p])}
+        labels = {p: np.array([images.samples[i][1] for i in parts[p]], dtype=np.int64) for p in began}
+        rows = sorted(where)
+        share = -(-len(rows) // dist.local_world)
+        mine = rows[dist.local_rank * share:(dist.local_rank + 1) * share]
+        outs = {p: open_rows(tmp) for p, tmp in began.items()}
+        try:
+            for v, at, features, got in self._pass(name, images, split, mine, views):
+                for i, x, y in zip(at, features, got):
+                    p, r = where[i]
+                    outs[p][v, r] = x
+                    labels[p][r] = min(labels[p][r], y)
+        except BaseException:
+            if not dist.enabled:  # a rank's partner may still write there; its next run clears it (prepare)
+                for tmp in began.values():
+                    shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for out in outs.values():
+            out.flush()
+        del outs
+        if dist.enabled and dist.main:
+            self.console.print(f"features: {name}'s pass shared by the {dist.local_world} processes of this "
+                               f"machine, up to {share} images each", style="dim", soft_wrap=True)
+        return labels, [(*where[i], int(labels[where[i][0]][where[i][1]])) for i in mine]
 
     def layout(self, split: Split, images: ImageDataset) -> tuple:
         """(shape, storage dtype) of the prefix's output, from the first of `images` (val's: no augmentation)."""
