@@ -95,6 +95,10 @@ class ShardSet:
     def images(self, split: str) -> int:
         return sum(s.images for s in self.splits.get(split, []))
 
+    def by_name(self) -> dict[str, Shard]:
+        """Every shard of every split, by file name."""
+        return {s.name: s for split in self.splits.values() for s in split}
+
 
 def read_shard_set(folder: Path) -> ShardSet:
     """The dataset.json of a shard folder."""
@@ -145,7 +149,7 @@ def shard_splits(root, val_fraction: float, seed: int):
             val = {v.name for v in shards["val"]}
             shards = {"train": [p for p in files if p.name not in val],
                       "val": [p for p in files if p.name in val] or shards["val"]}
-        expected = {s.name: s for split in listed.splits.values() for s in split}
+        expected = listed.by_name()
         names = list(listed.classes)
         with _index_cache(folder) as cache:
             members = {split: [m for p in paths for m in index_shard(p, cache, expected.get(p.name))]
@@ -185,23 +189,23 @@ def _fetched(url: str) -> tuple[Path, list[Path] | None]:
         fetch([(u, f, None) for u, f in zip(urls, files)], stderr_console())
         return folder, files
     fetch([(f"{url.rstrip('/')}/{INDEX}", folder / INDEX, -1)])
-    wanted = [s for split in read_shard_set(folder).splits.values() for s in split]
-    fetch([(f"{url.rstrip('/')}/{s.name}", folder / s.name, s.bytes) for s in wanted], stderr_console())
+    listed = read_shard_set(folder).by_name().values()
+    fetch([(f"{url.rstrip('/')}/{s.name}", folder / s.name, s.bytes) for s in listed], stderr_console())
     return folder, None
 
 
 def fetch_shards(root) -> None:
     """Fetch what a URL root names into the cache, if it is one (before a data-parallel run's first collective,
     which would time out waiting for a long fetch)."""
-    if remote_text(root):
-        _fetched(remote_text(root))
+    if url := remote_text(root):
+        _fetched(url)
 
 
 def shard_images(root) -> list[ShardMember]:
     """Every image of the shards a root names (predict): a set's shards, or exactly those a pattern or .tar names,
     in shard order."""
     folder, files, listed = _source(root)
-    expected = {s.name: s for split in listed.splits.values() for s in split} if listed else {}
+    expected = listed.by_name() if listed else {}
     with _index_cache(folder) as cache:
         return sorted(m for p in files or [folder / name for name in expected]
                       for m, _, _ in index_shard(p, cache, expected.get(p.name)))

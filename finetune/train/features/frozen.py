@@ -112,7 +112,7 @@ class FrozenFeatures:
         began = {p: self.store.begin(keys[p], (views, len(parts[p]), *shape), dtype) for p in missing} if todo else {}
         began = dist.gather([began])[dist.rank - dist.local_rank] if dist.enabled else began
         labels, mine = self._fill(name, images, split, views, parts, began) if began else ({}, [])
-        if dist.enabled:  # every rank, computing or not: the labels of vanished images, from each share
+        if dist.enabled:  # every rank, computing or not: the images that vanished in each share
             machine = dist.rank - dist.local_rank
             for theirs, got in dist.gather([(machine, mine)]):
                 for p, r, y in got if theirs == machine else ():
@@ -131,21 +131,24 @@ class FrozenFeatures:
               began: dict[int, Path]) -> tuple[dict[int, np.ndarray], list[tuple[int, int, int]]]:
         """The prefix's outputs written into the entries `began` (entry p: the images at parts[p]) in one pass in
         the split's order: the entries' labels (an image that vanished since the scan keeps a negative one), and
-        (entry, row, label) of the rows this process wrote. Data parallel: each rank of the machine writes a
-        contiguous share of the rows."""
+        (entry, row, label) of the images that vanished in this process's rows. Data parallel: each rank of the
+        machine writes a contiguous share of the rows."""
         dist = self.compute.dist
-        where = {i: (p, r) for p in began for r, i in enumerate(parts[p])}
+        where = np.full((len(images), 2), -1, dtype=np.int64)  # image i: (its entry, its row there)
+        for p in began:
+            where[parts[p], 0], where[parts[p], 1] = p, np.arange(len(parts[p]))
         labels = {p: np.array([images.samples[i][1] for i in parts[p]], dtype=np.int64) for p in began}
-        rows = sorted(where)
+        rows = np.flatnonzero(where[:, 0] >= 0).tolist()
         share = -(-len(rows) // dist.local_world)
         mine = rows[dist.local_rank * share:(dist.local_rank + 1) * share]
         outs = {p: open_rows(tmp) for p, tmp in began.items()}
         try:
             for v, at, features, got in self._pass(name, images, split, mine, views):
-                for i, x, y in zip(at, features, got):
-                    p, r = where[i]
-                    outs[p][v, r] = x
-                    labels[p][r] = min(labels[p][r], y)
+                for p in np.unique(where[at, 0]):  # one write per entry a batch touches
+                    sel = where[at, 0] == p
+                    r = where[at, 1][sel]
+                    outs[p][v, r] = features[sel]
+                    labels[p][r] = np.minimum(labels[p][r], got[sel])
         except BaseException:
             if not dist.enabled:  # a rank's partner may still write there; its next run clears it (prepare)
                 for tmp in began.values():
@@ -157,7 +160,8 @@ class FrozenFeatures:
         if dist.enabled and dist.main:
             self.console.print(f"features: {name}'s pass shared by the {dist.local_world} processes of this "
                                f"machine, up to {share} images each", style="dim", soft_wrap=True)
-        return labels, [(*where[i], int(labels[where[i][0]][where[i][1]])) for i in mine]
+        vanished = [(int(p), int(r)) for p, r in where[mine] if labels[p][r] < 0]
+        return labels, [(p, r, int(labels[p][r])) for p, r in vanished]
 
     def layout(self, split: Split, images: ImageDataset) -> tuple:
         """(shape, storage dtype) of the prefix's output, from the first of `images` (val's: no augmentation)."""
@@ -180,7 +184,7 @@ class FrozenFeatures:
                 for batch, got in (tuned_threads(prefetched(ordered)) if cpu else ordered):
                     with self.compute.autocast():
                         features = split.prefix(self.compute.to_device(batch))
-                    yield v, rows[at:at + len(features)], features.float().cpu().numpy(), got.tolist()
+                    yield v, rows[at:at + len(features)], features.float().cpu().numpy(), got.numpy()
                     at += len(features)
                     bar.advance(task)
 
