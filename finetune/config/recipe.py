@@ -84,6 +84,10 @@ class DataSpec(_Section):
         "auto", description="DataLoader worker processes, 0 to load in the main process (auto: from the CPU count)")
     class_weights: Optional[Literal["auto"]] = Field(None, description="auto: inverse-frequency loss weights")
     sampler: Optional[Literal["balanced"]] = Field(None, description="balanced: sample classes equally often")
+    shuffle_buffer: Optional[int] = Field(
+        None, ge=1, description="shards only: stream the train shards, each epoch dealt to the processes and read "
+        "through in order, shuffled by a buffer of this many images (webdataset's shuffle(N)), e.g. 1000; null: "
+        "the whole split shuffled each epoch, the images read wherever they are")
 
     @property
     def fixed_inputs(self) -> bool:
@@ -96,6 +100,13 @@ class DataSpec(_Section):
         if workers != "auto" and not 0 <= workers <= 256:
             raise ValueError("must be auto or a number of worker processes from 0 to 256")
         return workers
+
+    @model_validator(mode="after")
+    def _streamed(self) -> DataSpec:
+        if self.shuffle_buffer is not None and self.sampler is not None:
+            raise ValueError("data.sampler balanced draws images from the whole split, and data.shuffle_buffer "
+                             "streams each process its own shards; set one of them to null")
+        return self
 
     @field_serializer("root", when_used="json")
     def _root(self, root: Optional[Path]) -> Optional[str]:

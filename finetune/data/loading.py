@@ -19,6 +19,7 @@ from .folders import Splits
 from .images import ImageDataset
 from .mixing import MixedBatches
 from .sampling import EpochSampler, SeededDataset, Shard
+from .streaming import StreamSampler, shard_streams
 from .transforms import draft_size, eval_transform, train_transform
 
 
@@ -102,7 +103,7 @@ class Loaders:
     val: torch.utils.data.DataLoader  # in file order (this rank's share of it, when data-parallel)
     train_images: ImageDataset
     val_images: ImageDataset
-    sampler: EpochSampler  # train's order: resumable mid-epoch
+    sampler: EpochSampler | StreamSampler  # train's order: resumable mid-epoch
     val_sampler: torch.utils.data.Sampler | None
     batch_size: int  # per process
     workers: int
@@ -112,12 +113,16 @@ class Loaders:
 
 def create_loaders(splits: Splits, pre: Preprocessing, data: DataSpec, seed: int, batch_size: int, dist: Dist,
                    sampler: EpochSampler | None = None, pin_memory: bool = False) -> Loaders:
-    """Train batches in an order and with augmentations fixed by (seed, epoch), from `sampler` (a balanced one) or a
-    shuffle, so a run can resume mid-epoch (sampling), the ragged last batch dropped (EpochSampler.batched); val in
+    """Train batches in an order and with augmentations fixed by (seed, epoch), from `sampler` (a balanced one), a
+    shuffle, or streamed shards (data.shuffle_buffer: data.streaming), so a run can resume mid-epoch (sampling), the
+    ragged last batch dropped (EpochSampler.batched); val in
     file order, every image. Data parallel: each rank its part of every global batch of `batch_size` and its share
     of val."""
     workers = resolve_workers(data.workers)
-    sampler = (sampler or EpochSampler(len(splits.train), seed)).batched(batch_size, dist.rank, dist.world)
+    if sampler is None:
+        sampler = EpochSampler(len(splits.train), seed) if data.shuffle_buffer is None else \
+            StreamSampler(shard_streams(splits.train), seed, data.shuffle_buffer)
+    sampler = sampler.batched(batch_size, dist.rank, dist.world)
     val_sampler = Shard(len(splits.val), dist.rank, dist.world) if dist.enabled else None
     batch = batch_size // dist.world
     train_images = ImageDataset(splits.train, train_transform(pre, data.augment, data.random_erasing),

@@ -150,6 +150,24 @@ def test_two_processes_on_shards_killed_mid_shard_and_resumed_train_as_on_the_fo
     assert_same(tmp_path / "folder", tmp_path / "shards-run", tolerance=0.0)
 
 
+def test_two_processes_streaming_shards_with_mixup_killed_mid_shard_resume_bit_for_bit(data, tmp_path):
+    # data.shuffle_buffer: each rank reads its own shards (3 of 10, 10, 6 train images: dealt 2 and 1, again each
+    # epoch) through a buffer, 12 images a rank an epoch; resumed at step 5 it is the uninterrupted run exactly
+    from finetune.data.shards import ShardLimit, write_shards
+
+    write_shards(data, tmp_path / "shards", ShardLimit(images=10), 0.2, 0)
+    spec = tree(tmp_path / "shards", save_every=1)
+    spec["data"].update(shuffle_buffer=4, mixup=0.2)
+    recipe = write_yaml(tmp_path / "r.yaml", spec)
+    reference = finetune("train", recipe, "--output", tmp_path / "reference", "--nproc", "2")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert "streamed: each process trains on 12 images an epoch, read from its own shards" in reference.stderr
+    killed_mid_epoch_2(recipe, tmp_path, tmp_path / "killed")
+    resumed = finetune("train", "--resume", tmp_path / "killed", "--nproc", "2")
+    assert resumed.returncode == 0 and "resuming epoch 2 after step 2" in resumed.stderr, resumed.stderr
+    assert_same(tmp_path / "reference", tmp_path / "killed", tolerance=0.0)
+
+
 def test_what_a_user_can_fix_is_one_line(data, tmp_path):
     recipe = write_yaml(tmp_path / "r.yaml", tree(data))
     half = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}  # torchrun's variables, without the rendezvous
