@@ -115,9 +115,8 @@ def create_loaders(splits: Splits, pre: Preprocessing, data: DataSpec, seed: int
                    sampler: EpochSampler | None = None, pin_memory: bool = False) -> Loaders:
     """Train batches in an order and with augmentations fixed by (seed, epoch), from `sampler` (a balanced one), a
     shuffle, or streamed shards (data.shuffle_buffer: data.streaming), so a run can resume mid-epoch (sampling), the
-    ragged last batch dropped (EpochSampler.batched); val in
-    file order, every image. Data parallel: each rank its part of every global batch of `batch_size` and its share
-    of val."""
+    ragged last batch dropped (EpochSampler.batched); val in file order, every image. Data parallel: each rank its
+    part of every global batch of `batch_size` and its share of val."""
     workers = resolve_workers(data.workers)
     if sampler is None:
         sampler = EpochSampler(len(splits.train), seed) if data.shuffle_buffer is None else \

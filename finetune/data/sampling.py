@@ -48,6 +48,13 @@ class EpochSampler(torch.utils.data.Sampler):
         """Positions of each epoch left out: the ragged last batch."""
         return self.size % self.batch if self.size > self.batch else 0
 
+    @property
+    def epoch_note(self) -> str:
+        """What the run's banner says of the positions each epoch leaves out."""
+        n = self.dropped
+        return f"; each epoch leaves out its last {n} train image(s), a ragged batch (other ones each epoch)" \
+            if n else ""
+
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """`skip`: positions already trained in this epoch (whole global batches), on resume."""
         self.epoch, self.skip = epoch, skip

@@ -77,6 +77,11 @@ class StreamSampler(torch.utils.data.Sampler):
     def dropped(self) -> int:
         return self.size - self.per_rank * self.world
 
+    @property
+    def epoch_note(self) -> str:
+        return (f"; streamed: each process trains on {self.per_rank} images an epoch, read from its own shards "
+                f"through a shuffle buffer of {self.buffer}")
+
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 

@@ -19,7 +19,6 @@ from ..data.filecheck import check_files
 from ..data.folders import Splits, absolute_root, dataset_folders
 from ..data.images import missing_indices
 from ..data.loading import stopped_workers
-from ..data.streaming import StreamSampler
 from ..files import refuse_inside
 from ..metrics import confusion_matrix, epoch_rank
 from ..runtime.distributed import Dist
@@ -113,13 +112,8 @@ def open_run_dir(recipe: Recipe, setup: Setup, resume_dir: Path | None, dist: Di
 
 
 def dropped(setup: Setup) -> str:
-    """What the banner says of the ragged last batch that training leaves out (data.sampling.EpochSampler.batched)."""
-    sampler = setup.loaders.sampler
-    if isinstance(sampler, StreamSampler):
-        return (f"; streamed: each process trains on {sampler.per_rank} images an epoch, read from its own shards "
-                f"through a shuffle buffer of {sampler.buffer}")
-    n = sampler.dropped
-    return f"; each epoch leaves out its last {n} train image(s), a ragged batch (other ones each epoch)" if n else ""
+    """What the banner says of the images each epoch leaves out (the sampler's own words)."""
+    return setup.loaders.sampler.epoch_note
 
 
 def frozen_batches(setup: Setup, console):
